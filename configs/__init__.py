@@ -1,0 +1,1 @@
+"""Embedded YAML configurations (package data)."""

@@ -1,0 +1,1 @@
+"""Pure torch / transformers / diffusers backends. Never imports ray, fastapi, starlette or pydantic."""

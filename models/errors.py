@@ -1,0 +1,16 @@
+"""Errors raised by backends; the serving layer maps them to HTTP once."""
+
+
+class ModelInputError(ValueError):
+    """The caller's input cannot be processed by this model (maps to HTTP 400).
+
+    `param` names the request field at fault when known (e.g. "max_tokens", "input").
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message, param)
+        self.message = message
+        self.param = param
+
+    def __str__(self) -> str:
+        return self.message

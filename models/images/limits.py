@@ -1,0 +1,22 @@
+"""Request checks shared by every image backend, so the fake rejects exactly what the real one does."""
+from __future__ import annotations
+
+from models.errors import ModelInputError
+from models.images.types import ImageParams
+
+
+def check_request(prompt: str, params: ImageParams, size_multiple: int, max_pixels: int, max_steps: int) -> None:
+    """Raise ModelInputError (param "prompt", "size", "num_inference_steps" or "guidance_scale") for a bad request."""
+    if not prompt or not prompt.strip():
+        raise ModelInputError("prompt must be a non-empty string", param="prompt")
+    w, h = params.width, params.height
+    if w <= 0 or h <= 0 or w % size_multiple or h % size_multiple:
+        raise ModelInputError(
+            f"size {w}x{h} is invalid: width and height must be positive multiples of {size_multiple}", param="size"
+        )
+    if w * h > max_pixels:
+        raise ModelInputError(f"size {w}x{h} exceeds this model's limit of {max_pixels} pixels", param="size")
+    if not 1 <= params.num_inference_steps <= max_steps:
+        raise ModelInputError(f"num_inference_steps must be in 1..{max_steps}", param="num_inference_steps")
+    if params.guidance_scale < 0:
+        raise ModelInputError("guidance_scale must be >= 0", param="guidance_scale")

@@ -1,0 +1,102 @@
+"""Load a causal LM and its tokenizer from a local folder, a Hugging Face repo id, or a GGUF file (cached).
+
+GGUF files are dequantized by transformers on every load (~20 s for SmolLM2-135M). So the first load converts the
+GGUF into a safetensors folder under `cache_dir`, keyed by the file's name, size and mtime, and later loads read
+that folder (~2 s). The folder is written to a temporary name and renamed into place, so a crash mid-write never
+leaves a half cache behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "openserve", "gguf")  # expanded at call time
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """"auto" means float32 on CPU (fast kernels, exact) and bfloat16 on CUDA; otherwise one of DTYPES."""
+    if dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected 'auto' or one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_causal_lm(
+    location: str,
+    gguf_file: str | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    cache_dir: str | None = None,
+) -> tuple[Any, Any]:
+    """Return (model in eval mode on `device`, tokenizer) from a folder or repo id, or from a GGUF inside it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = location
+    if gguf_file is not None:
+        source = converted_gguf_dir(location, gguf_file, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype, device))
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def converted_gguf_dir(location: str, gguf_file: str, cache_dir: str | None = None) -> str:
+    """Path of the safetensors conversion of `location`/`gguf_file`, converting it first if not cached yet."""
+    gguf_path = _local_gguf_path(location, gguf_file)
+    root = os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR)
+    target = os.path.join(root, gguf_cache_key(gguf_path))
+    if os.path.isfile(os.path.join(target, "config.json")):
+        return target
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".converting-", dir=root)
+    try:
+        convert_gguf(os.path.dirname(gguf_path), os.path.basename(gguf_path), tmp)
+        try:
+            os.rename(tmp, target)  # atomic on one filesystem
+        except OSError:
+            if not os.path.isfile(os.path.join(target, "config.json")):  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+    return target
+
+
+def gguf_cache_key(gguf_path: str) -> str:
+    """Folder name for a GGUF conversion: changes whenever the file is replaced (size or mtime)."""
+    st = os.stat(gguf_path)
+    stem = os.path.basename(gguf_path)
+    if stem.lower().endswith(".gguf"):
+        stem = stem[: -len(".gguf")]
+    return f"{stem}-{st.st_size}-{st.st_mtime_ns}"
+
+
+def convert_gguf(folder: str, gguf_file: str, out_dir: str) -> None:
+    """Dequantize `folder`/`gguf_file` to float32 and save model + tokenizer as safetensors into `out_dir`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    if getattr(model, "hf_quantizer", None) is not None:
+        # save_pretrained refuses a model "quantized with gguf"; its weights are already plain float32 tensors.
+        model.hf_quantizer.remove_quantization_config(model)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _local_gguf_path(location: str, gguf_file: str) -> str:
+    """The GGUF file on disk: inside a local folder, or fetched from the Hub (its own cache) for a repo id."""
+    if os.path.isdir(location):
+        path = os.path.join(location, gguf_file)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"GGUF file {gguf_file!r} not found in {location!r}")
+        return path
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id=location, filename=gguf_file)

@@ -1,0 +1,77 @@
+"""One request's output side: token ids so far, streamed text, and the finish rules. Shared by every engine.
+
+Finish rules, checked after each new token, first match wins:
+1. the token is an eos id (unless params.ignore_eos) or in params.stop_token_ids → "stop"; the token is counted
+   but its text is not emitted (as vLLM does);
+2. the text now contains a stop string → "stop"; the text is cut before it;
+3. the output reached its budget (max_tokens, or the context when max_tokens is None) → "length".
+On finish, text held back (an incomplete character, a possible stop-string start) is released.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from models.llm.detokenizer import IncrementalDetokenizer
+from models.llm.stop import StopStringMatcher
+from models.llm.types import RequestOutput, SamplingParams, TokenLogprob
+
+
+class Sequence:
+    """Turn each new token of one request into a RequestOutput delta, deciding when the request finishes."""
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        tokenizer: Any,
+        eos_token_ids: Iterable[int],
+        max_new_tokens: int,
+    ):
+        self.request_id = request_id
+        self.prompt_token_ids = list(prompt_token_ids)
+        self.params = params
+        self.max_new_tokens = max_new_tokens
+        self.output_token_ids: list[int] = []
+        self.finish_reason: str | None = None
+        self._stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
+        self._detok = IncrementalDetokenizer(tokenizer, self.prompt_token_ids)
+        self._stop = StopStringMatcher(params.stop)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def append(self, token_id: int, logprob: TokenLogprob | None = None) -> RequestOutput:
+        """Record one generated token and return what the client gets for it."""
+        if self.finished:
+            raise RuntimeError(f"request {self.request_id!r} is already finished")
+        self.output_token_ids.append(token_id)
+        if token_id in self._stop_ids:
+            self.finish_reason = "stop"
+            text = self._release_held()
+        else:
+            text, hit = self._stop.feed(self._detok.add(token_id))
+            if hit:
+                self.finish_reason = "stop"
+            elif len(self.output_token_ids) >= self.max_new_tokens:
+                self.finish_reason = "length"
+                text += self._release_held()
+        return RequestOutput(
+            request_id=self.request_id,
+            new_token_ids=[token_id],
+            new_text=text,
+            logprobs=[logprob] if self.params.logprobs and logprob is not None else None,
+            finished=self.finished,
+            finish_reason=self.finish_reason,
+            num_prompt_tokens=len(self.prompt_token_ids),
+            num_output_tokens=len(self.output_token_ids),
+        )
+
+    def _release_held(self) -> str:
+        """Text held back by the detokenizer and the stop matcher; a stop string found here still cuts."""
+        text, hit = self._stop.feed(self._detok.flush())
+        if hit:
+            self.finish_reason = "stop"
+            return text
+        return text + self._stop.flush()

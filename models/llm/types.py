@@ -1,0 +1,66 @@
+"""The LLM engine contract: plain dataclasses that cross the engine boundary, and the engine protocol."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one sequence. Mirrors the OpenAI fields the engine honours."""
+
+    max_tokens: int | None = 16  # None: until the context is full
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = -1  # -1: disabled
+    seed: int | None = None  # per-request generator; same seed + same prompt -> same output
+    stop: list[str] = field(default_factory=list)  # cut before the first occurrence, not included in text
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0  # 0..20 alternatives per position, only when logprobs
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass
+class TokenLogprob:
+    """The sampled token at one position, with its log-probability and the top alternatives."""
+
+    token_id: int
+    token: str  # the token's text as the tokenizer decodes it alone
+    logprob: float
+    top: list[tuple[int, str, float]] = field(default_factory=list)  # (token_id, token, logprob), best first
+
+
+@dataclass
+class RequestOutput:
+    """What one `step()` produced for one request: a delta, not the whole text so far."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str  # text delta; may lag tokens while a stop string or a multi-byte char is still forming
+    logprobs: list[TokenLogprob] | None  # one per new token when params.logprobs, else None
+    finished: bool
+    finish_reason: str | None  # "stop" (eos, stop string, stop token) or "length"; None while running
+    num_prompt_tokens: int
+    num_output_tokens: int  # cumulative for this request
+
+
+class LLMEngine(Protocol):
+    """A token-streaming engine. Not thread-safe: one caller thread drives add_request/step/abort."""
+
+    tokenizer: Any  # a Hugging Face tokenizer (encode, decode, apply_chat_template, eos_token_id)
+    max_model_len: int  # prompt + output tokens must fit
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Queue a request. Raises ModelInputError if it can never fit (prompt + max_tokens > max_model_len)."""
+
+    def step(self) -> list[RequestOutput]:
+        """Advance every running request by (at most) one token; return the deltas produced."""
+
+    def abort(self, request_id: str) -> None:
+        """Drop a request and free its memory; unknown ids are ignored."""
+
+    def has_unfinished_requests(self) -> bool:
+        """True while any request is queued or running."""

@@ -1,0 +1,1 @@
+"""HTTP ingress, Ray Serve deployments, protocol models, configuration."""

@@ -1,0 +1,89 @@
+"""POST /v1/chat/completions, streaming (SSE) and not."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from fastapi import APIRouter, Depends, Response
+
+from serving.api.common import get_router, json_response
+from serving.api.generation import ChoiceState, UsageCounter, collect, open_generation
+from serving.api.streaming import MergedStream, sse_response
+from serving.protocol.chat import (
+    AssistantMessage,
+    ChatChoiceLogprobs,
+    ChatChunkChoice,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    DeltaMessage,
+)
+from serving.protocol.common import UsageInfo, now, random_id
+from serving.router import ModelRouter
+
+router = APIRouter(tags=["chat"])
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """What every object of one response repeats."""
+
+    id: str
+    created: int
+    model: str
+
+    def chunk(self, choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+async def create_chat_completion(body: ChatCompletionRequest, models: ModelRouter = Depends(get_router)) -> Response:
+    """A chat completion; with stream=true, chat.completion.chunk events ending in [DONE]."""
+    client = models.client(body.model, "chat")
+    meta = _Meta(id=random_id("chatcmpl"), created=now(), model=body.model)
+    stream = await open_generation(client, [body.to_generation_request(meta.id)])
+    if body.stream:
+        return sse_response(_chunks(stream, body, meta), stream)
+    choices, usage = await collect(stream, body.n)
+    return json_response(
+        ChatCompletionResponse(
+            id=meta.id,
+            created=meta.created,
+            model=meta.model,
+            choices=[_choice(index, state, body) for index, state in choices],
+            usage=usage,
+        )
+    )
+
+
+def _logprobs(logprobs: list | None, body: ChatCompletionRequest) -> ChatChoiceLogprobs | None:
+    if not body.logprobs or logprobs is None:
+        return None
+    return ChatChoiceLogprobs.from_tokens(logprobs, body.top_logprobs or 0)
+
+
+def _choice(index: int, state: ChoiceState, body: ChatCompletionRequest) -> ChatCompletionChoice:
+    return ChatCompletionChoice(
+        index=index,
+        message=AssistantMessage(content=state.text),
+        logprobs=_logprobs(state.logprobs, body),
+        finish_reason=state.finish_reason,
+    )
+
+
+async def _chunks(stream: MergedStream, body: ChatCompletionRequest, meta: _Meta) -> AsyncIterator[ChatCompletionChunk]:
+    """A role chunk per choice, content deltas, a finish chunk per choice, then usage if asked for."""
+    usage = UsageCounter()
+    for index in range(body.n):
+        yield meta.chunk([ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
+    async for source, chunk in stream:
+        usage.add(source, chunk)
+        if chunk.text or chunk.logprobs:
+            delta, logprobs = DeltaMessage(content=chunk.text), _logprobs(chunk.logprobs, body)
+            yield meta.chunk([ChatChunkChoice(index=chunk.index, delta=delta, logprobs=logprobs)])
+        if chunk.finish_reason:
+            finish = ChatChunkChoice(index=chunk.index, delta=DeltaMessage(), finish_reason=chunk.finish_reason)
+            yield meta.chunk([finish])
+    if body.include_usage():
+        yield meta.chunk([], usage=usage.info())

@@ -1,0 +1,17 @@
+"""What every endpoint module shares: the router dependency and fast JSON responses."""
+from __future__ import annotations
+
+from fastapi import Request, Response
+from pydantic import BaseModel
+
+from serving.router import ModelRouter
+
+
+def get_router(request: Request) -> ModelRouter:
+    """FastAPI dependency: the ModelRouter that build_app stored in app.state."""
+    return request.app.state.router
+
+
+def json_response(body: BaseModel, status_code: int = 200) -> Response:
+    """Serialize with pydantic directly (skips FastAPI's re-validation of large bodies such as embeddings)."""
+    return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")

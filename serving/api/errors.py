@@ -1,0 +1,127 @@
+"""The one place exceptions become OpenAI error JSON ({"error": {"message", "type", "param", "code"}})."""
+from __future__ import annotations
+
+import logging
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from models.errors import ModelInputError
+from serving.errors import ServingError
+from serving.protocol.common import ErrorInfo, ErrorResponse
+
+logger = logging.getLogger(__name__)
+
+_LOCATIONS = ("body", "query", "path", "header", "cookie")
+_HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return ErrorResponse(error=ErrorInfo(message=message, type=type_, param=param, code=code)).model_dump()
+
+
+def error_payload(exc: BaseException) -> tuple[int, dict]:
+    """(HTTP status, OpenAI error body) for any exception; unknown ones are logged and become a bare 500."""
+    exc = unwrap(exc)
+    if isinstance(exc, ServingError):
+        return exc.status_code, error_body(exc.message, exc.error_type, exc.param, exc.code)
+    if isinstance(exc, ModelInputError):
+        return 400, error_body(exc.message, "invalid_request_error", exc.param)
+    if isinstance(exc, RequestValidationError):
+        return 400, _validation_body(exc)
+    if isinstance(exc, HTTPException):
+        return exc.status_code, _http_body(exc)
+    logger.error("internal error", exc_info=exc)
+    return 500, error_body("internal error", "server_error")
+
+
+def error_response(exc: BaseException, request: Request | None = None) -> JSONResponse:
+    """The JSONResponse for `exc`; an unknown route's 404 names the method and path, as OpenAI's does."""
+    status, body = error_payload(exc)
+    headers = getattr(exc, "headers", None) if isinstance(exc, HTTPException) else None
+    if isinstance(exc, HTTPException) and exc.status_code == 404 and request is not None:
+        body["error"]["message"] = f"Invalid URL ({request.method} {request.url.path})"
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The typed cause of a wrapped exception (Ray's RayTaskError carries it in `.cause`), else `exc` itself."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, (ServingError, ModelInputError)):
+        return cause
+    return exc
+
+
+def _validation_body(exc: RequestValidationError) -> dict:
+    """400 naming the first offending field, e.g. "messages: Field required" with param "messages"."""
+    errors = exc.errors()
+    if not errors:
+        return error_body("Invalid request.", "invalid_request_error")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "")
+        return error_body(f"Invalid JSON body: {detail}".rstrip(": "), "invalid_request_error", code="invalid_json")
+    param = _format_loc(first.get("loc", ()))
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type", "model_type"):
+        msg = "a JSON object is required (sent with Content-Type: application/json)"
+    message = f"{param}: {msg}" if param else f"Request body: {msg}"
+    if len(errors) > 1:
+        message += f" ({len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return error_body(message, "invalid_request_error", param)
+
+
+def _format_loc(loc: tuple | list) -> str | None:
+    """("body", "messages", 0, "content") -> "messages[0].content"."""
+    parts = list(loc[1:] if loc and loc[0] in _LOCATIONS else loc)
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+def _http_body(exc: HTTPException) -> dict:
+    type_ = _HTTP_TYPES.get(exc.status_code, "server_error" if exc.status_code >= 500 else "invalid_request_error")
+    return error_body(str(exc.detail), type_)
+
+
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc, request)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route typed, validation and HTTP errors through `error_response`; the middleware below catches the rest."""
+    for exc_type in (ServingError, ModelInputError, RequestValidationError, HTTPException):
+        app.add_exception_handler(exc_type, _handle)
+    app.add_middleware(UnhandledErrorMiddleware)
+
+
+class UnhandledErrorMiddleware:
+    """Turn any other exception into a 500 (or its wrapped cause's status) before Starlette's server-error layer."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence; error_payload logs unknown errors
+            if started:  # too late for an error body; a vanished client is no error at all
+                if not isinstance(exc, ClientDisconnect):
+                    logger.error("error after the response started", exc_info=exc)
+                return
+            await error_response(exc)(scope, receive, send)
+

@@ -1,0 +1,76 @@
+"""serving.clients protocols implemented over Ray Serve deployment handles."""
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from models.errors import ModelInputError
+from models.images.types import ImageParams
+from models.speech.types import SpeechParams
+from serving.clients import EmbeddingResult, EncodedAudio, GenerationChunk, GenerationRequest
+from serving.errors import InvalidRequestError, ServingError
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """Ray wraps a replica's exception (RayTaskError with .cause): give the HTTP layer the typed original."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, ModelInputError):
+        return InvalidRequestError(cause.message, param=cause.param)
+    if isinstance(cause, ServingError):
+        return cause
+    return error
+
+
+class HandleChatClient:
+    def __init__(self, handle):
+        self._handle = handle.options(stream=True)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        stream = self._handle.generate.remote(request)
+        try:
+            async for chunk in stream:
+                yield chunk
+        except Exception as e:
+            raise unwrap(e) from None
+        finally:
+            stream.cancel()  # the caller left early (or we are done): the replica aborts the request
+
+
+class HandleEmbeddingClient:
+    def __init__(self, handle):
+        self._handle = handle
+
+    async def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
+        try:
+            return await self._handle.embed.remote(inputs)
+        except Exception as e:
+            raise unwrap(e) from None
+
+
+class HandleImageClient:
+    def __init__(self, handle):
+        self._handle = handle
+
+    async def generate(self, prompt: str, params: ImageParams, n: int) -> list[bytes]:
+        try:
+            return await self._handle.generate.remote(prompt, params, n)
+        except Exception as e:
+            raise unwrap(e) from None
+
+
+class HandleSpeechClient:
+    def __init__(self, handle):
+        self._handle = handle
+
+    async def synthesize(self, text: str, params: SpeechParams, response_format: str) -> EncodedAudio:
+        try:
+            return await self._handle.synthesize.remote(text, params, response_format)
+        except Exception as e:
+            raise unwrap(e) from None
+
+
+HANDLE_CLIENTS = {
+    "chat": HandleChatClient,
+    "embedding": HandleEmbeddingClient,
+    "image": HandleImageClient,
+    "speech": HandleSpeechClient,
+}

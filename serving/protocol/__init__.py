@@ -1,0 +1,2 @@
+"""Pydantic request/response models mirroring the OpenAI API, one module per endpoint; requests convert themselves
+into engine/backend parameters."""

@@ -1,0 +1,36 @@
+"""/v1/audio/speech: the request model mirroring OpenAI's text-to-speech API."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from models.speech.types import SpeechParams
+from serving.errors import InvalidRequestError
+from serving.protocol.common import OpenAIRequest, one_message
+
+MAX_INPUT_CHARS = 4096  # as OpenAI
+
+AudioFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+
+
+class VoiceId(OpenAIRequest):
+    id: str
+
+
+class SpeechRequest(OpenAIRequest):
+    """POST /v1/audio/speech body; the response is the audio bytes themselves."""
+
+    model: str
+    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
+    voice: Annotated[str | VoiceId, one_message("voice must be a voice name or an object with an 'id'")]
+    response_format: AudioFormat = "mp3"  # OpenAI's default; the speech client refuses formats it cannot encode
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    instructions: str | None = None  # a style hint; models here have no way to follow it
+    stream_format: Literal["sse", "audio"] | None = None
+
+    def to_speech_params(self) -> SpeechParams:
+        if self.stream_format == "sse":
+            raise InvalidRequestError("stream_format 'sse' is not supported; use 'audio'.", param="stream_format")
+        voice = self.voice.id if isinstance(self.voice, VoiceId) else self.voice
+        return SpeechParams(voice=voice, speed=self.speed)

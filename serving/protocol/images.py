@@ -1,0 +1,119 @@
+"""/v1/images/generations: request and response models mirroring OpenAI's image API, plus diffusion extensions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+
+from models.images.types import ImageParams
+from serving.errors import InvalidRequestError
+from serving.protocol.common import OpenAIRequest, OpenAIResponse
+
+MAX_IMAGES = 10  # as OpenAI
+MAX_STEPS = 200
+MAX_PROMPT_CHARS = 4000  # as OpenAI's dall-e-3
+
+
+@dataclass(frozen=True)
+class ImageDefaults:
+    """What an image model uses when the request says nothing, and its size limits (from its card's metadata)."""
+
+    width: int = 512
+    height: int = 512
+    steps: int = 30
+    guidance_scale: float = 7.5
+    size_multiple: int = 8  # SD's VAE downsamples by 8
+    max_pixels: int = 1024 * 1024
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> ImageDefaults:
+        """Reads `default_size` ([w, h]), `default_steps`, `default_guidance_scale`, `size_multiple`, `max_pixels`."""
+        base = cls()
+        width, height = metadata.get("default_size", (base.width, base.height))
+        return cls(
+            width=int(width),
+            height=int(height),
+            steps=int(metadata.get("default_steps", base.steps)),
+            guidance_scale=float(metadata.get("default_guidance_scale", base.guidance_scale)),
+            size_multiple=int(metadata.get("size_multiple", base.size_multiple)),
+            max_pixels=int(metadata.get("max_pixels", base.max_pixels)),
+        )
+
+
+class ImageGenerationRequest(OpenAIRequest):
+    """POST /v1/images/generations body; seed, num_inference_steps, guidance_scale, negative_prompt extend it."""
+
+    model: str
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    n: int = Field(default=1, ge=1, le=MAX_IMAGES)
+    size: str | None = None  # "WxH" or "auto"
+    response_format: Literal["url", "b64_json"] | None = None  # None: b64_json (this server hosts no files)
+    output_format: str | None = None
+    stream: bool = False
+    user: str | None = None
+    seed: int | None = None
+    num_inference_steps: int | None = Field(
+        default=None, ge=1, le=MAX_STEPS, validation_alias=AliasChoices("num_inference_steps", "steps")
+    )
+    guidance_scale: float | None = Field(
+        default=None, ge=0.0, le=50.0, validation_alias=AliasChoices("guidance_scale", "guidance")
+    )
+    negative_prompt: str | None = None
+
+    def to_image_params(self, defaults: ImageDefaults) -> ImageParams:
+        """Backend parameters; image i of n uses seed + i (the client's contract)."""
+        self._reject_unsupported()
+        width, height = self.parse_size(defaults)
+        return ImageParams(
+            width=width,
+            height=height,
+            num_inference_steps=self.num_inference_steps or defaults.steps,
+            guidance_scale=defaults.guidance_scale if self.guidance_scale is None else self.guidance_scale,
+            seed=self.seed,
+            negative_prompt=self.negative_prompt,
+        )
+
+    def parse_size(self, defaults: ImageDefaults) -> tuple[int, int]:
+        """(width, height) from "WxH"; both multiples of the model's size_multiple, area within its max_pixels."""
+        if self.size in (None, "auto"):
+            return defaults.width, defaults.height
+        parts = self.size.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise InvalidRequestError(f"size must look like '1024x1024', got '{self.size}'.", param="size")
+        width, height = int(parts[0]), int(parts[1])
+        m = defaults.size_multiple
+        if width < m or height < m or width % m or height % m:
+            raise InvalidRequestError(
+                f"size {self.size} is not supported: width and height must be positive multiples of {m}.", param="size"
+            )
+        if width * height > defaults.max_pixels:
+            raise InvalidRequestError(
+                f"size {self.size} is too large for this model: at most {defaults.max_pixels} pixels "
+                f"(default {defaults.width}x{defaults.height}).",
+                param="size",
+            )
+        return width, height
+
+    def _reject_unsupported(self) -> None:
+        if self.response_format == "url":
+            raise InvalidRequestError(
+                "response_format 'url' is not supported: this server does not host files; use 'b64_json'.",
+                param="response_format",
+            )
+        if self.output_format not in (None, "png"):
+            raise InvalidRequestError("Only output_format 'png' is supported.", param="output_format")
+        if self.stream:
+            raise InvalidRequestError("Streaming image generation is not supported.", param="stream")
+
+
+class ImageData(OpenAIResponse):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(OpenAIResponse):
+    created: int
+    data: list[ImageData]
+    output_format: str = "png"
+    size: str | None = None

@@ -1,0 +1,1 @@
+"""Transport-free services that sit between a deployment and a models/ backend."""

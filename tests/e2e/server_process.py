@@ -1,0 +1,91 @@
+"""Start `openserve up` as a real subprocess (real local Ray), wait until ready, stop it with SIGINT."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psutil
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """One server on a free port with its own short data dir (Ray's socket paths must stay < 108 bytes)."""
+
+    def __init__(self, config: str | None = None, ready_timeout_s: float = 600):
+        self.port = free_port()
+        self.data_dir = tempfile.mkdtemp(prefix="osv-", dir="/tmp")
+        self.lines: list[str] = []
+        args = [sys.executable, "-m", "serving.cli", "up", "--port", str(self.port), "--data-dir", self.data_dir]
+        if config:
+            args += ["--config", config]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(ready_timeout_s) or self.proc.poll() is not None:
+            log = self.log()
+            self.stop()
+            raise RuntimeError(f"server did not become ready:\n{log[-6000:]}")
+        self.ready_after_s = time.perf_counter() - self.started
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if "ready in" in line:
+                self._ready.set()
+        self._ready.set()  # the process ended: stop waiting
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def leftover_processes(self) -> list[str]:
+        """Processes still running whose command line names this server's data dir (raylet, gcs, workers)."""
+        found = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if self.data_dir in cmd and p.pid != os.getpid():
+                found.append(f"{p.pid}: {cmd[:160]}")
+        return found
+
+    def stop(self, timeout_s: float = 90) -> int | None:
+        """SIGINT (Ctrl-C) and wait; returns the exit code, or None if it had to be killed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                return None
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        self.stop()
+        for p in psutil.process_iter(["pid", "cmdline"]):  # never leave a stray Ray behind a failed test
+            if self.data_dir in " ".join(p.info["cmdline"] or []):
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+        shutil.rmtree(self.data_dir, ignore_errors=True)

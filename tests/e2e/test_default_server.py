@@ -1,0 +1,164 @@
+"""The whole path: `openserve up` on the embedded default config (real local Ray, real packaged models),
+driven over HTTP by the official openai client. Ends by stopping the server with Ctrl-C."""
+from __future__ import annotations
+
+import io
+import json
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile
+from PIL import Image
+
+from tests.e2e.server_process import ServerProcess
+
+pytestmark = pytest.mark.ray
+
+CHAT = "smollm2-135m-instruct"
+EMBED = "all-minilm-l6-v2"
+IMAGE = "tiny-random-sd"
+SPEECH = "piper-joe-medium"
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = ServerProcess()
+    yield srv
+    srv.cleanup()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_models_lists_every_default_model(client):
+    ids = {m.id for m in client.models.list().data}
+    assert ids == {CHAT, EMBED, IMAGE, SPEECH}
+    assert client.models.retrieve(EMBED).id == EMBED
+
+
+def test_chat_answers_relevant_english(client):
+    r = client.chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=32
+    )
+    assert "Paris" in r.choices[0].message.content
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 32
+
+
+def test_chat_streams_token_by_token(client):
+    stream = client.chat.completions.create(
+        model=CHAT,
+        messages=[{"role": "user", "content": "Name three colours."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) >= 5, "expected many small deltas, not one block"
+    assert chunks[-1].usage is not None and 0 < chunks[-1].usage.completion_tokens <= 24
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish in (["stop"], ["length"])
+
+
+def test_chat_seeded_sampling_is_reproducible_and_n_gives_choices(client):
+    kwargs = dict(model=CHAT, messages=[{"role": "user", "content": "Tell me a word."}], max_tokens=8, temperature=1.0)
+    a = client.chat.completions.create(seed=7, n=2, **kwargs)
+    b = client.chat.completions.create(seed=7, n=2, **kwargs)
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    assert [c.index for c in a.choices] == [0, 1]
+
+
+def test_completions(client):
+    r = client.completions.create(model=CHAT, prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert r.choices[0].text.strip()
+    assert r.usage.completion_tokens <= 8
+
+
+def test_embeddings_rank_paraphrase_above_unrelated(client):
+    texts = ["A man is playing a guitar.", "Someone plays an acoustic guitar.", "The stock market fell sharply today."]
+    r = client.embeddings.create(model=EMBED, input=texts)  # the client asks for base64 and decodes it
+    v = np.array([d.embedding for d in r.data])
+    assert v.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+    single = client.embeddings.create(model=EMBED, input=texts[0], encoding_format="float")
+    np.testing.assert_allclose(single.data[0].embedding, v[0], atol=1e-4)
+
+
+def test_image_is_a_png_of_the_requested_size(client):
+    import base64
+
+    r = client.images.generate(model=IMAGE, prompt="a red square", size="128x64", n=2, response_format="b64_json")
+    assert len(r.data) == 2
+    for d in r.data:
+        im = Image.open(io.BytesIO(base64.b64decode(d.b64_json)))
+        assert im.format == "PNG" and im.size == (128, 64)
+
+
+def test_speech_is_a_wav_of_speech_length(client):
+    r = client.audio.speech.create(
+        model=SPEECH, voice="alloy", input="Hello! This is a test of the local speech model.", response_format="wav"
+    )
+    samples, rate = soundfile.read(io.BytesIO(r.content))
+    assert rate == 22050
+    assert 1.0 < len(samples) / rate < 15.0
+    assert np.abs(samples).max() > 0.05
+
+
+@pytest.mark.parametrize(
+    "path, body, status",
+    [
+        ("/v1/chat/completions", {"model": CHAT}, 400),  # missing messages
+        ("/v1/chat/completions", {"model": CHAT, "messages": "hi"}, 400),  # wrong type
+        ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404),
+        ("/v1/chat/completions", {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}, 400),
+        ("/v1/chat/completions", {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}, 400),
+        ("/v1/embeddings", {"model": EMBED, "input": ""}, 400),
+        ("/v1/embeddings", {"model": EMBED, "input": []}, 400),
+        ("/v1/embeddings", {"model": CHAT, "input": "x"}, 400),  # a chat model on the embeddings endpoint
+        ("/v1/images/generations", {"model": IMAGE, "prompt": "x", "size": "100x7"}, 400),
+        ("/v1/audio/speech", {"model": SPEECH, "input": "hi", "voice": "nobody"}, 400),
+    ],
+)
+def test_bad_input_gets_openai_error_and_4xx(server, path, body, status):
+    r = httpx.post(server.base_url + path, json=body, timeout=60)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"} and error["message"]
+
+
+def test_oversized_body_gets_413(server):
+    body = json.dumps({"model": EMBED, "input": "x" * (11 * 2**20)})
+    r = httpx.post(server.base_url + "/v1/embeddings", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["error"]["message"]
+
+
+def test_client_leaving_mid_stream_does_not_hurt_the_server(client):
+    stream = client.chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "Write a long story."}], max_tokens=400, stream=True
+    )
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    r = client.chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=16
+    )
+    assert "Paris" in r.choices[0].message.content
+
+
+def test_health(server):
+    assert httpx.get(server.base_url + "/health").status_code == 200
+
+
+def test_ctrl_c_stops_everything(server):
+    code = server.stop()
+    assert code is not None, "server did not exit within 90 s of SIGINT:\n" + server.log()[-3000:]
+    assert server.leftover_processes() == []

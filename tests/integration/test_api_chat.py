@@ -1,0 +1,228 @@
+"""POST /v1/chat/completions over the in-process app, with httpx and with the official openai client."""
+import asyncio
+import json
+
+import pytest
+
+from serving.api.app import build_app
+from tests.api_fakes import CHAT, EMBED, app, assert_error, fakes, http, oai  # noqa: F401
+
+USER = [{"role": "user", "content": "hello there"}]
+
+
+def sse_events(text: str) -> list:
+    """The data payloads of an SSE body, JSON-decoded except [DONE]."""
+    events = [line.removeprefix("data: ") for line in text.split("\n\n") if line.startswith("data: ")]
+    return [e if e == "[DONE]" else json.loads(e) for e in events]
+
+
+async def test_non_streaming_reply_and_usage(http, fakes):
+    r = await http.post("/v1/chat/completions", json={"model": CHAT, "messages": USER, "some_extra_field": 1})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-") and body["model"] == CHAT
+    assert body["choices"] == [{
+        "index": 0, "message": {"role": "assistant", "content": "You said: hello there", "refusal": None},
+        "logprobs": None, "finish_reason": "stop",
+    }]
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
+    request = fakes.chat.requests[-1]
+    assert request.messages == USER and request.prompt is None and request.n == 1
+    assert request.params.max_tokens is None  # no limit given: up to the context size
+
+
+async def test_openai_client_non_streaming(oai):
+    completion = await oai.chat.completions.create(model=CHAT, messages=USER)
+    assert completion.choices[0].message.content == "You said: hello there"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.total_tokens == 6
+
+
+async def test_openai_client_streaming_with_usage(oai):
+    stream = await oai.chat.completions.create(
+        model=CHAT, messages=USER, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.content == ""
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "You said: hello there"
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+
+
+async def test_streaming_raw_sse_format(http):
+    r = await http.post("/v1/chat/completions", json={"model": CHAT, "messages": USER, "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.text.endswith("data: [DONE]\n\n")
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    assert events[-2]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    assert all(e["usage"] is None for e in events[:-1])  # no include_usage: no usage chunk
+
+
+async def test_n_choices(oai, fakes):
+    completion = await oai.chat.completions.create(model=CHAT, messages=USER, n=3, seed=42)
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert all(c.message.content == "You said: hello there" for c in completion.choices)
+    assert completion.usage.completion_tokens == 12 and completion.usage.prompt_tokens == 2
+    request = fakes.chat.requests[-1]
+    assert request.n == 3 and request.params.seed == 42  # choice i uses seed + i, on the client's side
+
+
+async def test_n_choices_streaming(oai):
+    stream = await oai.chat.completions.create(model=CHAT, messages=USER, n=2, stream=True)
+    texts, finishes = {0: "", 1: ""}, {}
+    async for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert texts == {0: "You said: hello there", 1: "You said: hello there"}
+    assert finishes == {0: "stop", 1: "stop"}
+
+
+async def test_max_completion_tokens_wins_over_max_tokens(http, fakes):
+    body = {"model": CHAT, "messages": USER, "max_tokens": 10, "max_completion_tokens": 2}
+    r = await http.post("/v1/chat/completions", json=body)
+    choice = r.json()["choices"][0]
+    assert (choice["message"]["content"], choice["finish_reason"]) == ("You said:", "length")
+    assert fakes.chat.requests[-1].params.max_tokens == 2
+
+
+async def test_sampling_fields_map_onto_sampling_params(http, fakes):
+    body = {
+        "model": CHAT, "messages": USER, "stop": "there", "temperature": 0, "top_p": 0.5, "max_tokens": 7,
+        "presence_penalty": 1.5, "frequency_penalty": -1, "seed": 3, "top_k": 5,
+    }
+    r = await http.post("/v1/chat/completions", json=body)
+    assert r.json()["choices"][0]["message"]["content"] == "You said: hello "
+    p = fakes.chat.requests[-1].params
+    assert (p.stop, p.temperature, p.top_p, p.max_tokens, p.seed, p.top_k) == (["there"], 0.0, 0.5, 7, 3, 5)
+    assert (p.presence_penalty, p.frequency_penalty, p.logprobs) == (1.5, -1.0, False)
+
+
+async def test_logprobs_in_chat_format(oai):
+    completion = await oai.chat.completions.create(model=CHAT, messages=USER, logprobs=True, top_logprobs=2)
+    content = completion.choices[0].logprobs.content
+    assert [t.token for t in content] == ["You", " said:", " hello", " there"]
+    assert content[1].bytes == list(b" said:") and content[1].logprob == -0.5
+    assert [(t.token, t.logprob) for t in content[0].top_logprobs] == [("You", -0.5), ("<alt>", -2.0)]
+
+
+async def test_message_content_parts_and_developer_role(http, fakes):
+    messages = [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "text", "text": "world"}]},
+    ]
+    r = await http.post("/v1/chat/completions", json={"model": CHAT, "messages": messages})
+    assert r.status_code == 200
+    assert fakes.chat.requests[-1].messages == [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hello\nworld"},
+    ]
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"functions": [{"name": "f"}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+    ({"logit_bias": {"5": 10}}, "logit_bias"),
+    ({"top_logprobs": 2}, "top_logprobs"),  # needs logprobs=true
+])
+async def test_fields_that_would_change_meaning_are_refused(http, extra, param):
+    r = await http.post("/v1/chat/completions", json={"model": CHAT, "messages": USER, **extra})
+    assert_error(r, 400, param=param)
+
+
+async def test_text_response_format_is_accepted(http):
+    body = {"model": CHAT, "messages": USER, "response_format": {"type": "text"}}
+    assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
+
+
+async def test_image_content_part_is_refused(http):
+    content = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    body = {"model": CHAT, "messages": [{"role": "user", "content": content}]}
+    message = assert_error(await http.post("/v1/chat/completions", json=body), 400, param="messages[0].content")
+    assert "image_url" in message and "text only" in message
+
+
+@pytest.mark.parametrize("field, value", [
+    ("temperature", 2.5), ("top_p", 0), ("n", 0), ("n", 17), ("top_logprobs", 21), ("presence_penalty", 3),
+    ("max_completion_tokens", 0), ("stop", ["a", "b", "c", "d", "e"]), ("stop", 5), ("seed", "abc"),
+])
+async def test_out_of_range_fields(http, field, value):
+    body = {"model": CHAT, "messages": USER, "logprobs": True, field: value}
+    message = assert_error(await http.post("/v1/chat/completions", json=body), 400, param=field)
+    assert message.startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_client_error_before_first_chunk_is_a_plain_400(http, stream):
+    body = {"model": CHAT, "messages": USER, "max_tokens": 1000, "stream": stream}
+    r = await http.post("/v1/chat/completions", json=body)
+    assert r.headers["content-type"] == "application/json"
+    assert "context size" in assert_error(r, 400, param="max_tokens")
+
+
+async def test_error_after_stream_started_is_an_error_event(http, fakes):
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "FAIL_MIDSTREAM"}], "stream": True}
+    r = await http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200
+    events = sse_events(r.text)
+    assert events[-1] == {"error": {"message": "internal error", "type": "server_error", "param": None, "code": None}}
+    assert "secret" not in r.text and "[DONE]" not in r.text
+    assert (await http.post("/v1/chat/completions", json={"model": CHAT, "messages": USER})).status_code == 200
+
+
+async def test_openai_client_raises_on_error_event(oai):
+    stream = await oai.chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "FAIL_MIDSTREAM"}], stream=True
+    )
+    with pytest.raises(Exception, match="internal error"):
+        async for _ in stream:
+            pass
+
+
+async def test_wrong_task_model(http):
+    r = await http.post("/v1/chat/completions", json={"model": EMBED, "messages": USER})
+    assert "/v1/embeddings" in assert_error(r, 400, param="model")
+
+
+def _scope(body: bytes, spec_version: str) -> dict:
+    return {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": spec_version}, "http_version": "1.1",
+        "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000), "server": ("test", 80),
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])  # disconnect via receive(), or via send() raising OSError
+async def test_client_disconnect_mid_stream_closes_the_generation(fakes, spec_version):
+    fakes.chat.delay = 0.005
+    app = build_app(fakes.router())
+    words = " ".join(f"w{i}" for i in range(40))
+    body = json.dumps({"model": CHAT, "messages": [{"role": "user", "content": words}], "stream": True}).encode()
+    request_sent, gone, bodies = False, asyncio.Event(), []
+
+    async def receive():
+        nonlocal request_sent
+        if not request_sent:
+            request_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if gone.is_set() and spec_version == "2.4":
+            raise OSError("connection lost")
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+            if len(bodies) == 3:
+                gone.set()
+
+    await asyncio.wait_for(app(_scope(body, spec_version), receive, send), timeout=5)
+    assert len(fakes.chat.aborted) == 1 and fakes.chat.aborted[0].startswith("chatcmpl-")
+    assert b"[DONE]" not in b"".join(bodies)

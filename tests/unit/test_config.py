@@ -1,0 +1,47 @@
+import pytest
+
+from serving.config import ConfigError, load_config, parse_config
+
+MINIMAL = {"models": [{"name": "m", "task": "embedding", "source": "fake:"}]}
+
+
+def test_embedded_default_loads_and_names_the_four_modalities():
+    cfg = load_config()
+    assert {m.task for m in cfg.models} == {"chat", "embedding", "image", "speech"}
+    assert cfg.server.port == 8000 and cfg.server.host == "127.0.0.1"
+    names = {m.name for m in cfg.models}
+    assert {"smollm2-135m-instruct", "all-minilm-l6-v2", "tiny-random-sd", "piper-joe-medium"} == names
+
+
+def test_unknown_key_is_an_error_naming_it():
+    with pytest.raises(ConfigError) as e:
+        parse_config({"models": [{**MINIMAL["models"][0], "batchin": {}}]})
+    assert "models.0.batchin: unknown key" in str(e.value)
+
+
+def test_bad_values_are_listed():
+    data = {"server": {"port": 0}, "models": [{"name": "m", "task": "video", "source": "fake:"}]}
+    with pytest.raises(ConfigError) as e:
+        parse_config(data)
+    assert "server.port" in str(e.value) and "models.0.task" in str(e.value)
+
+
+def test_duplicate_names_rejected():
+    with pytest.raises(ConfigError, match="repeated: m"):
+        parse_config({"models": MINIMAL["models"] * 2})
+
+
+def test_defaults_and_deployment_name():
+    cfg = parse_config({"models": [{"name": "org/model", "task": "chat", "source": "fake:"}]})
+    m = cfg.models[0]
+    assert m.batching.max_batch_size == 8 and m.resources.num_gpus == 0
+    assert "/" not in m.deployment_name
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
