@@ -33,8 +33,12 @@ def model_deployment(model: ModelConfig, data_dir: str) -> Application:
     return deployment.bind(model.model_dump(), data_dir)
 
 
+# Backend options the HTTP layer needs before calling the model (image defaults and limits).
+CARD_OPTIONS = ("default_size", "default_steps", "default_guidance_scale", "size_multiple", "max_pixels")
+
+
 def model_card(model: ModelConfig, created: int) -> dict:
-    metadata = {"source": model.source}
+    metadata = {"source": model.source, **{k: v for k, v in model.options.items() if k in CARD_OPTIONS}}
     if model.description:
         metadata["description"] = model.description
     return {"id": model.name, "task": model.task, "created": created, "owned_by": "openserve", "metadata": metadata}

@@ -4,10 +4,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
+from typing import Callable
 
+from models.errors import ModelInputError
 from models.factory import build_backend
 from models.sources import resolve_source
 from serving.config import ModelConfig
+from serving.errors import InvalidRequestError
 
 log = logging.getLogger("serving.deployments")
 
@@ -31,3 +35,33 @@ def configure_batching(batch_method, model: ModelConfig) -> None:
     """Apply the model's batching limits to a @serve.batch method of this replica."""
     batch_method.set_max_batch_size(model.batching.max_batch_size)
     batch_method.set_batch_wait_timeout_s(model.batching.batch_wait_timeout_s)
+
+
+@dataclass
+class ItemError:
+    """A batch item's own input error, returned in its slot so that its batch-mates still get their results."""
+
+    error: ModelInputError
+
+
+def run_batch_isolated(run: Callable[[list], list], items: list) -> list:
+    """run(items); if the batch fails on one item's input, rerun item by item so only the bad items fail."""
+    try:
+        return run(items)
+    except ModelInputError as e:
+        if len(items) == 1:
+            return [ItemError(e)]
+    results = []
+    for item in items:
+        try:
+            results.append(run([item])[0])
+        except ModelInputError as e:
+            results.append(ItemError(e))
+    return results
+
+
+def item_result(result):
+    """The caller's side of run_batch_isolated: raise its own input error as a 400."""
+    if isinstance(result, ItemError):
+        raise InvalidRequestError(result.error.message, param=result.error.param)
+    return result

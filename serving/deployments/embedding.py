@@ -8,37 +8,26 @@ from ray import serve
 
 from models.embeddings.types import EmbeddingBackend
 from serving.clients import EmbeddingResult
-from serving.deployments.common import configure_batching, load_backend
-from serving.errors import InvalidRequestError
+from serving.deployments.common import configure_batching, item_result, load_backend, run_batch_isolated
 
 
 def embed_calls(backend: EmbeddingBackend, calls: list[list]) -> list[EmbeddingResult]:
     """Run several calls' inputs as one batch (texts and token-id lists apart) and split the result per call."""
-    flat = [(c, i, x) for c, inputs in enumerate(calls) for i, x in enumerate(inputs)]
+    flat = [x for inputs in calls for x in inputs]
     vectors: list[np.ndarray | None] = [None] * len(flat)
     tokens = [0] * len(flat)
     for is_text in (True, False):
-        positions = [p for p, (_, _, x) in enumerate(flat) if isinstance(x, str) == is_text]
-        if not positions:
-            continue
-        out = backend.embed([flat[p][2] for p in positions])
-        for row, p in enumerate(positions):
-            vectors[p], tokens[p] = out.vectors[row], out.num_tokens[row]
+        positions = [p for p, x in enumerate(flat) if isinstance(x, str) == is_text]
+        if positions:
+            out = backend.embed([flat[p] for p in positions])
+            for row, p in enumerate(positions):
+                vectors[p], tokens[p] = out.vectors[row], out.num_tokens[row]
     results, start = [], 0
     for inputs in calls:
         end = start + len(inputs)
         results.append(EmbeddingResult(np.stack(vectors[start:end]).astype(np.float32), int(sum(tokens[start:end]))))
         start = end
     return results
-
-
-def check_inputs(inputs: list) -> None:
-    """Reject what would fail the whole batch later (one bad call must not fail its batch-mates)."""
-    if not inputs:
-        raise InvalidRequestError("input must not be empty", param="input")
-    for x in inputs:
-        if (isinstance(x, str) and not x.strip()) or (isinstance(x, list) and not x):
-            raise InvalidRequestError("input must not contain empty strings or empty token lists", param="input")
 
 
 @serve.deployment
@@ -48,12 +37,9 @@ class EmbeddingDeployment:
         configure_batching(self._embed_batch, self.model)
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
-        check_inputs(inputs)
-        return await self._embed_batch(list(inputs))
+        return item_result(await self._embed_batch(list(inputs)))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _embed_batch(self, calls: list[list]) -> list[EmbeddingResult]:
-        return await asyncio.to_thread(embed_calls, self.backend, calls)
-
-    def dimensions(self) -> int:
-        return self.backend.dimensions
+    async def _embed_batch(self, calls: list[list]) -> list:
+        run = lambda batch: embed_calls(self.backend, batch)  # noqa: E731
+        return await asyncio.to_thread(run_batch_isolated, run, calls)

@@ -8,16 +8,7 @@ from dataclasses import replace
 from ray import serve
 
 from models.images.types import ImageBackend, ImageParams
-from serving.deployments.common import configure_batching, load_backend
-from serving.errors import InvalidRequestError
-
-
-def check_size(backend: ImageBackend, params: ImageParams) -> None:
-    w, h, m = params.width, params.height, backend.size_multiple
-    if w % m or h % m or w <= 0 or h <= 0:
-        raise InvalidRequestError(f"size {w}x{h}: width and height must be positive multiples of {m}", param="size")
-    if w * h > backend.max_pixels:
-        raise InvalidRequestError(f"size {w}x{h} is over this model's limit of {backend.max_pixels} pixels", param="size")
+from serving.deployments.common import configure_batching, item_result, load_backend, run_batch_isolated
 
 
 def to_png(image) -> bytes:
@@ -39,14 +30,11 @@ class ImageDeployment:
 
     async def generate(self, prompt: str, params: ImageParams, n: int) -> list[bytes]:
         """n PNGs; image i uses seed + i when a seed is given."""
-        check_size(self.backend, params)
         per_image = [replace(params, seed=None if params.seed is None else params.seed + i) for i in range(n)]
-        return list(await asyncio.gather(*[self._generate_batch((prompt, p)) for p in per_image]))
+        results = await asyncio.gather(*[self._generate_batch((prompt, p)) for p in per_image])
+        return [item_result(r) for r in results]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def _generate_batch(self, items: list[tuple[str, ImageParams]]) -> list[bytes]:
-        return await asyncio.to_thread(generate_pngs, self.backend, items)
-
-    def defaults(self) -> dict:
-        b = self.backend
-        return {"size": list(b.default_size), "steps": b.default_steps, "guidance_scale": b.default_guidance_scale}
+    async def _generate_batch(self, items: list[tuple[str, ImageParams]]) -> list:
+        run = lambda batch: generate_pngs(self.backend, batch)  # noqa: E731
+        return await asyncio.to_thread(run_batch_isolated, run, items)

@@ -9,20 +9,8 @@ from models.errors import ModelInputError
 from models.speech.encoding import SUPPORTED_FORMATS, encode_audio
 from models.speech.types import SpeechParams
 from serving.clients import EncodedAudio
-from serving.deployments.common import configure_batching, load_backend
+from serving.deployments.common import configure_batching, item_result, load_backend, run_batch_isolated
 from serving.errors import InvalidRequestError
-
-
-def check_speech(voices: list[str], text: str, params: SpeechParams, response_format: str) -> None:
-    if not text.strip():
-        raise InvalidRequestError("input must not be empty", param="input")
-    if params.voice not in voices:
-        raise InvalidRequestError(f"unknown voice `{params.voice}`; this model has: {', '.join(voices)}", param="voice")
-    if response_format not in SUPPORTED_FORMATS:
-        raise InvalidRequestError(
-            f"response_format `{response_format}` is not supported here; use one of: {', '.join(SUPPORTED_FORMATS)}",
-            param="response_format",
-        )
 
 
 @serve.deployment
@@ -32,8 +20,12 @@ class SpeechDeployment:
         configure_batching(self._synthesize_batch, self.model)
 
     async def synthesize(self, text: str, params: SpeechParams, response_format: str) -> EncodedAudio:
-        check_speech(self.backend.voices, text, params, response_format)
-        samples = await self._synthesize_batch((text, params))
+        if response_format not in SUPPORTED_FORMATS:  # before synthesis: don't spend compute on a doomed call
+            raise InvalidRequestError(
+                f"response_format `{response_format}` is not supported here; use one of: {', '.join(SUPPORTED_FORMATS)}",
+                param="response_format",
+            )
+        samples = item_result(await self._synthesize_batch((text, params)))
         try:
             data, media_type = await asyncio.to_thread(encode_audio, samples, self.backend.sample_rate, response_format)
         except ModelInputError as e:
@@ -42,7 +34,5 @@ class SpeechDeployment:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _synthesize_batch(self, items: list[tuple[str, SpeechParams]]) -> list:
-        return await asyncio.to_thread(self.backend.synthesize, [t for t, _ in items], [p for _, p in items])
-
-    def voices(self) -> list[str]:
-        return list(self.backend.voices)
+        run = lambda batch: self.backend.synthesize([t for t, _ in batch], [p for _, p in batch])  # noqa: E731
+        return await asyncio.to_thread(run_batch_isolated, run, items)

@@ -1,0 +1,1 @@
+"""Benchmarks: print JSON, never assert timings (tests check correctness, benchmarks check speed)."""
