@@ -78,9 +78,10 @@ def up(config: AppConfig, address: str | None) -> int:
     from serving.application import APP_NAME, build_application
 
     started = time.perf_counter()
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C, even while models load
+    _install_signal_handlers()
     _say(f"starting Ray and {len(config.models)} model(s): " + ", ".join(f"{m.name} ({m.task})" for m in config.models))
     _start_ray(config, address)
+    _install_signal_handlers()  # again: ray.init installs its own SIGTERM handler, which aborts the process
     try:
         serve.start(http_options={"host": config.server.host, "port": config.server.port})
         done = threading.Event()
@@ -101,6 +102,12 @@ def up(config: AppConfig, address: str | None) -> int:
 
 def _interrupt(*_) -> None:
     raise KeyboardInterrupt
+
+
+def _install_signal_handlers() -> None:
+    """`kill` cleans up like Ctrl-C, even while models load; SIGINT too when a shell started us with it ignored."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
 
 def _wait_for_signal() -> None:
