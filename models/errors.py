@@ -14,3 +14,7 @@ class ModelInputError(ValueError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class EngineOverloadedError(RuntimeError):
+    """The model's queue is full; the request was not accepted (maps to HTTP 429)."""

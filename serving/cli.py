@@ -1,17 +1,20 @@
-"""`openserve up`: start (or join) Ray, deploy the configured models, serve HTTP until Ctrl-C."""
+"""`openserve up`: open the registry (seeding it from the YAML on first start), start (or join) Ray, serve HTTP and
+deploy every model marked deployed, until Ctrl-C. Also `openserve models ...` (serving/admin/cli.py) and
+`openserve bench ...` (benchmarks/cli.py)."""
 from __future__ import annotations
 
 import argparse
 import os
 import signal
 import sys
-import threading
 import time
 
-from serving.config import AppConfig, ConfigError, load_config
+from serving.config import DEFAULT_CONFIG, AppConfig, ConfigError, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
+    from serving.admin import cli as admin_cli
+
     p = argparse.ArgumentParser(prog="openserve", description="OpenAI-compatible model server on Ray Serve")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the server on a configuration (default: the embedded default models)")
@@ -19,14 +22,23 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="listen address (default from config: 127.0.0.1)")
     up.add_argument("--port", type=int, help="listen port (default from config: 8000)")
     up.add_argument("--address", help="join a running Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
-    up.add_argument("--data-dir", help="where caches and Ray's files go (default from config)")
+    up.add_argument("--data-dir", help="where caches, the registry and Ray's files go (default from config)")
+    up.add_argument("--registry-url", help="SQLAlchemy URL of the registry (default: sqlite in the data dir)")
+    up.add_argument(
+        "--apply-config", action="store_true",
+        help="write the configuration's models into the registry (over same-named entries) and deploy them; "
+        "without it they only seed an empty registry",
+    )
     check = sub.add_parser("check-config", help="validate a configuration and print it")
     check.add_argument("--config")
+    admin_cli.add_parser(sub)
+    sub.add_parser("bench", help="benchmarks: `openserve bench --help` (arguments go to benchmarks.cli)")
     return p
 
 
 def _with_overrides(config: AppConfig, args: argparse.Namespace) -> AppConfig:
-    server = {k: v for k, v in {"host": args.host, "port": args.port, "data_dir": args.data_dir}.items() if v}
+    values = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "registry_url": args.registry_url}
+    server = {k: v for k, v in values.items() if v}
     return config.model_copy(update={"server": config.server.model_copy(update=server)})
 
 
@@ -53,50 +65,32 @@ def _start_ray(config: AppConfig, address: str | None) -> None:
     )
 
 
-def _report_progress(done: threading.Event) -> None:
-    """Print each deployment's status when it changes, until the app is up."""
-    from ray import serve
-
-    from serving.application import APP_NAME
-
-    last: dict[str, str] = {}
-    while not done.wait(2.0):
-        try:
-            app = serve.status().applications.get(APP_NAME)
-        except Exception:
-            continue
-        for name, dep in (app.deployments.items() if app else []):
-            state = str(getattr(dep.status, "value", dep.status))
-            if last.get(name) != state:
-                last[name] = state
-                _say(f"{name}: {state.lower()}")
-
-
-def up(config: AppConfig, address: str | None) -> int:
+def up(config: AppConfig, args: argparse.Namespace) -> int:
     from ray import serve
 
     from serving.application import APP_NAME, build_application
+    from serving.registry import startup
 
     started = time.perf_counter()
     _install_signal_handlers()
-    _say(f"starting Ray and {len(config.models)} model(s): " + ", ".join(f"{m.name} ({m.task})" for m in config.models))
-    _start_ray(config, address)
+    store = startup.open_registry(config, args.config or DEFAULT_CONFIG, args.apply_config, _say)
+    _start_ray(config, args.address)
     _install_signal_handlers()  # again: ray.init installs its own SIGTERM handler, which aborts the process
     try:
         serve.start(http_options={"host": config.server.host, "port": config.server.port})
-        done = threading.Event()
-        threading.Thread(target=_report_progress, args=(done,), daemon=True).start()
-        serve.run(build_application(config), name=APP_NAME, route_prefix="/")
-        done.set()
+        serve.run(build_application(config.server), name=APP_NAME, route_prefix="/")
+        entries = startup.wait_for_models(store, config.server, _say)
+        failed = [e.name for e in entries if e.status == "failed"]
         url = f"http://{config.server.host}:{config.server.port}/v1"
-        _say(f"ready in {time.perf_counter() - started:.1f} s: {url}")
-        for m in config.models:
-            _say(f"  model {m.name:<28} {m.task:<10} {m.source}")
+        _say(f"ready in {time.perf_counter() - started:.1f} s: {url}" + (f" ({len(failed)} failed)" if failed else ""))
+        for e in entries:
+            _say(f"  model {e.name:<28} {e.spec.task:<10} {e.status:<8} {e.spec.source}")
         _say("Ctrl-C to stop")
         _wait_for_signal()
         return 0
     finally:
         _say("shutting down")
+        store.close()
         _shutdown()
 
 
@@ -127,8 +121,28 @@ def _shutdown() -> None:
         _say("stopped")
 
 
+def bench(argv: list[str]) -> int:
+    """`openserve bench ...` is `python -m benchmarks ...` (imported only when asked for)."""
+    try:
+        from benchmarks.cli import main as bench_main
+    except ModuleNotFoundError as e:
+        if e.name not in ("benchmarks", "benchmarks.cli"):
+            raise
+        print("openserve bench: the benchmarks package (benchmarks/cli.py) is not installed here; run it from a "
+              "source checkout (pip install -e .)", file=sys.stderr)
+        return 2
+    return bench_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmarks' own parser
+        return bench(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "models":
+        from serving.admin import cli as admin_cli
+
+        return admin_cli.run(args)
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -138,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(config.model_dump_json(indent=2))
         return 0
     try:
-        return up(_with_overrides(config, args), args.address)
+        return up(_with_overrides(config, args), args)
     except KeyboardInterrupt:
         return 130
 

@@ -10,6 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Task = Literal["chat", "embedding", "image", "speech"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
 DEFAULT_CONFIG = "configs/default.yaml"
 
 
@@ -31,31 +33,79 @@ class ResourcesConfig(StrictModel):
     num_gpus: float = Field(0.0, ge=0)
 
 
+class AutoscalingConfig(StrictModel):
+    """Ray Serve autoscaling of a model's replicas (replaces num_replicas when set)."""
+
+    min_replicas: int = Field(1, ge=0, le=64)
+    max_replicas: int = Field(1, ge=1, le=64)
+    target_ongoing_requests: float = Field(2.0, gt=0, description="in-flight requests per replica to aim for")
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+MODEL_ID = r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}"
+MODEL_APP_PREFIX = "model:"
+
+
+def deployment_name(model: str) -> str:
+    """The Ray Serve application (and deployment) name of a model. Ray names cannot hold '/'; '~' cannot appear in
+    a model id, so the mapping is one-to-one."""
+    return MODEL_APP_PREFIX + model.replace("/", "~")
+
+
 class ModelConfig(StrictModel):
     name: str = Field(..., description="the OpenAI `model` id clients send")
     task: Task
     source: str = Field(..., description="package:, builtin:, fake:, hf:, a hub id, or a local path")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    revision: str | None = Field(None, description="a Hub branch, tag or commit (Hub sources only)")
+    dtype: DType = "auto"
+    device: Device = "auto"
     num_replicas: int = Field(1, ge=1, le=64)
     max_ongoing_requests: int = Field(64, ge=1, le=100_000)
     torch_threads: int | None = Field(None, ge=1, description="default: every core (Ray would set num_cpus)")
     batching: BatchingConfig = BatchingConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    autoscaling: AutoscalingConfig | None = Field(None, description="when set, Ray Serve scales the replicas")
     options: dict[str, Any] = Field(default_factory=dict, description="backend-specific settings")
     description: str | None = None
+    aliases: list[str] = Field(default_factory=list, description="other `model` ids that reach this model")
 
     @field_validator("name")
     @classmethod
     def _name_is_an_id(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}", v):
+        if not re.fullmatch(MODEL_ID, v):
             raise ValueError("model names use letters, digits and . _ : / - (at most 128 characters)")
         return v
 
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_are_ids(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if not re.fullmatch(MODEL_ID, a)]
+        if bad:
+            raise ValueError(f"aliases use letters, digits and . _ : / - (at most 128 characters): {bad[0]!r}")
+        if len(set(v)) != len(v):
+            raise ValueError("aliases must be unique")
+        return v
+
+    @model_validator(mode="after")
+    def _alias_is_not_the_name(self) -> "ModelConfig":
+        if self.name in self.aliases:
+            raise ValueError("a model's aliases must differ from its name")
+        return self
+
     @property
     def deployment_name(self) -> str:
-        """Ray deployment names cannot hold '/', model ids can."""
-        return "model:" + self.name.replace("/", "--")
+        return deployment_name(self.name)
+
+    def deployment_spec(self) -> dict:
+        """What the model's replicas are built from: every field but those that only the router reads."""
+        return self.model_dump(exclude={"aliases", "description"})
 
 
 class ServerConfig(StrictModel):
@@ -66,22 +116,42 @@ class ServerConfig(StrictModel):
     api_keys: list[str] = Field(default_factory=list, description="when set, requests need `Bearer <key>`")
     ray_num_cpus: int | None = Field(None, ge=1, description="default: the machine's cores")
     ray_object_store_mb: int = Field(200, ge=64)
+    admin_api_keys: list[str] = Field(
+        default_factory=list, description="keys for /admin (Bearer); when empty, /admin answers loopback clients only"
+    )
+    registry_url: str | None = Field(
+        None, description="SQLAlchemy URL of the model registry; default sqlite:///<data_dir>/registry.db"
+    )
+    deploy_timeout_s: float = Field(1800.0, gt=0, description="a model not ready this long after deploy fails")
+    schedule_timeout_s: float = Field(
+        90.0, gt=0, description="a replica waiting this long for Ray resources fails (Ray reports it after 30 s)"
+    )
+    check_cluster_resources: bool = Field(
+        True, description="fail a deploy at once when no Ray node has the resources one replica asks for"
+    )
+    routes_refresh_s: float = Field(1.0, gt=0, le=60, description="how often the ingress re-reads the registry")
 
     @property
     def resolved_data_dir(self) -> str:
         return os.path.abspath(os.path.expanduser(self.data_dir))
 
+    @property
+    def resolved_registry_url(self) -> str:
+        return self.registry_url or "sqlite:///" + os.path.join(self.resolved_data_dir, "registry.db")
+
 
 class AppConfig(StrictModel):
     server: ServerConfig = ServerConfig()
-    models: list[ModelConfig] = Field(..., min_length=1)
+    models: list[ModelConfig] = Field(
+        default_factory=list, description="seeds the registry on its first start (see README: YAML and registry)"
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> "AppConfig":
-        names = [m.name for m in self.models]
+        names = [n for m in self.models for n in (m.name, *m.aliases)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+            raise ValueError(f"model names and aliases must be unique; repeated: {', '.join(dupes)}")
         return self
 
 

@@ -28,6 +28,11 @@ class AuthenticationError(ServingError):
     error_type = "authentication_error"
 
 
+class PermissionDeniedError(ServingError):
+    status_code = 403
+    error_type = "permission_error"
+
+
 class ModelNotFoundError(ServingError):
     status_code = 404
     error_type = "invalid_request_error"
@@ -38,6 +43,13 @@ class ModelNotFoundError(ServingError):
 
 class NotFoundError(ServingError):
     status_code = 404
+    error_type = "invalid_request_error"
+
+
+class ConflictError(ServingError):
+    """The request clashes with the current state (a model name or alias already taken)."""
+
+    status_code = 409
     error_type = "invalid_request_error"
 
 

@@ -1,8 +1,8 @@
-"""Maps the request's `model` field to the client of the deployment that serves it."""
+"""Maps the request's `model` field (a name or an alias) to the client of the deployment that serves it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from serving.clients import ModelCard
 from serving.errors import InvalidRequestError, ModelNotFoundError
@@ -19,27 +19,45 @@ TASK_ENDPOINTS = {
 class ServedModel:
     card: ModelCard
     client: Any  # ChatClient | EmbeddingClient | ImageClient | SpeechClient, by card.task
+    aliases: tuple[str, ...] = ()  # other ids that reach this model (not listed by /v1/models)
 
 
 class ModelRouter:
-    """Exact-name lookup (no fuzzy matching) of served models, checked against the endpoint's task."""
+    """Exact-name lookup (no fuzzy matching) of served models, checked against the endpoint's task.
 
-    def __init__(self, models: list[ServedModel]):
-        self._models = {m.card.id: m for m in models}
+    The table can be replaced while requests run (the registry adds and removes models): a request keeps the
+    client it looked up, and a lookup sees either the old table or the new one, never a mix.
+    """
+
+    def __init__(self, models: Iterable[ServedModel] = ()):
+        self.replace(models)
+
+    def replace(self, models: Iterable[ServedModel]) -> None:
+        models = list(models)
+        by_id = {m.card.id: m for m in models}
+        for m in models:
+            for alias in m.aliases:
+                by_id.setdefault(alias, m)
+        self._table = ([m.card for m in models], by_id)  # one assignment: readers never see half a table
 
     def cards(self) -> list[ModelCard]:
-        return [m.card for m in self._models.values()]
+        return list(self._table[0])
+
+    def _served(self, name: str) -> ServedModel:
+        served = self._table[1].get(name)
+        if served is None:
+            raise ModelNotFoundError(f"The model `{name}` does not exist.")
+        return served
 
     def card(self, name: str) -> ModelCard:
-        if name not in self._models:
-            raise ModelNotFoundError(f"The model `{name}` does not exist.")
-        return self._models[name].card
+        return self._served(name).card
 
     def client(self, name: str, task: str) -> Any:
         """The client for `name`; 404 if unknown, 400 if it serves another task."""
-        card = self.card(name)
-        if card.task != task:
+        served = self._served(name)
+        if served.card.task != task:
             raise InvalidRequestError(
-                f"The model `{name}` is a {card.task} model; use {TASK_ENDPOINTS[card.task]}.", param="model"
+                f"The model `{name}` is a {served.card.task} model; use {TASK_ENDPOINTS[served.card.task]}.",
+                param="model",
             )
-        return self._models[name].client
+        return served.client

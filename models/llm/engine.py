@@ -1,133 +1,128 @@
-"""HFEngine: a simple, correct LLMEngine on a transformers causal LM. One forward pass per request per step.
+"""HFEngine: a continuous-batching LLMEngine on any transformers causal LM.
 
-Each request keeps its own KV cache (the DynamicCache the model returns), so no padding and no masks: every
-request's tokens are exactly those `model.generate` would produce for it alone. `step()` admits waiting requests
-(up to `max_running`), prefills the new ones, decodes one token for the others, samples all rows together and
-post-processes each through its `Sequence`. A continuous-batching engine can replace the inside of `step()`
-without changing this interface.
+`step()` reads in three lines: the scheduler picks the work (decodes, prefill chunks, admissions; scheduler.py),
+the runner runs it through the model in one forward (model_runner.py), and the sampled tokens are post-processed
+per request through its `Sequence` (stop rules, detokenization). The batched runner drives the model with slot
+attention over a static per-request KV cache (attention.py, kv_cache.py); a model that fails the load-time probe
+of that path (an unusual attention, a hybrid architecture) runs on the per-request fallback (fallback_runner.py),
+with a logged warning. On CPU, bf16/fp16 linear layers are pre-packed for oneDNN (cpu_linear.py).
 """
 from __future__ import annotations
 
-import inspect
-from collections import OrderedDict
-from dataclasses import dataclass
+import logging
 from typing import Any
 
 import torch
 
+from models.llm.cpu_linear import pack_linears
+from models.llm.fallback_runner import PerRequestRunner
+from models.llm.kv_cache import KVShape, default_kv_budget_bytes, fit_num_slots, SlotAllocator
+from models.llm.model_runner import (BatchedModelRunner, enable_slot_attention, probe_slot_attention,
+                                     restore_attention)
+from models.llm.request import EngineRequest
 from models.llm.sampler import RequestSampler, SampledToken, sample_next
+from models.llm.scheduler import Scheduler
 from models.llm.sequence import Sequence
 from models.llm.types import RequestOutput, SamplingParams, TokenLogprob
 from models.llm.validation import validate_request
 
+log = logging.getLogger(__name__)
 
-@dataclass
-class _Request:
-    """Engine-side state of one request: output bookkeeping, sampler, and the model's KV cache."""
-
-    seq: Sequence
-    sampler: RequestSampler
-    cache: Any = None  # past_key_values after prefill; None while waiting
-    last_token: int | None = None  # sampled but not yet fed to the model
+# Prefill tokens per step besides the decodes. On CPU a step's cost grows with its tokens, so a smaller budget
+# keeps decodes of running requests flowing while a long prompt is prefilled in chunks.
+DEFAULT_MAX_BATCHED_TOKENS = {"cpu": 512, "cuda": 4096}
+DEFAULT_MAX_MODEL_LEN = 8192  # when the options do not say (see _resolve_max_model_len)
 
 
 class HFEngine:
-    """LLMEngine over a transformers causal LM (see models.llm.types.LLMEngine for the contract)."""
+    """LLMEngine over a transformers causal LM (see models.llm.types.LLMEngine for the contract).
 
-    def __init__(self, model: Any, tokenizer: Any, max_model_len: int | None = None, max_running: int = 16):
-        if max_running < 1:
-            raise ValueError("max_running must be >= 1")
+    max_running: sequences decoded together (KV slots; fewer if `kv_cache_gb` cannot hold them).
+    max_queued: requests waiting for a slot; `add_request` raises EngineOverloadedError beyond it.
+    max_batched_tokens: tokens per step (decodes + prefill chunks). batched: False forces the per-request path.
+    cuda_graphs: replay decode steps as CUDA graphs (CUDA only). kv_cache_gb: KV memory budget (default: see
+    kv_cache.default_kv_budget_bytes). cpu_packed_linear: pack bf16/fp16 linear weights on CPU.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, max_model_len: int | None = None, max_running: int = 16,
+                 max_queued: int = 256, max_batched_tokens: int | None = None, batched: bool = True,
+                 cuda_graphs: bool = True, kv_cache_gb: float | None = None, cpu_packed_linear: bool = True):
+        if max_running < 1 or max_queued < 0:
+            raise ValueError("max_running must be >= 1 and max_queued >= 0")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.max_running = max_running
         self.max_model_len = _resolve_max_model_len(model.config, max_model_len)
         self.vocab_size = _vocab_size(model)
         self.device = next(model.parameters()).device
         self.eos_token_ids = eos_token_ids(model, tokenizer)
-        forward_params = inspect.signature(model.forward).parameters
-        self._keep_last_logits = "logits_to_keep" in forward_params
-        # Newer transformers (5.24) call it `cache` and warn on `past_key_values`; older ones know only the latter.
-        self._cache_name = "cache" if "cache" in forward_params else "past_key_values"
-        self._waiting: OrderedDict[str, _Request] = OrderedDict()
-        self._running: OrderedDict[str, _Request] = OrderedDict()
+        self.max_queued = max_queued
+        self.packed_linears = pack_linears(model) if cpu_packed_linear else 0
+        self.runner, self.max_running = self._make_runner(batched, max_running, cuda_graphs, kv_cache_gb)
+        budget = max_batched_tokens or DEFAULT_MAX_BATCHED_TOKENS.get(self.device.type, 512)
+        self.scheduler = Scheduler(SlotAllocator(self.max_running), max_queued, max(budget, self.max_running))
+        self._requests: dict[str, EngineRequest] = {}
 
     @classmethod
-    def load(
-        cls,
-        location: str,
-        gguf_file: str | None = None,
-        dtype: str = "auto",
-        device: str = "cpu",
-        cache_dir: str | None = None,
-        max_model_len: int | None = None,
-        max_running: int = 16,
-    ) -> "HFEngine":
-        """Load the model and tokenizer with `load_causal_lm` and wrap them in an engine."""
+    def load(cls, location: str, gguf_file: str | None = None, dtype: str = "auto", device: str = "cpu",
+             cache_dir: str | None = None, max_model_len: int | None = None, max_running: int = 16,
+             **engine_options: Any) -> "HFEngine":
+        """Load the model and tokenizer with `load_causal_lm` and wrap them in an engine (options: see the class)."""
         from models.llm.loader import load_causal_lm
 
-        model, tokenizer = load_causal_lm(
-            location, gguf_file=gguf_file, dtype=dtype, device=device, cache_dir=cache_dir
-        )
-        return cls(model, tokenizer, max_model_len=max_model_len, max_running=max_running)
+        model, tokenizer = load_causal_lm(location, gguf_file=gguf_file, dtype=dtype, device=device,
+                                          cache_dir=cache_dir)
+        return cls(model, tokenizer, max_model_len=max_model_len, max_running=max_running, **engine_options)
+
+    @property
+    def batched(self) -> bool:
+        return isinstance(self.runner, BatchedModelRunner)
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request; ModelInputError if it can never fit or its params are out of range."""
-        if request_id in self._waiting or request_id in self._running:
+        """Queue a request; ModelInputError if it can never fit, EngineOverloadedError if the queue is full."""
+        if request_id in self._requests:
             raise ValueError(f"duplicate request id {request_id!r}")
         prompt = [int(t) for t in prompt_token_ids]
         budget = validate_request(prompt, params, self.max_model_len, self.vocab_size)
         seq = Sequence(request_id, prompt, params, self.tokenizer, self.eos_token_ids, budget)
-        self._waiting[request_id] = _Request(seq, RequestSampler(params, self.vocab_size, self.device))
+        request = EngineRequest(seq, RequestSampler(params, self.vocab_size, self.device))
+        self.scheduler.add(request)
+        self._requests[request_id] = request
 
     def step(self) -> list[RequestOutput]:
-        """Prefill newly admitted requests, decode one token for the running ones; return one delta each."""
-        self._admit()
-        requests = list(self._running.values())
-        if not requests:
+        """Run one scheduled step (decodes + prefill chunks); return one delta per request that sampled a token."""
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
             return []
         with torch.inference_mode():
-            logits = torch.cat([self._forward(r) for r in requests])  # [B, V]
-            sampled = sample_next(logits, [r.sampler for r in requests])
-        return [self._emit(r, s) for r, s in zip(requests, sampled)]
+            sampled, logits = self.runner.execute(scheduled.work)
+            for request, count in scheduled.work:
+                request.num_computed += count
+            tokens = sample_next(logits, [r.sampler for r in sampled]) if sampled else []
+        return [self._emit(r, t) for r, t in zip(sampled, tokens)]
 
     def abort(self, request_id: str) -> None:
-        """Drop a request (waiting or running) and its KV cache now; unknown ids are ignored."""
-        self._waiting.pop(request_id, None)
-        self._running.pop(request_id, None)
+        """Drop a request (waiting or running); its KV slot is free for the next step. Unknown ids are ignored."""
+        request = self.scheduler.abort(request_id)
+        if request is not None:
+            self.runner.release(request)
+            self._requests.pop(request_id, None)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._waiting or self._running)
+        return self.scheduler.has_unfinished()
 
     def num_unfinished_requests(self) -> int:
-        return len(self._waiting) + len(self._running)
+        return len(self._requests)
 
     def unfinished_request_ids(self) -> list[str]:
-        return [*self._running, *self._waiting]
+        return [*self.scheduler.running, *(r.request_id for r in self.scheduler.waiting)]
 
-    def _admit(self) -> None:
-        while self._waiting and len(self._running) < self.max_running:
-            request_id, request = self._waiting.popitem(last=False)
-            self._running[request_id] = request
-
-    def _forward(self, request: _Request) -> torch.Tensor:
-        """Run the prompt (first time) or the last sampled token through the model; return logits [1, V]."""
-        if request.cache is None:
-            ids = request.seq.prompt_token_ids  # prefill: [T]
-        else:
-            ids = [request.last_token]  # decode: [1]
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, T]
-        kwargs = {self._cache_name: request.cache, "use_cache": True}
-        if self._keep_last_logits:
-            kwargs["logits_to_keep"] = 1  # prefill: skip the [T, V] logits of all but the last position
-        out = self.model(input_ids=input_ids, **kwargs)
-        request.cache = out[self._cache_name]
-        return out.logits[:, -1, :]  # [1, V]
-
-    def _emit(self, request: _Request, sampled: SampledToken) -> RequestOutput:
-        request.last_token = sampled.token_id
+    def _emit(self, request: EngineRequest, sampled: SampledToken) -> RequestOutput:
+        request.append_output(sampled.token_id)
         output = request.seq.append(sampled.token_id, self._token_logprob(sampled))
         if output.finished:
-            self._running.pop(output.request_id, None)  # frees the KV cache
+            self.scheduler.finish(request)
+            self.runner.release(request)
+            self._requests.pop(request.request_id, None)
         return output
 
     def _token_logprob(self, sampled: SampledToken) -> TokenLogprob | None:
@@ -138,6 +133,25 @@ class HFEngine:
 
     def _token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
+
+    def _make_runner(self, batched: bool, max_running: int, cuda_graphs: bool, kv_cache_gb: float | None):
+        """(BatchedModelRunner, slots) when the probe passes, else (PerRequestRunner, max_running)."""
+        name = type(self.model).__name__
+        if batched:
+            previous = enable_slot_attention(self.model)
+            reason = probe_slot_attention(self.model, self.vocab_size)
+            if reason is None:
+                shape = KVShape.of(self.model.config)
+                dtype = next(self.model.parameters()).dtype
+                slots = fit_num_slots(shape, max_running, self.max_model_len, dtype,
+                                      default_kv_budget_bytes(self.device, kv_cache_gb))
+                runner = BatchedModelRunner(self.model, slots, self.max_model_len, cuda_graphs)
+                log.info("%s: batched engine, %d slots x %d tokens (%.2f GiB KV reserved), %d packed linears",
+                         name, slots, self.max_model_len, runner.cache.reserved_bytes / 2**30, self.packed_linears)
+                return runner, slots
+            restore_attention(self.model, previous)
+            log.warning("%s: batched engine unavailable (%s); running one forward per request per step", name, reason)
+        return PerRequestRunner(self.model), max_running
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -158,14 +172,21 @@ def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
 def _vocab_size(model: Any) -> int:
     """Rows of the LM head (may exceed len(tokenizer) when padded); the config's vocab_size otherwise."""
     head = model.get_output_embeddings()
-    return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
 
 
 def _resolve_max_model_len(config: Any, requested: int | None) -> int:
-    """The model's max_position_embeddings, capped by `requested`; `requested` alone when the config has none."""
+    """`requested` capped by the model's max_position_embeddings; without a request, the model's own length up to
+    DEFAULT_MAX_MODEL_LEN (every KV slot reserves max_model_len tokens: 128k-token slots would rarely fit)."""
     native = getattr(config, "max_position_embeddings", None)
     if native is None and requested is None:
         raise ValueError("max_model_len is required: the model config has no max_position_embeddings")
     if native is None:
         return int(requested)
-    return int(native) if requested is None else min(int(native), int(requested))
+    if requested is None:
+        if native > DEFAULT_MAX_MODEL_LEN:
+            log.info("max_model_len defaults to %d (the model allows %d; set max_model_len to raise it)",
+                     DEFAULT_MAX_MODEL_LEN, native)
+        return min(int(native), DEFAULT_MAX_MODEL_LEN)
+    return min(int(native), int(requested))

@@ -18,6 +18,7 @@ FakeEngine, per request:
     * the token stream is the answer's characters, then eos (id 2), repeated forever; so it finishes with "stop"
       right after the answer, unless ignore_eos (then it cycles until "length");
     * one token per running request per `step()`, at most `max_running` running, the rest wait in FIFO order;
+      beyond `max_running + max_queued` unfinished requests, add_request raises EngineOverloadedError;
     * stop strings, stop_token_ids, max_tokens, eos text (not emitted) and the finish reasons follow the same
       `Sequence` rules as HFEngine; add_request validates like HFEngine (ModelInputError);
     * logprobs: the token at rank r (0 = the emitted token, then ids token+1, token+2, ... mod vocab) has logprob
@@ -35,6 +36,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from models.errors import EngineOverloadedError
 from models.llm.sequence import Sequence
 from models.llm.types import RequestOutput, SamplingParams, TokenLogprob
 from models.llm.validation import validate_request
@@ -92,10 +94,11 @@ class FakeEngine:
     """Deterministic LLMEngine that answers with the last user message; see the module docstring."""
 
     def __init__(self, tokenizer: FakeTokenizer | None = None, max_model_len: int = 2048, max_running: int = 16,
-                 step_delay: float = 0.0):
+                 max_queued: int = 256, step_delay: float = 0.0):
         self.tokenizer = tokenizer or FakeTokenizer()
         self.max_model_len = max_model_len
         self.max_running = max_running
+        self.max_queued = max_queued
         self.step_delay = step_delay
         self.aborted: list[str] = []
         self._waiting: OrderedDict[str, tuple[Sequence, list[int]]] = OrderedDict()
@@ -105,6 +108,8 @@ class FakeEngine:
         if request_id in self._waiting or request_id in self._running:
             raise ValueError(f"duplicate request id {request_id!r}")
         budget = validate_request(list(prompt_token_ids), params, self.max_model_len, self.tokenizer.vocab_size)
+        if len(self._waiting) + len(self._running) >= self.max_running + self.max_queued:
+            raise EngineOverloadedError(f"the model is at capacity ({self.max_running} + {self.max_queued})")
         eos = [self.tokenizer.eos_token_id]
         seq = Sequence(request_id, list(prompt_token_ids), params, self.tokenizer, eos, budget)
         cycle = self.tokenizer.encode(self.answer(prompt_token_ids, params)) + eos

@@ -49,22 +49,26 @@ class RequestSampler:
 
 
 def sample_next(logits: torch.Tensor, samplers: list[RequestSampler]) -> list[SampledToken]:
-    """Sample one token per row of `logits` ([B, V], row i belongs to samplers[i]) and record it."""
+    """Sample one token per row of `logits` ([B, V], row i belongs to samplers[i]) and record it.
+
+    Greedy rows are one argmax over the batch; only rows that sample draw one by one, each from its own
+    generator (so a seeded request draws the same tokens whatever its neighbours). One device sync per call.
+    """
     if logits.dim() != 2 or logits.shape[0] != len(samplers):
         raise ValueError(f"logits {tuple(logits.shape)} do not match {len(samplers)} samplers")
     logits = logits.float()  # [B, V]
-    raw_logprobs = torch.log_softmax(logits, dim=-1)  # [B, V]
     processed = apply_penalties(logits, samplers)  # [B, V]
+    tokens = torch.argmax(processed, dim=-1)  # [B]
+    rows = [i for i, s in enumerate(samplers) if not s.greedy]
+    if rows:
+        probs = batch_sampling_probs(processed[rows], [samplers[i].params for i in rows])  # [R, V]
+        draws = [torch.multinomial(probs[j], 1, generator=samplers[i].generator) for j, i in enumerate(rows)]
+        tokens[rows] = torch.cat(draws)
+    token_ids = tokens.tolist()
     results = []
-    for i, sampler in enumerate(samplers):
-        row = processed[i]  # [V]
-        if sampler.greedy:
-            token_id = int(torch.argmax(row))
-        else:
-            probs = sampling_probs(row, sampler.params)  # [V]
-            token_id = int(torch.multinomial(probs, 1, generator=sampler.generator))
+    for i, (sampler, token_id) in enumerate(zip(samplers, token_ids)):
         sampler.record(token_id)
-        results.append(_with_logprobs(token_id, raw_logprobs[i], sampler.params))
+        results.append(_with_logprobs(token_id, logits[i], sampler.params))
     return results
 
 
@@ -82,25 +86,38 @@ def apply_penalties(logits: torch.Tensor, samplers: list[RequestSampler]) -> tor
 
 def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Probabilities ([V]) after temperature, top-k and top-p; tokens cut off get probability 0."""
-    logits = logits / params.temperature  # [V]
-    vocab = logits.shape[-1]
-    if 0 < params.top_k < vocab:
-        kth = torch.topk(logits, params.top_k).values[-1]  # scalar: the k-th largest logit
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)  # [V], [V]
-        sorted_probs = torch.softmax(sorted_logits, dim=-1)  # [V]
-        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # [V]: mass of strictly better tokens
-        drop_sorted = mass_before >= params.top_p  # [V]; the best token is always kept
-        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)  # [V] back in vocab order
-        logits = logits.masked_fill(drop, float("-inf"))
-    return torch.softmax(logits, dim=-1)  # [V]
+    return batch_sampling_probs(logits[None], [params])[0]
 
 
-def _with_logprobs(token_id: int, raw_logprobs: torch.Tensor, params: SamplingParams) -> SampledToken:
+def batch_sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """[R, V] logits -> [R, V] probabilities after each row's temperature, top-k and top-p (temperature > 0)."""
+    rows, vocab = logits.shape
+    device = logits.device
+    temperature = torch.tensor([p.temperature for p in params], device=device)[:, None]  # [R, 1]
+    logits = logits / temperature  # [R, V]
+    top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
+    top_p = [p.top_p for p in params]
+    if min(top_k) < vocab or min(top_p) < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [R, V], [R, V]
+        if min(top_k) < vocab:
+            k = torch.tensor(top_k, device=device)[:, None] - 1  # [R, 1]
+            kth = sorted_logits.gather(1, k)  # [R, 1]: each row's k-th largest logit
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+            sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+        if min(top_p) < 1.0:
+            sorted_probs = torch.softmax(sorted_logits, dim=-1)  # [R, V]
+            mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # [R, V]: mass of strictly better tokens
+            drop_sorted = mass_before >= torch.tensor(top_p, device=device)[:, None]  # [R, V]; best token kept
+            drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)  # [R, V] back in vocab order
+            logits = logits.masked_fill(drop, float("-inf"))
+    return torch.softmax(logits, dim=-1)  # [R, V]
+
+
+def _with_logprobs(token_id: int, raw_logits: torch.Tensor, params: SamplingParams) -> SampledToken:
     """Attach the raw logprob of `token_id` and the top-n alternatives when the request asked for them."""
     if not params.logprobs:
         return SampledToken(token_id)
+    raw_logprobs = torch.log_softmax(raw_logits, dim=-1)  # [V]
     top: list[tuple[int, float]] = []
     n = min(params.top_logprobs, raw_logprobs.shape[-1])
     if n > 0:

@@ -7,8 +7,11 @@ from pydantic import BaseModel
 from serving.router import ModelRouter
 
 
-def get_router(request: Request) -> ModelRouter:
-    """FastAPI dependency: the ModelRouter that build_app stored in app.state."""
+async def get_router(request: Request) -> ModelRouter:
+    """FastAPI dependency: the ModelRouter that build_app stored in app.state.
+
+    `async` on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request that
+    cost ~0.1 ms of CPU here for a dictionary lookup (see the Benchmarks section of the README)."""
     return request.app.state.router
 
 

@@ -12,14 +12,18 @@ from serving.services.llm import LLMService
 
 @serve.deployment
 class ChatDeployment:
+    """Admission: the engine runs `max_running` sequences and queues `max_queued` more (model `options`); past
+    that the service answers 429 (ServerOverloadedError) before the request reaches the engine."""
+
     def __init__(self, spec: dict, data_dir: str):
         self.model, engine = load_backend(spec, data_dir)
-        self.service = LLMService(engine, max_pending=int(self.model.options.get("max_pending", 256)))
+        self.service = LLMService(engine)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Streams chunks; when the caller goes away Ray cancels this generator and the service aborts."""
-        async for chunk in self.service.generate(request):
-            yield chunk
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
+        """Streams lists of chunks (all those ready at once: one Ray stream item each); when the caller goes away
+        Ray cancels this generator and the service aborts the request, freeing its KV slot within one step."""
+        async for chunks in self.service.generate_batches(request):
+            yield chunks
 
     def check_health(self) -> None:
         if not self.service.is_alive():

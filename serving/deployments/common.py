@@ -9,7 +9,7 @@ from typing import Callable
 
 from models.errors import ModelInputError
 from models.factory import build_backend
-from models.sources import resolve_source
+from models.sources import fetch_source
 from serving.config import ModelConfig
 from serving.errors import InvalidRequestError
 
@@ -19,14 +19,21 @@ log = logging.getLogger("serving.deployments")
 def load_backend(spec: dict, data_dir: str):
     """Build the backend for a model spec (a ModelConfig dump); logs how long it took."""
     model = ModelConfig.model_validate(spec)
+    # OpenMP threads waiting for work spin by default. A replica shares its cores with Ray's proxy, the ingress and
+    # the other replicas: a spinning thread holds the core its partner needs, and every parallel region waits a
+    # scheduler time slice (MiniLM on 2 busy cores: 2 sentences/s spinning, 71 passive). Read once, when torch
+    # loads libgomp, so it must be set before the import; an operator's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Ray sets OMP_NUM_THREADS to the actor's num_cpus (often < 1 core here): torch would run on one thread.
     import torch
 
-    torch.set_num_threads(model.torch_threads or os.cpu_count() or 1)
+    # The cores this process may run on (cpuset/affinity aware; os.cpu_count() counts the whole host). The setting
+    # is process-wide: the LLM engine thread started after this uses it too.
+    torch.set_num_threads(model.torch_threads or len(os.sched_getaffinity(0)) or 1)
     start = time.perf_counter()
-    backend = build_backend(
-        model.task, resolve_source(model.source), model.dtype, model.device, os.path.join(data_dir, "cache"), model.options
-    )
+    source = fetch_source(model.source, model.revision, progress=log.info)  # Hub ids: into the HF cache first
+    cache_dir = os.path.join(data_dir, "cache")
+    backend = build_backend(model.task, source, model.dtype, model.device, cache_dir, model.options)
     log.info("model %s (%s) loaded from %s in %.1f s", model.name, model.task, model.source, time.perf_counter() - start)
     return model, backend
 

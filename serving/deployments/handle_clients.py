@@ -3,15 +3,19 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
+from ray.serve.exceptions import DeploymentUnavailableError
+
 from models.errors import ModelInputError
 from models.images.types import ImageParams
 from models.speech.types import SpeechParams
 from serving.clients import EmbeddingResult, EncodedAudio, GenerationChunk, GenerationRequest
-from serving.errors import InvalidRequestError, ServingError
+from serving.errors import InvalidRequestError, ModelNotFoundError, ServingError
 
 
 def unwrap(error: BaseException) -> BaseException:
     """Ray wraps a replica's exception (RayTaskError with .cause): give the HTTP layer the typed original."""
+    if isinstance(error, DeploymentUnavailableError):  # the model was undeployed between lookup and call
+        return ModelNotFoundError("The model is no longer deployed.")
     cause = getattr(error, "cause", None)
     if isinstance(cause, ModelInputError):
         return InvalidRequestError(cause.message, param=cause.param)
@@ -25,10 +29,12 @@ class HandleChatClient:
         self._handle = handle.options(stream=True)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """The replica streams lists of chunks (several deltas per Ray item under load); flatten them."""
         stream = self._handle.generate.remote(request)
         try:
-            async for chunk in stream:
-                yield chunk
+            async for chunks in stream:
+                for chunk in chunks:
+                    yield chunk
         except Exception as e:
             raise unwrap(e) from None
         finally:

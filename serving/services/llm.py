@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
-from models.errors import ModelInputError
+from models.errors import EngineOverloadedError, ModelInputError
 from models.llm.types import LLMEngine, RequestOutput
 from serving.clients import GenerationChunk, GenerationRequest
 from serving.errors import InvalidRequestError, ServerOverloadedError
@@ -31,10 +31,16 @@ class _Stream:
 
 
 class LLMService:
-    """Implements serving.clients.ChatClient over an engine. `max_pending` bounds queued + running requests."""
+    """Implements serving.clients.ChatClient over an engine. `max_pending` bounds queued + running requests.
 
-    def __init__(self, engine: LLMEngine, max_pending: int = 256):
+    By default `max_pending` is the engine's own bound, `max_running + max_queued`, so a request the engine would
+    refuse is answered 429 at once on the caller's side, without a round trip through the engine thread.
+    """
+
+    def __init__(self, engine: LLMEngine, max_pending: int | None = None):
         self.engine = engine
+        if max_pending is None:
+            max_pending = getattr(engine, "max_running", 16) + getattr(engine, "max_queued", 240)
         self.max_pending = max_pending
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}  # engine request id -> stream; touched on the engine thread only
@@ -60,6 +66,16 @@ class LLMService:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks of all n choices; on exit (done, error or cancelled) abort what is still running."""
+        async for chunks in self.generate_batches(request):
+            for chunk in chunks:
+                yield chunk
+
+    async def generate_batches(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
+        """Like `generate`, but yields every chunk already available at once, as a list (never empty).
+
+        Under load, when the consumer falls behind the engine, several deltas travel as one item: fewer Ray stream
+        items (each has a fixed cost) exactly when that cost matters. Nothing is held back to wait for more.
+        """
         ids = [f"{request.request_id}-{i}" for i in range(request.n)]
         self._reserve(len(ids))
         loop = asyncio.get_running_loop()
@@ -69,13 +85,20 @@ class LLMService:
         self._submit(("add", request, streams))
         try:
             while unfinished:
-                item = await out_queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                index, out = item
-                if out.finished:
-                    unfinished.discard(out.request_id)
-                yield _to_chunk(index, out)
+                items = [await out_queue.get()]
+                while not out_queue.empty():
+                    items.append(out_queue.get_nowait())
+                chunks = []
+                for item in items:
+                    if isinstance(item, BaseException):
+                        if chunks:
+                            yield chunks
+                        raise item
+                    index, out = item
+                    if out.finished:
+                        unfinished.discard(out.request_id)
+                    chunks.append(_to_chunk(index, out))
+                yield chunks
         finally:
             if unfinished:
                 self._submit(("abort", sorted(unfinished)))
@@ -175,15 +198,23 @@ class LLMService:
         stream = self._streams.get(out.request_id)
         if stream is None:
             return
-        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, (stream.index, out))
-        if out.finished:
+        if self._post(out.request_id, stream, (stream.index, out)) and out.finished:
             self._forget(out.request_id)
 
     def _fail(self, rid: str, error: BaseException) -> None:
         stream = self._streams.get(rid)
-        if stream is not None:
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, error)
+        if stream is not None and self._post(rid, stream, error):
             self._forget(rid)
+
+    def _post(self, rid: str, stream: _Stream, item) -> bool:
+        """Hand `item` to the caller's loop; if that loop is closed nobody listens: abort the request instead."""
+        try:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+            return True
+        except RuntimeError:  # "Event loop is closed"
+            self.engine.abort(rid)
+            self._forget(rid)
+            return False
 
     def _forget(self, rid: str) -> None:
         if self._streams.pop(rid, None) is not None:
@@ -193,6 +224,8 @@ class LLMService:
 def _as_client_error(e: Exception) -> Exception:
     if isinstance(e, ModelInputError):
         return InvalidRequestError(e.message, param=e.param)
+    if isinstance(e, EngineOverloadedError):
+        return ServerOverloadedError(str(e))
     return e
 
 

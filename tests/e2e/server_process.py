@@ -25,9 +25,10 @@ def free_port() -> int:
 class ServerProcess:
     """One server on a free port with its own short data dir (Ray's socket paths must stay < 108 bytes)."""
 
-    def __init__(self, config: str | None = None, ready_timeout_s: float = 600):
-        self.port = free_port()
-        self.data_dir = tempfile.mkdtemp(prefix="osv-", dir="/tmp")
+    def __init__(self, config: str | None = None, ready_timeout_s: float = 600, data_dir: str | None = None,
+                 port: int | None = None):
+        self.port = port or free_port()
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="osv-", dir="/tmp")  # pass one to restart on its state
         self.lines: list[str] = []
         args = [sys.executable, "-m", "serving.cli", "up", "--port", str(self.port), "--data-dir", self.data_dir]
         if config:
@@ -80,12 +81,23 @@ class ServerProcess:
                 return None
         return self.proc.returncode
 
-    def cleanup(self) -> None:
-        self.stop()
-        for p in psutil.process_iter(["pid", "cmdline"]):  # never leave a stray Ray behind a failed test
-            if self.data_dir in " ".join(p.info["cmdline"] or []):
-                try:
+    def _kill_session(self) -> None:
+        """SIGKILL every process of the server's session (Ray's GCS, raylet and workers, whose titles hide the
+        data dir) and any other process naming its data dir."""
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if os.getsid(p.pid) == self.proc.pid or self.data_dir in " ".join(p.info["cmdline"] or []):
                     p.kill()
-                except psutil.Error:
-                    pass
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+            except (OSError, psutil.Error):
+                pass
+
+    def kill(self) -> None:
+        """kill -9 the whole server: a crash, no clean-up."""
+        self._kill_session()
+        self.proc.wait()
+
+    def cleanup(self, remove_data: bool = True) -> None:
+        self.stop()
+        self._kill_session()  # never leave a stray Ray behind a failed test
+        if remove_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)

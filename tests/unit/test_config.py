@@ -45,3 +45,46 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("models: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(bad))
+
+
+def test_registry_defaults_and_settings():
+    cfg = parse_config({"server": {"data_dir": "/srv/os", "admin_api_keys": ["k"]}})
+    assert cfg.models == []  # a server may start with the registry alone
+    assert cfg.server.resolved_registry_url == "sqlite:////srv/os/registry.db"
+    assert cfg.server.admin_api_keys == ["k"]
+    url = "postgresql+psycopg://u:p@db/openserve"
+    assert parse_config({"server": {"registry_url": url}}).server.resolved_registry_url == url
+
+
+def test_aliases_autoscaling_and_revision():
+    m = parse_config({"models": [{**MINIMAL["models"][0], "aliases": ["a", "b"], "revision": "main",
+                                  "autoscaling": {"min_replicas": 0, "max_replicas": 4}}]}).models[0]
+    assert m.aliases == ["a", "b"] and m.autoscaling.max_replicas == 4 and m.revision == "main"
+    assert "aliases" not in m.deployment_spec() and "description" not in m.deployment_spec()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"aliases": ["m"]}, "must differ from its name"),
+        ({"aliases": ["x", "x"]}, "must be unique"),
+        ({"aliases": ["bad name"]}, "aliases use letters"),
+        ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas must not exceed"),
+    ],
+)
+def test_bad_aliases_and_autoscaling(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"models": [{**MINIMAL["models"][0], **changes}]})
+
+
+def test_an_alias_may_not_repeat_another_models_name():
+    other = {"name": "n", "task": "chat", "source": "fake:", "aliases": ["m"]}
+    with pytest.raises(ConfigError, match="repeated: m"):
+        parse_config({"models": [MINIMAL["models"][0], other]})
+
+
+def test_deployment_names_are_one_to_one():
+    names = ["a/b", "a--b", "a-b"]
+    built = {parse_config({"models": [{"name": n, "task": "chat", "source": "fake:"}]}).models[0].deployment_name
+             for n in names}
+    assert len(built) == 3 and all("/" not in b for b in built)

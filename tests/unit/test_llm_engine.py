@@ -1,4 +1,8 @@
-"""HFEngine on a tiny random Llama: exact greedy parity with generate, sampling, stops, abort, limits, logprobs."""
+"""HFEngine on a tiny random Llama: exact greedy parity with generate, sampling, stops, abort, limits, logprobs.
+
+Every engine here runs the batched path (slot attention) unless a test says otherwise; `make_engine` checks it,
+since a model that fails the load-time probe would silently run the per-request fallback instead.
+"""
 import pytest
 import torch
 
@@ -19,10 +23,16 @@ def loaded(tiny_path):
     return load_causal_lm(tiny_path)
 
 
+def make_engine(model, tokenizer, **options):
+    engine = HFEngine(model, tokenizer, **options)
+    assert engine.batched
+    return engine
+
+
 @pytest.fixture
 def engine(loaded):
     model, tokenizer = loaded
-    return HFEngine(model, tokenizer)
+    return make_engine(model, tokenizer)
 
 
 def ids(tokenizer, text):
@@ -50,7 +60,7 @@ def generate_greedy(model, prompt, max_new_tokens):
 
 def test_greedy_matches_generate_with_requests_joining_and_leaving(loaded):
     model, tok = loaded
-    engine = HFEngine(model, tok, max_running=3)
+    engine = make_engine(model, tok, max_running=3)
     chat = tok.apply_chat_template([{"role": "user", "content": "Hello, how are you?"}], add_generation_prompt=True,
                                    tokenize=False)
     plan = {  # step at which each request joins: (prompt ids, max_tokens)
@@ -109,7 +119,7 @@ def test_stop_string_spanning_two_tokens_cuts_exactly(engine):
 
 def test_stop_token_ids_and_generation_config_eos_finish_with_stop(tiny_path):
     model, tok = load_causal_lm(tiny_path)  # a private copy: this test edits its generation config
-    engine = HFEngine(model, tok)
+    engine = make_engine(model, tok)
     prompt = ids(tok, "Hello")
     free = run(engine, {"f": (prompt, SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True))})["f"][0]
     target = free[3]
@@ -118,7 +128,7 @@ def test_stop_token_ids_and_generation_config_eos_finish_with_stop(tiny_path):
     assert tokens == free[: first + 1] and outs[-1].finish_reason == "stop"
     assert text == tok.decode(free[:first], skip_special_tokens=True)  # the stop token's text is not emitted
     model.generation_config.eos_token_id = [tok.eos_token_id, target]
-    engine = HFEngine(model, tok)
+    engine = make_engine(model, tok)
     assert run(engine, {"e": (prompt, SamplingParams(temperature=0.0))})["e"][0] == free[: first + 1]
     ignored = run(engine, {"i": (prompt, SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True))})["i"]
     assert ignored[0] == free and ignored[2][-1].finish_reason == "length"
@@ -126,7 +136,7 @@ def test_stop_token_ids_and_generation_config_eos_finish_with_stop(tiny_path):
 
 def test_max_tokens_and_context_end_with_length(loaded):
     model, tok = loaded
-    engine = HFEngine(model, tok, max_model_len=12)
+    engine = make_engine(model, tok, max_model_len=12)
     prompt = ids(tok, "One two three four five")
     assert len(prompt) < 12
     tokens, _, outs = run(engine, {"a": (prompt, SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))})["a"]
@@ -157,7 +167,7 @@ def test_logprobs_have_top_alternatives_matching_the_model(engine):
 
 def test_abort_frees_capacity_immediately(loaded):
     model, tok = loaded
-    engine = HFEngine(model, tok, max_running=1)
+    engine = make_engine(model, tok, max_running=1)
     prompt = ids(tok, "Hello")
     for rid in ("a", "b", "c"):
         engine.add_request(rid, prompt, SamplingParams(max_tokens=50, ignore_eos=True))
@@ -185,7 +195,7 @@ def test_abort_frees_capacity_immediately(loaded):
 )
 def test_requests_that_cannot_run_are_refused(loaded, prompt_len, params, param):
     model, tok = loaded
-    engine = HFEngine(model, tok, max_model_len=30)
+    engine = make_engine(model, tok, max_model_len=30)
     with pytest.raises(ModelInputError) as info:
         engine.add_request("r", [5] * prompt_len, params)
     assert info.value.param == param

@@ -80,3 +80,56 @@ async def test_admission_limit_answers_overloaded(service):
         await collect(service, chat("y", n=3))
     for g in gens:
         await g.aclose()
+
+
+async def test_default_admission_bound_is_the_engines_running_plus_queued():
+    svc = LLMService(FakeEngine(step_delay=0.001, max_running=2, max_queued=1, max_model_len=10**6))
+    try:
+        assert svc.max_pending == 3
+        gens = [svc.generate(chat("x", max_tokens=10**5, ignore_eos=True)) for _ in range(3)]
+        for g in gens[:2]:
+            await g.__anext__()
+        queued = asyncio.create_task(gens[2].__anext__())  # waits for a slot that never frees
+        await asyncio.sleep(0.05)
+        with pytest.raises(ServerOverloadedError):
+            await collect(svc, chat("y"))
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        for g in gens:
+            await g.aclose()
+    finally:
+        svc.shutdown()
+
+
+async def test_batches_carry_every_delta_ready_when_the_consumer_lags(service):
+    gen = service.generate_batches(chat("abcdefghij", max_tokens=50, temperature=0))
+    first = await gen.__anext__()
+    await asyncio.sleep(0.2)  # the engine runs ahead (1 ms per step): the rest is waiting in the queue
+    rest = [chunk async for batch in gen for chunk in batch]
+    text = "".join(c.text for c in first + rest)
+    assert text == "abcdefghij" and len(rest) > 1
+
+
+async def test_closing_a_stream_frees_the_engines_slot_for_the_next_request(tmp_path):
+    from models.llm.engine import HFEngine
+    from models.llm.loader import load_causal_lm
+    from tests.fixtures.tiny_llm import build_tiny_llm
+
+    engine = HFEngine(*load_causal_lm(build_tiny_llm(str(tmp_path / "m"))), max_running=1, max_queued=0)
+    svc = LLMService(engine)
+    try:
+        gen = svc.generate(chat("hello", max_tokens=200, ignore_eos=True, temperature=0))
+        await gen.__anext__()
+        with pytest.raises(ServerOverloadedError):  # the only slot is taken, no queue
+            await collect(svc, chat("more"))
+        await gen.aclose()
+        for _ in range(200):
+            if not engine.has_unfinished_requests() and svc._pending == 0:
+                break
+            await asyncio.sleep(0.005)
+        assert engine.scheduler.slots.num_free == 1 and svc._pending == 0
+        texts, finish = await collect(svc, chat("again", max_tokens=3, ignore_eos=True, temperature=0))
+        assert finish == {0: "length"} and texts[0]
+    finally:
+        svc.shutdown()

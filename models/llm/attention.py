@@ -1,0 +1,138 @@
+"""Attention over the slot KV cache, plugged into transformers through its AttentionInterface.
+
+A transformers causal LM computes q/k/v (rotary applied) in each attention module and then calls the function
+registered under `config._attn_implementation`. We register `ATTENTION_NAME`: with a `StepBatch` in the forward
+kwargs (`openserve_batch=`) it writes the step's new k/v into the slot cache and attends over each sequence's own
+slot; without one it is plain SDPA, so the same model still works with `generate()` and ordinary calls.
+
+One forward carries every sequence of a step packed into a single row: input_ids [1, N]. Tokens [0, num_decode)
+are decode tokens, one per decoding sequence, in ascending slot order; prefill chunks follow, each contiguous.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from models.llm.kv_cache import SlotKVCache
+
+ATTENTION_NAME = "openserve_slots"
+BATCH_KWARG = "openserve_batch"
+
+
+@dataclass
+class PrefillChunk:
+    """`num_tokens` prompt tokens of the sequence in `slot`, at packed offset `offset`, positions start.."""
+
+    offset: int
+    num_tokens: int
+    slot: int
+    start: int  # tokens of this sequence already in the cache
+
+
+@dataclass
+class StepBatch:
+    """Where this step's tokens go in the cache, and what each attends to. Built by the model runner."""
+
+    cache: SlotKVCache
+    write_slots: torch.Tensor  # [N] long: slot of each packed token
+    write_positions: torch.Tensor  # [N] long: position of each packed token in its slot
+    num_decode: int  # decode tokens first in the packed row
+    decode_rows: torch.Tensor | None  # [num_decode] long: row of each decode token in the slot view; None = identity
+    view_slots: int  # decode attention reads keys[:view_slots, :, :view_len]
+    view_len: int
+    context_lens: torch.Tensor | None  # [view_slots] long: tokens visible to each view row (0 = row unused)
+    prefills: list[PrefillChunk] = field(default_factory=list)
+    attention_calls: int = 0  # layers that attended with this batch (0 after a forward: the model dropped it)
+    _masks: dict = field(default_factory=dict)  # sliding window -> decode mask [view_slots, 1, 1, view_len]
+
+    def decode_mask(self, window: int | None) -> torch.Tensor:
+        """Boolean [view_slots, 1, 1, view_len]: key j is visible to row r iff j < len[r] (and in the window)."""
+        if window not in self._masks:
+            keys = torch.arange(self.view_len, device=self.context_lens.device)  # [L]
+            lens = self.context_lens.clamp(min=1)[:, None]  # [S, 1]: an unused row sees key 0, avoiding NaN
+            visible = keys[None] < lens  # [S, L]
+            if window is not None:
+                visible &= keys[None] >= lens - window
+            self._masks[window] = visible[:, None, None, :]
+        return self._masks[window]
+
+
+def slot_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """query [1, Hq, N, D], key/value [1, Hkv, N, D] -> ([1, N, Hq, D], None), as transformers expects."""
+    batch: StepBatch | None = kwargs.pop(BATCH_KWARG, None)
+    if batch is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise NotImplementedError("attention logit soft-capping and sinks are not supported by slot attention")
+    batch.attention_calls += 1
+    layer = module.layer_idx
+    window = kwargs.get("sliding_window")
+    k_new = key[0].transpose(0, 1)  # [N, Hkv, D]
+    v_new = value[0].transpose(0, 1)  # [N, Hkv, D]
+    batch.cache.write(layer, batch.write_slots, batch.write_positions, k_new, v_new)
+    out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [N, Hq, D]
+    if batch.num_decode:
+        out[: batch.num_decode] = _decode(batch, layer, query[0, :, : batch.num_decode], scaling, window)
+    for chunk in batch.prefills:
+        q = query[0, :, chunk.offset : chunk.offset + chunk.num_tokens]  # [Hq, T, D]
+        out[chunk.offset : chunk.offset + chunk.num_tokens] = _prefill(batch.cache, layer, chunk, q, scaling, window)
+    return out[None], None
+
+
+def _decode(batch: StepBatch, layer: int, q: torch.Tensor, scaling: float | None, window: int | None) -> torch.Tensor:
+    """q [Hq, B, D] (one token per decoding sequence) -> [B, Hq, D], attending over the slot view."""
+    num_heads, rows, head_dim = q.shape
+    kv_heads = batch.cache.shape.num_kv_heads
+    q = q.transpose(0, 1)  # [B, Hq, D]
+    if batch.decode_rows is not None:  # scatter into the view's rows; unused rows stay zero and are ignored
+        full = q.new_zeros(batch.view_slots, num_heads, head_dim)  # [S, Hq, D]
+        full[batch.decode_rows] = q
+        q = full
+    # GQA without copying K/V: query head h uses kv head h // group, so group the query heads under their kv head.
+    q = q.reshape(batch.view_slots, kv_heads, num_heads // kv_heads, head_dim)  # [S, Hkv, G, D]
+    keys = batch.cache.keys[layer][: batch.view_slots, :, : batch.view_len]  # [S, Hkv, L, D] (a view)
+    values = batch.cache.values[layer][: batch.view_slots, :, : batch.view_len]
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=batch.decode_mask(window), scale=scaling)
+    out = out.reshape(batch.view_slots, num_heads, head_dim)  # [S, Hq, D]
+    return out if batch.decode_rows is None else out[batch.decode_rows]  # [B, Hq, D]
+
+
+def _prefill(cache: SlotKVCache, layer: int, chunk: PrefillChunk, q: torch.Tensor, scaling: float | None,
+             window: int | None) -> torch.Tensor:
+    """q [Hq, T, D] of one chunk -> [T, Hq, D]: causal over the sequence's cached tokens plus the chunk."""
+    end = chunk.start + chunk.num_tokens
+    keys = cache.keys[layer][chunk.slot, :, :end]  # [Hkv, start + T, D]
+    values = cache.values[layer][chunk.slot, :, :end]
+    mask = None
+    if chunk.start > 0 or window is not None:
+        query_pos = torch.arange(chunk.start, end, device=q.device)[:, None]  # [T, 1]
+        key_pos = torch.arange(end, device=q.device)[None]  # [1, start + T]
+        mask = key_pos <= query_pos  # [T, start + T]
+        if window is not None:
+            mask &= key_pos > query_pos - window
+    out = F.scaled_dot_product_attention(q[None], keys[None], values[None], attn_mask=mask, is_causal=mask is None,
+                                         scale=scaling, enable_gqa=q.shape[0] != keys.shape[0])  # [1, Hq, T, D]
+    return out[0].transpose(0, 1)
+
+
+def register() -> None:
+    """Make ATTENTION_NAME known to transformers (idempotent). Its mask creation is SDPA's for calls without a batch."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_NAME, slot_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)

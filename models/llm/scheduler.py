@@ -1,0 +1,97 @@
+"""Which requests run at the next step, and how many of their tokens: continuous batching with chunked prefill.
+
+Policy, per step, under a budget of `max_batched_tokens` tokens:
+1. every decoding request gets its one token (decodes never wait behind a long prompt, so the time per output
+   token stays even);
+2. requests part-way through their prompt get the next chunk of it, oldest first;
+3. waiting requests are admitted, first come first served, while a KV slot is free and budget is left; each
+   starts its prefill in this same step.
+A request holds its slot (all the KV memory its budget can need) from admission to finish or abort, so running
+requests never run out of memory and there is nothing to preempt. When all slots are taken and `max_queued`
+requests already wait, `add` refuses with EngineOverloadedError (the server answers 429).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from models.errors import EngineOverloadedError
+from models.llm.kv_cache import SlotAllocator
+from models.llm.request import EngineRequest
+
+
+@dataclass
+class ScheduledStep:
+    """The work of one step: (request, number of its pending tokens to feed), decodes first."""
+
+    work: list[tuple[EngineRequest, int]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.work)
+
+
+class Scheduler:
+    def __init__(self, slots: SlotAllocator, max_queued: int, max_batched_tokens: int):
+        if max_batched_tokens < slots.num_slots:
+            raise ValueError("max_batched_tokens must be >= the number of slots (one decode token each)")
+        self.slots = slots
+        self.max_queued = max_queued
+        self.max_batched_tokens = max_batched_tokens
+        self.waiting: deque[EngineRequest] = deque()
+        self.running: dict[str, EngineRequest] = {}  # in admission order: older prefills get their chunks first
+
+    def add(self, request: EngineRequest) -> None:
+        """Queue a request; EngineOverloadedError when every slot is taken and `max_queued` already wait."""
+        if len(self.waiting) + len(self.running) >= self.slots.num_slots + self.max_queued:
+            raise EngineOverloadedError(
+                f"the model is at capacity ({len(self.running)} running, {len(self.waiting)} waiting, "
+                f"at most {self.slots.num_slots} + {self.max_queued}); retry later"
+            )
+        self.waiting.append(request)
+
+    def schedule(self) -> ScheduledStep:
+        step = ScheduledStep()
+        budget = self.max_batched_tokens
+        prefilling = []
+        for request in self.running.values():
+            if request.is_decoding:
+                step.work.append((request, 1))
+                budget -= 1
+            else:
+                prefilling.append(request)
+        for request in prefilling:
+            budget -= self._take_chunk(step, request, budget)
+        while self.waiting and budget > 0 and self.slots.num_free:
+            request = self.waiting.popleft()
+            request.slot = self.slots.allocate()
+            self.running[request.request_id] = request
+            budget -= self._take_chunk(step, request, budget)
+        return step
+
+    def finish(self, request: EngineRequest) -> None:
+        """Release a running request's slot (it finished)."""
+        if self.running.pop(request.request_id, None) is not None:
+            self.slots.free(request.slot)
+            request.slot = None
+
+    def abort(self, request_id: str) -> EngineRequest | None:
+        """Drop a waiting or running request, freeing its slot at once; the request, or None if unknown."""
+        request = self.running.get(request_id)
+        if request is not None:
+            self.finish(request)
+            return request
+        for request in self.waiting:
+            if request.request_id == request_id:
+                self.waiting.remove(request)
+                return request
+        return None
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @staticmethod
+    def _take_chunk(step: ScheduledStep, request: EngineRequest, budget: int) -> int:
+        count = min(request.num_pending, budget)
+        if count > 0:
+            step.work.append((request, count))
+        return count

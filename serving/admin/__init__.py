@@ -1,0 +1,1 @@
+"""The admin API (/admin/models): register, update, deploy, undeploy and delete models at runtime."""

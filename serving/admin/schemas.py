@@ -1,0 +1,99 @@
+"""JSON in and out of /admin/models (pydantic; the OpenAPI schema at /admin/openapi.json comes from these)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving.config import AutoscalingConfig, Device, DType, ModelConfig
+from serving.registry.entry import STATUSES, ModelEntry, Status, epoch
+
+
+class ModelRegistration(ModelConfig):
+    """POST /admin/models: a model's configuration (as in the YAML file) and whether to deploy it now."""
+
+    deploy: bool = Field(True, description="deploy right away; false only registers it (status `registered`)")
+
+    def spec(self) -> ModelConfig:
+        return ModelConfig.model_validate(self.model_dump(exclude={"deploy"}))
+
+
+class _Partial(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchingUpdate(_Partial):
+    max_batch_size: int | None = None
+    batch_wait_timeout_s: float | None = None
+
+
+class ResourcesUpdate(_Partial):
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+
+
+class ModelUpdate(_Partial):
+    """PATCH /admin/models/{name}: only the fields sent change; `batching` and `resources` merge field by field;
+    `null` puts a field back to its default. The name and task cannot change (delete and register instead)."""
+
+    source: str | None = None
+    revision: str | None = None
+    dtype: DType | None = None
+    device: Device | None = None
+    num_replicas: int | None = None
+    max_ongoing_requests: int | None = None
+    torch_threads: int | None = None
+    batching: BatchingUpdate | None = None
+    resources: ResourcesUpdate | None = None
+    autoscaling: AutoscalingConfig | None = None
+    options: dict[str, Any] | None = None
+    description: str | None = None
+    aliases: list[str] | None = None
+
+    def apply(self, current: ModelConfig) -> dict:
+        """`current` with these changes, as a dict still to be validated as a ModelConfig."""
+        merged = current.model_dump()
+        for key, value in self.model_dump(exclude_unset=True).items():
+            if value is None:
+                merged.pop(key, None)
+            elif key in ("batching", "resources"):
+                merged[key].update({k: v for k, v in value.items() if v is not None})
+            else:
+                merged[key] = value
+        return merged
+
+
+class RegistryModel(BaseModel):
+    """A registry entry: the configuration, what the operator wants (`deployed`) and what is (`status`)."""
+
+    object: Literal["registry.model"] = "registry.model"
+    name: str
+    status: Status = Field(description=" | ".join(STATUSES) + "; `ready` and `updating` models serve requests")
+    error: str | None = Field(None, description="why the last deploy failed (status `failed`)")
+    deployed: bool = Field(description="whether the model should be serving (restarts keep it)")
+    version: int = Field(description="+1 on every configuration change")
+    created_at: int
+    updated_at: int
+    status_at: int
+    created_by: str
+    updated_by: str
+    config: ModelConfig
+
+    @classmethod
+    def of(cls, entry: ModelEntry) -> RegistryModel:
+        return cls(
+            name=entry.name, status=entry.status, error=entry.error, deployed=entry.deployed, version=entry.version,
+            created_at=epoch(entry.created_at), updated_at=epoch(entry.updated_at), status_at=epoch(entry.status_at),
+            created_by=entry.created_by, updated_by=entry.updated_by, config=entry.spec,
+        )
+
+
+class RegistryModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[RegistryModel]
+
+
+class DeletedModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True

@@ -1,0 +1,106 @@
+"""RegistryAdmin: what each admin route does: validate, write the registry, wake the controller, update routes.
+
+The registry write is the commit point: once it returns, the change survives a crash, and the controller (told
+here, and again on every start) converges Ray Serve to it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from pydantic import ValidationError
+
+from serving.admin.schemas import ModelUpdate
+from serving.config import ModelConfig
+from serving.errors import InvalidRequestError
+from serving.registry.checks import source_problem
+from serving.registry.controller import ROUTED_STATUSES
+from serving.registry.entry import ModelEntry
+from serving.registry.store import RegistryStore
+
+log = logging.getLogger("serving.admin")
+
+Notify = Callable[[str], Awaitable[None]]  # tell the controller to look at a model again
+
+
+def invalid_config(error: ValidationError) -> InvalidRequestError:
+    """A 400 naming the first bad field of a configuration built from a PATCH."""
+    first = error.errors()[0]
+    param = ".".join(str(p) for p in first["loc"]) or None
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+    return InvalidRequestError(f"{param}: {message}" if param else message, param=param)
+
+
+class RegistryAdmin:
+    def __init__(self, store: RegistryStore, notify: Notify, refresh: Callable[[], Awaitable[None]] | None = None,
+                 check_source: Callable[[ModelConfig], str | None] = source_problem):
+        self.store = store
+        self.notify = notify
+        self.refresh = refresh  # reload this ingress' routes now rather than at its next poll
+        self.check_source = check_source
+
+    async def list(self) -> list[ModelEntry]:
+        return await asyncio.to_thread(self.store.list)
+
+    async def get(self, name: str) -> ModelEntry:
+        entry = await asyncio.to_thread(self.store.get, name)
+        await self._sync_routes()  # whoever sees `ready` here can use the model through this ingress at once
+        return entry
+
+    async def register(self, spec: ModelConfig, deploy: bool, actor: str) -> ModelEntry:
+        await self._check_source(spec)
+        entry = await asyncio.to_thread(self.store.create, spec, deployed=deploy, actor=actor)
+        log.info("registry: %s registered by %s", spec.name, actor)
+        if deploy:
+            await self.notify(spec.name)
+        return entry
+
+    async def update(self, name: str, changes: ModelUpdate, actor: str) -> ModelEntry:
+        """Apply `changes`; a deployed model whose deployment changed is redeployed (others just re-routed)."""
+        current = await asyncio.to_thread(self.store.get, name)
+        try:
+            spec = ModelConfig.model_validate(changes.apply(current.spec))
+        except ValidationError as e:
+            raise invalid_config(e) from None
+        if (spec.source, spec.revision) != (current.spec.source, current.spec.revision):
+            await self._check_source(spec)
+        status = None
+        if current.deployed and spec.deployment_spec() != current.spec.deployment_spec():
+            status = "updating" if current.status in ROUTED_STATUSES else "deploying"
+        entry = await asyncio.to_thread(self.store.update, spec, actor=actor, status=status)
+        log.info("registry: %s updated to version %d by %s", name, entry.version, actor)
+        await self._sync_routes()
+        if entry.deployed:
+            await self.notify(name)
+        return entry
+
+    async def deploy(self, name: str, actor: str) -> ModelEntry:
+        entry = await asyncio.to_thread(self.store.set_deployed, name, True, actor=actor)
+        log.info("registry: %s deploy requested by %s", name, actor)
+        await self.notify(name)
+        return entry
+
+    async def undeploy(self, name: str, actor: str) -> ModelEntry:
+        """Stop routing to the model now; the controller drains its in-flight requests, then deletes it."""
+        entry = await asyncio.to_thread(self.store.set_deployed, name, False, actor=actor)
+        log.info("registry: %s undeploy requested by %s", name, actor)
+        await self._sync_routes()
+        await self.notify(name)
+        return entry
+
+    async def delete(self, name: str, actor: str) -> ModelEntry:
+        entry = await asyncio.to_thread(self.store.delete, name)
+        log.info("registry: %s deleted by %s", name, actor)
+        await self._sync_routes()
+        await self.notify(name)
+        return entry
+
+    async def _check_source(self, spec: ModelConfig) -> None:
+        problem = await asyncio.to_thread(self.check_source, spec)
+        if problem:
+            raise InvalidRequestError(f"source: {problem}", param="source", code="invalid_source")
+
+    async def _sync_routes(self) -> None:
+        if self.refresh is not None:
+            await self.refresh()

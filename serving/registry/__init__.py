@@ -1,0 +1,2 @@
+"""The model registry: a SQL database of models (what to serve, how, and in what state) and the controller that
+makes Ray Serve match it."""

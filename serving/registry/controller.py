@@ -1,0 +1,191 @@
+"""ModelController: makes Ray Serve match the registry, one Serve application per deployed model.
+
+Level-triggered: `notify(name)` only says "look at this model again"; one worker per model reads the entry and
+converges (deploy, redeploy, watch, or drain and delete), so requests that arrive while it works are never lost or
+interleaved. The controller writes `status` (and `error`); the admin API writes everything else. Serve itself is
+behind the narrow ServeOps interface, so the logic is tested without Ray.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from serving.config import ModelConfig, ServerConfig, deployment_name
+from serving.errors import ModelNotFoundError
+from serving.registry.checks import resources_problem, source_problem
+from serving.registry.entry import ModelEntry
+from serving.registry.store import RegistryStore
+
+log = logging.getLogger("serving.registry")
+
+ROUTED_STATUSES = ("ready", "updating")  # the model's application serves requests (an update rolls replicas)
+
+
+@dataclass(frozen=True)
+class AppState:
+    status: str  # Serve's ApplicationStatus: RUNNING, DEPLOYING, DEPLOY_FAILED, UNHEALTHY, DELETING, ...
+    message: str = ""
+    unschedulable: bool = False  # a replica is still waiting for resources (Ray says so after 30 s)
+
+
+class ServeOps(Protocol):
+    """The few Ray Serve operations the controller needs (blocking; called from threads)."""
+
+    def run(self, spec: ModelConfig) -> None: ...  # deploy or update the model's application, without waiting
+    def delete(self, app: str) -> None: ...  # remove an application once its replicas drained
+    def state(self, app: str) -> AppState | None: ...  # None when there is no such application
+    def apps(self) -> list[str]: ...  # every model application that exists
+    def nodes(self) -> list[dict[str, float]]: ...  # total resources of each alive node
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    deploy_timeout_s: float = 1800.0
+    schedule_timeout_s: float = 90.0
+    check_cluster_resources: bool = True
+    route_grace_s: float = 2.0  # every ingress drops a route this soon after the registry changes
+    poll_s: float = 0.5
+
+    @classmethod
+    def from_server(cls, server: ServerConfig) -> ControllerSettings:
+        return cls(
+            deploy_timeout_s=server.deploy_timeout_s,
+            schedule_timeout_s=server.schedule_timeout_s,
+            check_cluster_resources=server.check_cluster_resources,
+            route_grace_s=2 * server.routes_refresh_s,
+        )
+
+
+def failure_reason(message: str, limit: int = 1000) -> str:
+    """The exception at the end of the traceback Serve reports ("ValueError: ..." and the rest of its message,
+    which may span lines), colour codes removed."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", message).splitlines() if ln.strip()]
+    if not lines:
+        return "the application failed (no message from Ray Serve)"
+    starts = [i for i, ln in enumerate(lines) if re.match(r"[A-Za-z_][\w.]*: ", ln)]
+    reason = " ".join(lines[starts[-1]:] if starts else lines[-1:])
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
+class ModelController:
+    def __init__(self, store: RegistryStore, ops: ServeOps, settings: ControllerSettings = ControllerSettings()):
+        self.store = store
+        self.ops = ops
+        self.settings = settings
+        self._wake: set[str] = set()
+        self._workers: dict[str, asyncio.Task] = {}
+        self._running: dict[str, dict] = {}  # name -> the deployment spec its application was last given
+
+    def notify(self, name: str) -> None:
+        """Have the model's worker look at its entry again (starts the worker if it is idle)."""
+        self._wake.add(name)
+        worker = self._workers.get(name)
+        if worker is None or worker.done():
+            self._workers[name] = asyncio.get_running_loop().create_task(self._work(name))
+
+    async def reconcile_all(self) -> None:
+        """Look at every entry, and delete model applications that no entry owns (left by a crash)."""
+        entries = await asyncio.to_thread(self.store.list)
+        for entry in entries:
+            self.notify(entry.name)
+        owned = {e.spec.deployment_name for e in entries}
+        for app in await asyncio.to_thread(self.ops.apps):
+            if app not in owned:
+                log.info("deleting application %s: no registry entry owns it", app)
+                await asyncio.to_thread(self.ops.delete, app)
+
+    async def wait_idle(self) -> None:
+        """Until no worker is busy (tests, and a clean shutdown)."""
+        while any(not w.done() for w in self._workers.values()):
+            await asyncio.gather(*self._workers.values(), return_exceptions=True)
+
+    async def _work(self, name: str) -> None:
+        while name in self._wake:
+            self._wake.discard(name)
+            try:
+                await self._reconcile(name)
+            except Exception as e:  # a bug or a Ray hiccup must not kill the worker silently
+                log.exception("reconciling %s failed", name)
+                await asyncio.to_thread(self.store.set_status, name, "failed", f"controller error: {e!r}")
+
+    async def _reconcile(self, name: str) -> None:
+        try:
+            entry = await asyncio.to_thread(self.store.get, name)
+        except ModelNotFoundError:
+            entry = None
+        if entry is not None and entry.deployed:
+            await self._deploy(entry)
+        else:
+            await self._stop(name, entry)
+
+    async def _deploy(self, entry: ModelEntry) -> None:
+        app, spec = entry.spec.deployment_name, entry.spec.deployment_spec()
+        started = time.monotonic()
+        if self._running.get(entry.name) != spec or await asyncio.to_thread(self.ops.state, app) is None:
+            problem = await self._preflight(entry.spec)
+            if problem:
+                await self._fail(entry, problem)
+                return
+            try:
+                await asyncio.to_thread(self.ops.run, entry.spec)
+            except Exception as e:  # Serve refused the application itself (e.g. a setting it does not accept)
+                await self._fail(entry, f"Ray Serve refused the deployment: {type(e).__name__}: {e}")
+                return
+            self._running[entry.name] = spec
+            log.info("deploying %s (version %d)", entry.name, entry.version)
+        await self._watch(entry, app, started)
+
+    async def _preflight(self, spec: ModelConfig) -> str | None:
+        problem = await asyncio.to_thread(source_problem, spec)
+        if problem is None and self.settings.check_cluster_resources:
+            problem = resources_problem(spec, await asyncio.to_thread(self.ops.nodes))
+        return problem
+
+    async def _watch(self, entry: ModelEntry, app: str, started: float) -> None:
+        """Poll the application until it runs, fails or times out; stop early when the entry changes again."""
+        while entry.name not in self._wake:
+            state = await asyncio.to_thread(self.ops.state, app)
+            waited = time.monotonic() - started
+            if state is None:
+                await self._fail(entry, "the model's Serve application disappeared")
+            elif state.status == "RUNNING":
+                ready = await asyncio.to_thread(
+                    self.store.set_status, entry.name, "ready", None, version=entry.version, deployed=True
+                )
+                if ready:
+                    log.info("%s is ready", entry.name)
+            elif state.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                await self._fail(entry, "the model failed to start: " + failure_reason(state.message))
+            elif state.unschedulable and waited > self.settings.schedule_timeout_s:
+                await self._fail(entry, f"no Ray node could take a replica within {waited:.0f} s: {state.message}")
+            elif waited > self.settings.deploy_timeout_s:
+                await self._fail(entry, f"not ready after {waited:.0f} s (server.deploy_timeout_s)")
+            else:
+                await asyncio.sleep(self.settings.poll_s)
+                continue
+            return
+
+    async def _fail(self, entry: ModelEntry, reason: str) -> None:
+        """Mark the entry failed (if it still is this version) and remove what is left of its application (a failed
+        update takes the old version down too: the entry says failed, so nothing routes to it)."""
+        log.warning("%s failed: %s", entry.name, reason)
+        await asyncio.to_thread(self.store.set_status, entry.name, "failed", reason, version=entry.version)
+        self._running.pop(entry.name, None)
+        if await asyncio.to_thread(self.ops.state, entry.spec.deployment_name) is not None:
+            await asyncio.to_thread(self.ops.delete, entry.spec.deployment_name)
+
+    async def _stop(self, name: str, entry: ModelEntry | None) -> None:
+        """Drain and delete the model's application (if any); the entry, if it still exists, becomes stopped."""
+        app = deployment_name(name)
+        exists = await asyncio.to_thread(self.ops.state, app) is not None
+        if exists:
+            await asyncio.sleep(self.settings.route_grace_s)  # let every ingress stop routing to it first
+            await asyncio.to_thread(self.ops.delete, app)  # Serve lets in-flight requests finish
+            log.info("%s undeployed", name)
+        self._running.pop(name, None)
+        if entry is not None and (exists or entry.status not in ("registered", "stopped")):
+            await asyncio.to_thread(self.store.set_status, name, "stopped", None, deployed=False)

@@ -1,0 +1,78 @@
+"""ServeOps over the real Ray Serve API, and the one place a ModelConfig becomes a Serve application.
+
+Verified on Ray 2.60: `serve.run_many` / `serve.delete` / `serve.status` work from inside a replica (the
+controller is one), in a worker thread so the replica's event loop keeps serving.
+"""
+from __future__ import annotations
+
+import ray
+from ray import serve
+from ray.serve import Application
+from ray.serve.api import RunTarget
+
+from serving.config import MODEL_APP_PREFIX, ModelConfig
+from serving.deployments.chat import ChatDeployment
+from serving.deployments.embedding import EmbeddingDeployment
+from serving.deployments.image import ImageDeployment
+from serving.deployments.speech import SpeechDeployment
+from serving.registry.controller import AppState
+
+DEPLOYMENTS = {
+    "chat": ChatDeployment,
+    "embedding": EmbeddingDeployment,
+    "image": ImageDeployment,
+    "speech": SpeechDeployment,
+}
+
+
+def _scaling(model: ModelConfig) -> dict:
+    if model.autoscaling is None:
+        return {"num_replicas": model.num_replicas}
+    return {"autoscaling_config": model.autoscaling.model_dump()}
+
+
+def model_application(model: ModelConfig, data_dir: str) -> Application:
+    """The model's own application: one deployment of its task's class (no HTTP route: the ingress calls it)."""
+    deployment = DEPLOYMENTS[model.task].options(
+        name=model.deployment_name,
+        max_ongoing_requests=model.max_ongoing_requests,
+        ray_actor_options={"num_cpus": model.resources.num_cpus, "num_gpus": model.resources.num_gpus},
+        health_check_period_s=10,
+        graceful_shutdown_timeout_s=30,  # undeploy and Ctrl-C let in-flight requests finish first
+        **_scaling(model),
+    )
+    return deployment.bind(model.deployment_spec(), data_dir)
+
+
+def _value(status) -> str:
+    return str(getattr(status, "value", status))
+
+
+class RayServeOps:
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
+
+    def run(self, spec: ModelConfig) -> None:
+        target = RunTarget(target=model_application(spec, self.data_dir), name=spec.deployment_name, route_prefix=None)
+        serve.run_many([target], wait_for_applications_running=False)
+
+    def delete(self, app: str) -> None:
+        serve.delete(app, _blocking=True)
+
+    def state(self, app: str) -> AppState | None:
+        status = serve.status().applications.get(app)
+        if status is None:
+            return None
+        messages = [status.message] + [d.message for d in status.deployments.values()]
+        return AppState(
+            status=_value(status.status),
+            message="\n".join(m for m in messages if m),
+            # Ray's own words (deployment_state.py) for replicas still waiting for resources after 30 s.
+            unschedulable=any("to be scheduled" in (d.message or "") for d in status.deployments.values()),
+        )
+
+    def apps(self) -> list[str]:
+        return [name for name in serve.status().applications if name.startswith(MODEL_APP_PREFIX)]
+
+    def nodes(self) -> list[dict[str, float]]:
+        return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]

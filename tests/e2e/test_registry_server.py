@@ -1,0 +1,221 @@
+"""The model registry on a real server (real local Ray, real SQLite file): register, chat, update, undeploy, delete,
+failures, concurrency, restart, and kill -9. The tests run in order on one data dir; each server is reused."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import socket
+import sqlite3
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from tests.e2e.server_process import REPO, ServerProcess
+from tests.fixtures.tiny_llm import build_tiny_llm
+
+pytestmark = pytest.mark.ray
+
+CONFIG = os.path.join(REPO, "tests", "e2e", "registry_models.yaml")
+TINY = {"name": "tiny/llama", "task": "chat", "aliases": ["tiny"], "resources": {"num_cpus": 0.1},
+        "options": {"max_model_len": 256}}
+SLOW_CHAT = {"name": "slow-chat", "task": "chat", "source": "fake:", "resources": {"num_cpus": 0.1},
+             "options": {"step_delay": 0.05}}  # 20 tokens a second: long enough to undeploy mid-request
+SPEECH = {"name": "fake-speech", "task": "speech", "source": "fake:", "resources": {"num_cpus": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def data_dir():
+    path = tempfile.mkdtemp(prefix="osv-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def servers(data_dir):
+    """The servers started on `data_dir`, newest last (the restart tests add theirs)."""
+    started = [ServerProcess(CONFIG, data_dir=data_dir)]
+    yield started
+    for server in started:
+        server.cleanup(remove_data=False)
+
+
+@pytest.fixture
+def admin(servers):
+    with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def oai(servers):
+    return openai.OpenAI(base_url=servers[-1].base_url + "/v1", api_key="x", max_retries=0, timeout=60)
+
+
+def wait_status(admin: httpx.Client, name: str, statuses: tuple[str, ...], timeout_s: float = 90) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        entry = admin.get(f"/models/{name}").json()
+        if entry["status"] in statuses or time.monotonic() > deadline:
+            return entry
+        time.sleep(0.25)
+
+
+def embed_ok(oai: openai.OpenAI) -> bool:
+    return len(oai.embeddings.create(model="fake-embed", input=["a", "b"]).data) == 2
+
+
+def test_the_yaml_seeds_the_registry(admin, oai):
+    entry = admin.get("/models/fake-embed").json()
+    assert (entry["status"], entry["created_by"]) == ("ready", f"config:{CONFIG}")
+    assert [m.id for m in oai.models.list().data] == ["fake-embed"]
+
+
+def test_register_a_local_model_dir_and_chat_by_name_and_alias(admin, oai, data_dir):
+    source = build_tiny_llm(os.path.join(data_dir, "tiny-llm"))
+    r = admin.post("/models", json={**TINY, "source": source})
+    assert (r.status_code, r.json()["status"]) == (201, "deploying"), r.text
+    assert admin.post("/models", json=SLOW_CHAT).status_code == 201  # for the undeploy test; deploys meanwhile
+    assert wait_status(admin, "tiny/llama", ("ready", "failed"))["status"] == "ready"
+    assert wait_status(admin, "slow-chat", ("ready", "failed"))["status"] == "ready"
+    assert {m.id for m in oai.models.list().data} == {"fake-embed", "tiny/llama", "slow-chat"}
+    for model in ("tiny/llama", "tiny"):
+        reply = oai.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=8)
+        assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens >= 1
+
+
+def test_update_batching_redeploys_while_the_model_keeps_serving(admin, oai):
+    r = admin.patch("/models/fake-embed", json={"batching": {"max_batch_size": 4}})
+    assert (r.status_code, r.json()["status"], r.json()["version"]) == (200, "updating", 2), r.text
+    while admin.get("/models/fake-embed").json()["status"] == "updating":
+        assert embed_ok(oai)  # the old replica serves until the new one is up
+        time.sleep(0.2)
+    entry = admin.get("/models/fake-embed").json()
+    assert (entry["status"], entry["config"]["batching"]["max_batch_size"]) == ("ready", 4)
+    assert embed_ok(oai)
+
+
+def test_undeploy_drains_in_flight_requests_and_new_ones_get_404(admin, oai):
+    messages = [{"role": "user", "content": "Hi"}]
+    stream = oai.chat.completions.create(model="slow-chat", messages=messages, max_tokens=60, stream=True,
+                                         stream_options={"include_usage": True},
+                                         extra_body={"ignore_eos": True})  # 3 s: outlives the undeploy's start
+    chunks = iter(stream)
+    first = next(chunks)
+    r = admin.post("/models/slow-chat/undeploy")
+    assert (r.status_code, r.json()["status"]) == (202, "stopping")
+    with pytest.raises(openai.NotFoundError):
+        oai.chat.completions.create(model="slow-chat", messages=messages, max_tokens=4)
+    rest = list(chunks)  # the request that was running finishes in full
+    assert rest[-1].usage.completion_tokens == 60
+    assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "length"
+    assert wait_status(admin, "slow-chat", ("stopped",))["status"] == "stopped"
+    assert {m.id for m in oai.models.list().data} == {"fake-embed", "tiny/llama"}
+
+
+def test_delete_a_stopped_and_a_deployed_model(admin, oai):
+    for name in ("slow-chat", "tiny/llama"):
+        assert admin.delete(f"/models/{name}").json() == {"id": name, "object": "model", "deleted": True}
+        r = admin.get(f"/models/{name}")
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found")
+    assert [m.id for m in oai.models.list().data] == ["fake-embed"]
+
+
+def test_models_that_cannot_deploy_fail_with_a_reason_and_the_rest_keep_serving(admin, oai, data_dir):
+    r = admin.post("/models", json={**SPEECH, "name": "nowhere", "source": "/no/such/model"})
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "source")
+    empty = os.path.join(data_dir, "empty-model")
+    os.makedirs(empty, exist_ok=True)
+    admin.post("/models", json={**TINY, "name": "empty", "aliases": [], "source": empty})
+    admin.post("/models", json={**SPEECH, "name": "gpu-hungry", "resources": {"num_gpus": 1}})
+    gpu = wait_status(admin, "gpu-hungry", ("failed", "ready"))
+    assert gpu["status"] == "failed" and "needs 1 GPU" in gpu["error"]
+    assert embed_ok(oai)
+    bad = wait_status(admin, "empty", ("failed", "ready"))
+    assert bad["status"] == "failed" and bad["error"].startswith("the model failed to start:"), bad
+    assert embed_ok(oai) and [m.id for m in oai.models.list().data] == ["fake-embed"]
+    for name in ("empty", "gpu-hungry"):  # or the restart below would try them again
+        assert admin.delete(f"/models/{name}").status_code == 200
+
+
+def test_twenty_concurrent_registrations_leave_a_consistent_registry(admin):
+    names = [f"batch-{i % 15}" for i in range(20)]  # 5 names are fought over by two requests each
+
+    def register(i: int) -> int:
+        body = {"name": names[i], "task": "embedding", "source": "fake:", "aliases": [f"batch-alias-{i}"],
+                "deploy": False}
+        return admin.post("/models", json=body).status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(register, range(20)))
+    assert sorted(codes) == [201] * 15 + [409] * 5
+    batch = [e for e in admin.get("/models").json()["data"] if e["name"].startswith("batch-")]
+    assert sorted(e["name"] for e in batch) == sorted(set(names))
+    assert all(e["status"] == "registered" and len(e["config"]["aliases"]) == 1 for e in batch)
+
+
+def _own_non_loopback_ipv4() -> str | None:
+    for addresses in psutil.net_if_addrs().values():
+        for a in addresses:
+            if a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback:
+                return a.address
+    return None
+
+
+def test_admin_refuses_a_non_loopback_client_without_an_admin_key(servers):
+    ip = _own_non_loopback_ipv4()
+    if ip is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    r = httpx.get(f"http://{ip}:{servers[-1].port}/admin/models", timeout=30)
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "admin_loopback_only")
+    assert httpx.get(f"http://{ip}:{servers[-1].port}/v1/models", timeout=30).status_code == 200
+
+
+def _register_until_killed(base_url: str, acknowledged: list[str], stop: threading.Event) -> None:
+    with httpx.Client(base_url=base_url + "/admin", timeout=10) as admin:
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            try:
+                r = admin.post("/models", json={"name": f"crash-{i}", "task": "chat", "source": "fake:",
+                                                "deploy": False})
+            except httpx.HTTPError:
+                return  # the server is gone
+            if r.status_code == 201:
+                acknowledged.append(f"crash-{i}")
+
+
+def test_kill_9_mid_registration_then_a_restart_brings_back_the_registry_and_the_deployed_models(servers, data_dir):
+    with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60) as admin:
+        assert admin.post("/models", json=SPEECH).status_code == 201
+        assert wait_status(admin, "fake-speech", ("ready", "failed"))["status"] == "ready"
+        before = {e["name"]: e for e in admin.get("/models").json()["data"]}
+    acknowledged: list[str] = []
+    stop = threading.Event()
+    writer = threading.Thread(target=_register_until_killed, args=(servers[-1].base_url, acknowledged, stop))
+    writer.start()
+    while len(acknowledged) < 10:
+        time.sleep(0.05)
+    servers[-1].kill()  # kill -9 of every process, mid-registration: one request is almost always in flight
+    stop.set()
+    writer.join()
+    with sqlite3.connect(os.path.join(data_dir, "registry.db")) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    servers.append(ServerProcess(CONFIG, data_dir=data_dir))
+    with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60) as admin:
+        after = {e["name"]: e for e in admin.get("/models").json()["data"]}
+    crashed = {n for n in after if n.startswith("crash-")}
+    assert set(acknowledged) <= crashed <= set(acknowledged) | {f"crash-{len(acknowledged)}"}  # + the one in flight
+    assert {n: e["config"] for n, e in after.items() if n not in crashed} == {n: e["config"] for n, e in before.items()}
+    assert {n for n, e in after.items() if e["status"] == "ready"} == {"fake-embed", "fake-speech"}
+    assert after["fake-embed"]["config"]["batching"]["max_batch_size"] == 4  # the registry won over the YAML
+    audio = httpx.post(servers[-1].base_url + "/v1/audio/speech", timeout=60,
+                       json={"model": "fake-speech", "input": "hello", "voice": "alloy", "response_format": "wav"})
+    assert audio.status_code == 200 and audio.content[:4] == b"RIFF"
+    assert servers[-1].stop() is not None and servers[-1].leftover_processes() == []  # a clean Ctrl-C stop

@@ -1,0 +1,161 @@
+"""/admin/models in-process: the real admin app, registry (SQLite file), routes and controller; Serve is faked."""
+import httpx
+import openai
+import pytest
+
+from tests.api_fakes import openai_httpx
+from tests.registry_fakes import admin_stack
+
+CHAT = {"name": "org/tiny-chat", "task": "chat", "source": "fake:", "aliases": ["tiny"]}
+
+
+def client_for(app, host: str = "127.0.0.1", **headers) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(host, 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers)
+
+
+@pytest.fixture
+async def stack(tmp_path):
+    s = admin_stack(str(tmp_path / "registry.db"))
+    yield s
+    await s.controller.wait_idle()
+    s.store.close()
+
+
+@pytest.fixture
+async def http(stack):
+    async with client_for(stack.app, **{"x-openserve-user": "alice"}) as c:
+        yield c
+
+
+async def ready(stack, http, name: str) -> dict:
+    await stack.controller.wait_idle()
+    r = await http.get(f"/admin/models/{name}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def assert_error(r, status: int, param=None, code=None):
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param:
+        assert error["param"] == param
+    if code:
+        assert error["code"] == code
+
+
+async def test_register_then_chat_through_the_openai_client_by_name_and_alias(stack, http):
+    r = await http.post("/admin/models", json=CHAT)
+    assert r.status_code == 201, r.text
+    assert (r.json()["status"], r.json()["created_by"]) == ("deploying", "alice via loopback")
+    entry = await ready(stack, http, CHAT["name"])
+    assert (entry["status"], entry["deployed"], entry["config"]["aliases"]) == ("ready", True, ["tiny"])
+    oai_http = openai_httpx.AsyncClient(transport=openai_httpx.ASGITransport(app=stack.app), base_url="http://test")
+    oai = openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=oai_http, max_retries=0)
+    assert [m.id async for m in oai.models.list()] == [CHAT["name"]]
+    for model in (CHAT["name"], "tiny"):
+        reply = await oai.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi there"}])
+        assert reply.choices[0].message.content == "You said: hi there"
+
+
+async def test_register_only_then_deploy(stack, http):
+    r = await http.post("/admin/models", json={**CHAT, "deploy": False})
+    assert r.json()["status"] == "registered"
+    assert (await http.get("/v1/models")).json()["data"] == []
+    r = await http.post(f"/admin/models/{CHAT['name']}/deploy")
+    assert (r.status_code, r.json()["status"]) == (202, "deploying")
+    assert (await ready(stack, http, CHAT["name"]))["status"] == "ready"
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({**CHAT, "batchin": {}}, "batchin"),
+        ({**CHAT, "task": "video"}, "task"),
+        ({**CHAT, "resources": {"num_gpus": -1}}, "resources.num_gpus"),
+        ({**CHAT, "source": "/no/such/dir"}, "source"),
+        ({**CHAT, "aliases": [CHAT["name"]]}, None),
+        ({"name": "x"}, "task"),
+    ],
+)
+async def test_invalid_registrations_are_400_and_store_nothing(stack, http, body, param):
+    assert_error(await http.post("/admin/models", json=body), 400, param=param)
+    assert (await http.get("/admin/models")).json()["data"] == []
+
+
+async def test_taken_name_or_alias_is_409(stack, http):
+    await http.post("/admin/models", json=CHAT)
+    assert_error(await http.post("/admin/models", json={**CHAT, "aliases": []}), 409, code="model_exists")
+    r = await http.post("/admin/models", json={"name": "tiny", "task": "embedding", "source": "fake:"})
+    assert_error(r, 409, code="model_exists")
+    assert "alias of `org/tiny-chat`" in r.json()["error"]["message"]
+
+
+async def test_unknown_model_is_404_everywhere(http):
+    for method, path in [("GET", "nope"), ("PATCH", "nope"), ("DELETE", "a/b"), ("POST", "nope/deploy"),
+                         ("POST", "nope/undeploy")]:
+        r = await http.request(method, f"/admin/models/{path}", json={} if method == "PATCH" else None)
+        assert_error(r, 404, code="model_not_found")
+
+
+async def test_update_batching_redeploys_and_alias_only_does_not(stack, http):
+    await http.post("/admin/models", json={"name": "emb", "task": "embedding", "source": "fake:"})
+    await ready(stack, http, "emb")
+    r = await http.patch("/admin/models/emb", json={"batching": {"max_batch_size": 4}})
+    assert (r.status_code, r.json()["status"], r.json()["version"]) == (200, "updating", 2), r.text
+    assert r.json()["config"]["batching"] == {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}
+    assert (await http.get("/v1/models")).json()["data"][0]["id"] == "emb"  # still served while it rolls
+    assert (await ready(stack, http, "emb"))["status"] == "ready"
+    await http.patch("/admin/models/emb", json={"aliases": ["e"], "description": "x"})
+    await ready(stack, http, "emb")
+    assert stack.ops.runs == [("emb", 8), ("emb", 4)]
+
+
+async def test_invalid_update_is_400_naming_the_field(stack, http):
+    await http.post("/admin/models", json=CHAT)
+    r = await http.patch(f"/admin/models/{CHAT['name']}", json={"batching": {"max_batch_size": 0}})
+    assert_error(r, 400, param="batching.max_batch_size")
+    assert_error(await http.patch(f"/admin/models/{CHAT['name']}", json={"task": "image"}), 400, param="task")
+
+
+async def test_undeploy_stops_routing_at_once_then_delete(stack, http):
+    await http.post("/admin/models", json=CHAT)
+    await ready(stack, http, CHAT["name"])
+    r = await http.post(f"/admin/models/{CHAT['name']}/undeploy")
+    assert (r.status_code, r.json()["status"]) == (202, "stopping")
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    assert_error(await http.post("/v1/chat/completions", json=body), 404, code="model_not_found")
+    assert (await ready(stack, http, CHAT["name"]))["status"] == "stopped"
+    r = await http.delete(f"/admin/models/{CHAT['name']}")
+    assert r.json() == {"id": CHAT["name"], "object": "model", "deleted": True}
+    assert_error(await http.get(f"/admin/models/{CHAT['name']}"), 404)
+    await stack.controller.wait_idle()
+    assert stack.ops.running == {}
+
+
+async def test_without_admin_keys_only_loopback_clients_get_in(stack):
+    async with client_for(stack.app, host="10.1.2.3") as remote:
+        assert_error(await remote.get("/admin/models"), 403, code="admin_loopback_only")
+        assert (await remote.get("/admin/openapi.json")).status_code == 200
+    async with client_for(stack.app, host="::1") as local:
+        assert (await local.get("/admin/models")).status_code == 200
+
+
+async def test_admin_keys_are_required_and_api_keys_do_not_count(tmp_path):
+    stack = admin_stack(str(tmp_path / "r.db"), admin_api_keys=["adm-1"], api_keys=["user-1"])
+    async with client_for(stack.app, host="10.1.2.3") as c:
+        assert_error(await c.get("/admin/models"), 401, code="invalid_api_key")
+        assert_error(await c.get("/admin/models", headers={"Authorization": "Bearer user-1"}), 401)
+        r = await c.post("/admin/models", json={**CHAT, "deploy": False},
+                         headers={"Authorization": "Bearer adm-1", "X-Openserve-User": "bob"})
+        assert r.status_code == 201 and r.json()["created_by"].startswith("bob via key:")
+        assert_error(await c.get("/v1/models", headers={"Authorization": "Bearer adm-1"}), 401)
+    stack.store.close()
+
+
+async def test_openapi_documents_every_admin_route(http):
+    paths = (await http.get("/admin/openapi.json")).json()["paths"]
+    assert set(paths) == {"/admin/models", "/admin/models/{name}", "/admin/models/{name}/deploy",
+                          "/admin/models/{name}/undeploy"}
+    assert set(paths["/admin/models/{name}"]) == {"get", "patch", "delete"}

@@ -1,0 +1,109 @@
+"""The load generator's schedule and concurrency, the workloads, and the response parsing helpers (no server)."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import wave
+
+import pytest
+
+from benchmarks.endpoints import _StreamClock, audio_seconds
+from benchmarks.loadgen import LoadSpec, arrival_offsets, run_load
+from benchmarks.metrics import RequestRecord
+from benchmarks.runner import Target
+from benchmarks.workloads import Lengths, embedding_payloads, generation_payloads, read_prompts
+
+
+def test_arrivals_are_poisson_like_and_end_at_n_over_rate():
+    times = arrival_offsets(200, rate=20.0, burstiness=1.0, seed=3)
+    assert times == sorted(times) and times[-1] == pytest.approx(10.0)  # rescaled to n / rate, as vLLM
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert 0.03 < sum(gaps) / len(gaps) < 0.07
+    assert arrival_offsets(200, 20.0, 1.0, seed=3) == times  # seeded
+    assert arrival_offsets(5, math.inf, 1.0, seed=0) == [0.0] * 5
+
+
+class FakeSend:
+    """Records how many requests were in flight at most."""
+
+    def __init__(self, delay: float = 0.01):
+        self.delay, self.in_flight, self.peak, self.calls = delay, 0, 0, 0
+
+    async def __call__(self, session, url, payload) -> RequestRecord:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        self.in_flight -= 1
+        return RequestRecord(success=payload["ok"], latency=self.delay, error_kind=None if payload["ok"] else "x")
+
+
+async def test_closed_loop_keeps_exactly_the_concurrency_in_flight():
+    send = FakeSend()
+    result = await run_load(send, "http://unused", [{"ok": i % 5 != 0} for i in range(20)], LoadSpec(concurrency=4),
+                            progress=False)
+    assert send.peak == 4 and send.calls == 20 and len(result.records) == 20
+    assert sum(not r.success for r in result.records) == 4
+    assert result.duration_s >= 5 * 0.01 and result.client_cpu_s >= 0
+
+
+async def test_open_loop_honours_the_rate_and_the_cap():
+    send = FakeSend(delay=0.05)
+    result = await run_load(send, "http://unused", [{"ok": True}] * 10, LoadSpec(concurrency=2, request_rate=200.0),
+                            progress=False)
+    assert send.peak <= 2 and len(result.records) == 10
+
+
+async def test_duration_mode_reuses_payloads_until_time_is_up():
+    send = FakeSend(delay=0.01)
+    result = await run_load(send, "http://unused", [{"ok": True}] * 3, LoadSpec(concurrency=2, duration_s=0.2),
+                            progress=False)
+    assert len(result.records) > 6 and 0.2 <= result.duration_s < 0.5
+
+
+def test_lengths_parse_and_sample():
+    assert Lengths.parse("32") == Lengths(32, 32) == Lengths.parse("fixed:32")
+    uniform = Lengths.parse("uniform:4,8")
+    import random
+
+    assert {uniform.sample(random.Random(i)) for i in range(200)} == {4, 5, 6, 7, 8}
+    with pytest.raises(ValueError):
+        Lengths.parse("normal:3")
+
+
+def test_payloads_have_the_requested_shapes(tmp_path):
+    chat = generation_payloads("chat", "m", 3, Lengths(5, 5), Lengths(7, 7))
+    assert len(chat) == 3 and all(len(p["messages"][0]["content"].split()) == 5 for p in chat)
+    assert chat[0]["max_tokens"] == 7 and chat[0]["ignore_eos"] and chat[0]["stream_options"]["include_usage"]
+    assert generation_payloads("chat", "m", 3, Lengths(5, 5), Lengths(7, 7)) == chat  # seeded
+    emb = embedding_payloads("e", 4, 32, Lengths(3, 3), encoding_format="base64")
+    assert [len(p["input"]) for p in emb] == [32] * 4 and emb[0]["encoding_format"] == "base64"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps("plain text") + "\n" + json.dumps({"prompt": "hi there", "output_len": 9}) + "\n")
+    assert read_prompts(str(prompts)) == [{"prompt": "plain text", "output_len": None},
+                                          {"prompt": "hi there", "output_len": 9}]
+    from_file = generation_payloads("completions", "m", 3, Lengths(5, 5), Lengths(7, 7), prompts_file=str(prompts))
+    assert [p["prompt"] for p in from_file] == ["plain text", "hi there", "plain text"]
+    assert [p["max_tokens"] for p in from_file] == [7, 9, 7]
+
+
+def test_audio_seconds_from_wav_header_and_pcm():
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(b"\0\0" * 8000)
+    assert audio_seconds(buf.getvalue(), "wav", 22050) == pytest.approx(0.5)
+    assert audio_seconds(b"\0\0" * 22050, "pcm", 22050) == pytest.approx(1.0)
+
+
+def test_stream_clock_ttft_and_gaps():
+    clock = _StreamClock(started=10.0)
+    for t in (10.3, 10.4, 10.6):
+        clock.text_arrived(t)
+    assert clock.ttft == pytest.approx(0.3) and clock.itl == pytest.approx([0.1, 0.2]) and clock.chunks == 3
+
+
+def test_target_parse():
+    assert Target.parse("http://h:1/v1/") == Target("server", "http://h:1")
+    assert Target.parse("unbatched=http://h:2") == Target("unbatched", "http://h:2")

@@ -1,0 +1,63 @@
+"""The versioned schema: a later release opens an older file; a newer file is refused; a failed step rolls back."""
+import sqlite3
+
+import pytest
+from sqlalchemy import text
+
+from serving.config import ModelConfig
+from serving.registry import schema
+from serving.registry.schema import SchemaError, database_version, migrate
+from serving.registry.store import RegistryStore, create_registry_engine
+
+
+def test_a_new_database_gets_the_latest_version(tmp_path):
+    store = RegistryStore.open(f"sqlite:///{tmp_path}/r.db")
+    with store.engine.connect() as conn:
+        assert database_version(conn) == len(schema.MIGRATIONS)
+    store.close()
+    RegistryStore.open(f"sqlite:///{tmp_path}/r.db").close()  # opening again migrates nothing
+
+
+def _v2_adds_owner(conn):
+    conn.execute(text("ALTER TABLE models ADD COLUMN owner VARCHAR(64) NOT NULL DEFAULT 'nobody'"))
+
+
+def test_an_older_file_is_upgraded_in_place_keeping_its_rows(tmp_path):
+    url = f"sqlite:///{tmp_path}/r.db"
+    old = RegistryStore.open(url)  # written by "this release" (version 1)
+    old.create(ModelConfig(name="m", task="chat", source="fake:", aliases=["x"]), deployed=True, actor="a")
+    old.close()
+    engine = create_registry_engine(url)
+    with engine.begin() as conn:  # "the next release" adds a step
+        assert migrate(conn, [*schema.MIGRATIONS, _v2_adds_owner]) == 2
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name, owner FROM models")).all() == [("m", "nobody")]
+        assert database_version(conn) == 2
+    engine.dispose()
+
+
+def test_a_newer_file_is_refused_with_a_clear_error(tmp_path):
+    db = tmp_path / "r.db"
+    RegistryStore.open(f"sqlite:///{db}").close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(SchemaError, match="schema version 99, newer than this release supports"):
+        RegistryStore.open(f"sqlite:///{db}")
+
+
+def test_a_failing_step_leaves_the_old_version_intact(tmp_path):
+    url = f"sqlite:///{tmp_path}/r.db"
+    RegistryStore.open(url).close()
+
+    def broken(conn):
+        conn.execute(text("CREATE TABLE half_done (x INTEGER)"))
+        raise RuntimeError("crash in the middle of a migration")
+
+    engine = create_registry_engine(url)
+    with pytest.raises(RuntimeError, match="crash"):
+        with engine.begin() as conn:
+            migrate(conn, [*schema.MIGRATIONS, broken])
+    with engine.connect() as conn:
+        assert database_version(conn) == 1
+        assert not conn.execute(text("SELECT name FROM sqlite_master WHERE name = 'half_done'")).all()
+    engine.dispose()
