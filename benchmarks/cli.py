@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 
@@ -56,7 +57,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="also start a server on this config and compare (e.g. batching off)")
     g.add_argument("--config", help="openserve config for --start-server and --inprocess (default: embedded)")
     g.add_argument("--inprocess", action="store_true", help="add the in-process baseline of --model (no HTTP/Ray)")
-    g.add_argument("--api-key")
+    g.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="default: $OPENAI_API_KEY")
     g = p.add_argument_group("load")
     g.add_argument("--concurrency", type=_int_list, default=[1], help="requests in flight; a list sweeps: 1,4,16,64")
     g.add_argument("--request-rate", type=_rate, default=math.inf, help="requests/s (Poisson); inf: closed loop")
@@ -128,8 +129,8 @@ def _spec(args, concurrency: int) -> LoadSpec:
 
 
 def _load_params(args, concurrency: int) -> dict:
-    params = {"concurrency": concurrency, "request_rate": str(args.request_rate), "num_requests": _count(args, concurrency),
-              "duration_s": args.duration}
+    params = {"concurrency": concurrency, "request_rate": str(args.request_rate),
+              "num_requests": _count(args, concurrency), "duration_s": args.duration}
     if args.goodput:
         params["goodput_slos_ms"] = _slos(args.goodput)
     return params

@@ -43,14 +43,17 @@ def latency_cdf(curves: dict[str, list[float]], title: str, path: str, xlabel: s
 
 
 def sweep_plot(series: dict[str, list[tuple[float, float]]], ylabel: str, title: str, path: str,
-               xlabel: str = "concurrency") -> str:
-    """One line per target: (x, y) points, x on a log2 axis when it spans powers of two."""
+               xlabel: str = "concurrency", references: dict[str, float] | None = None) -> str:
+    """One line per target: (x, y) points, x on a log2 axis when it spans powers of two; `references` are
+    dashed horizontal lines (e.g. an in-process baseline)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     xs_all = sorted({x for points in series.values() for x, _ in points})
     for label, points in series.items():
         points = sorted(points)
         ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
+    for n, (label, y) in enumerate((references or {}).items()):
+        ax.axhline(y, linestyle="--", linewidth=1, color=f"C{len(series) + n}", label=label)
     if xs_all and xs_all[0] > 0 and xs_all[-1] / xs_all[0] >= 4:
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
@@ -104,6 +107,6 @@ def cdf_plots(runs: list[dict], records: dict[int, list], out_dir: str, prefix: 
     modality = runs[0]["modality"]
     paths = [latency_cdf(e2e, f"{modality}: end-to-end latency", os.path.join(out_dir, f"{prefix}-cdf-e2el.png"))]
     if any(ttft.values()):
-        paths.append(latency_cdf(ttft, f"{modality}: time to first token", os.path.join(out_dir, f"{prefix}-cdf-ttft.png"),
-                                 xlabel="TTFT (ms)"))
+        path = os.path.join(out_dir, f"{prefix}-cdf-ttft.png")
+        paths.append(latency_cdf(ttft, f"{modality}: time to first token", path, xlabel="TTFT (ms)"))
     return paths

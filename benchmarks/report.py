@@ -24,8 +24,9 @@ COLUMNS = {
                    ("p99 ms", "p99_e2el_ms", ".1f")],
     "images": [("req/s", "request_throughput", ".2f"), ("images/s", "image_throughput", ".2f"),
                ("p50 ms", "median_e2el_ms", ".0f"), ("p90 ms", "p90_e2el_ms", ".0f"), ("p99 ms", "p99_e2el_ms", ".0f")],
-    "speech": [("req/s", "request_throughput", ".2f"), ("audio s/s", "rtfx", ".1f"), ("TTFB p50", "median_ttfb_ms", ".0f"),
-               ("p50 ms", "median_e2el_ms", ".0f"), ("p90 ms", "p90_e2el_ms", ".0f"), ("p99 ms", "p99_e2el_ms", ".0f")],
+    "speech": [("req/s", "request_throughput", ".2f"), ("audio s/s", "rtfx", ".1f"),
+               ("TTFB p50", "median_ttfb_ms", ".0f"), ("p50 ms", "median_e2el_ms", ".0f"),
+               ("p90 ms", "p90_e2el_ms", ".0f"), ("p99 ms", "p99_e2el_ms", ".0f")],
 }
 COLUMNS["completions"] = COLUMNS["chat"]
 
@@ -128,7 +129,8 @@ def table(runs: list[dict]) -> str:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines.append(f"== {modality} ==")
         for n, row in enumerate(rows):
-            lines.append("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+            cells = (cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+            lines.append("  ".join(cells))
             if n == 0:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append("")

@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 
-from benchmarks import baselines, report, runner
+from benchmarks import baselines, plots, report, runner
 from benchmarks.loadgen import LoadSpec
 from benchmarks.runner import Scenario, Target
 from benchmarks.server import start_openserve
@@ -77,7 +77,8 @@ def chat_scenarios(args) -> list[Scenario]:
     out = []
     for c in (1, 4, 8):
         payloads = generation_payloads("chat", CHAT, _n(args, max(8, 2 * c)), Lengths(32, 32), Lengths(32, 32), seed=c)
-        params = {"concurrency": c, "input_len_words": 32, "output_len": 32, "goodput_slos_ms": {"ttft": 1000, "tpot": 100}}
+        params = {"concurrency": c, "input_len_words": 32, "output_len": 32,
+                  "goodput_slos_ms": {"ttft": 1000, "tpot": 100}}
         out.append(Scenario(f"c={c}", "chat", params, payloads, LoadSpec(concurrency=c), warmup=payloads[:1]))
     return out
 
@@ -123,7 +124,8 @@ def checks(runs: list[dict], found: list[dict]) -> list[dict]:
         _check("embeddings: 64 concurrent one-sentence, batched vs unbatched",
                _median(runs, "default", "c=64 x1", "input_throughput"),
                _median(runs, "unbatched", "c=64 x1", "input_throughput"), 1.5, "sentences/s"),
-        _check("images: 8 concurrent, batched vs unbatched", _median(runs, "default", "c=8 64x64 2 steps", "image_throughput"),
+        _check("images: 8 concurrent, batched vs unbatched",
+               _median(runs, "default", "c=8 64x64 2 steps", "image_throughput"),
                _median(runs, "unbatched", "c=8 64x64 2 steps", "image_throughput"), 1.5, "images/s"),
         _check("speech: 8 concurrent, batched vs unbatched", _median(runs, "default", "c=8 20 words", "rtfx"),
                _median(runs, "unbatched", "c=8 20 words", "rtfx"), 1.5, "audio seconds per second"),
@@ -167,6 +169,23 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def overview_plot(runs: list[dict], found: list[dict], path: str) -> str | None:
+    """The README's plot: embedding inputs/s against concurrency, batched and not, with the in-process lines."""
+    points: dict[str, dict[int, list]] = {}
+    for r in runs:
+        if r["modality"] == "embeddings":
+            name = f"{r['target']}, {r['scenario'].split()[-1].replace('x', '')} input(s) per request"
+            by_c = points.setdefault(name, {})
+            by_c.setdefault(r["params"]["concurrency"], []).append(r["metrics"]["input_throughput"])
+    if not points:
+        return None
+    series = {name: [(c, statistics.median(v)) for c, v in by_c.items()] for name, by_c in points.items()}
+    references = {f"in-process encode, batch {b['batch_size']}": b["input_throughput"]
+                  for b in found if b["modality"] == "embeddings" and b["batch_size"] in (1, 128)}
+    return plots.sweep_plot(series, "sentences/s", "all-MiniLM-L6-v2 through openserve up (2 cores)", path,
+                            xlabel="concurrent requests", references=references)
+
+
 def run(args) -> int:
     started_at = time.time()
     parts = {"embeddings", "images", "speech", "chat"} - set(filter(None, args.skip.split(",")))
@@ -177,6 +196,7 @@ def run(args) -> int:
     doc["checks"] = checks(runs, found)
     prefix = args.name or f"suite-{runner.stamp()}"
     runner.write_outputs(doc, records, args.out, prefix)
+    overview_plot(runs, found, os.path.join(args.out, f"{prefix}-embeddings-overview.png"))
     table = markdown(doc)
     with open(os.path.join(args.out, f"{prefix}.md"), "w") as f:
         f.write(table + "\n" + "```\n" + report.table(runs) + report.baseline_table(found) + "```\n")
