@@ -9,7 +9,8 @@ All requests arrive at once; every request generates exactly --output-len tokens
 Baselines (default on CPU): `sequential` runs `generate` one request after another (on --baseline-requests of them,
 to bound the time), `padded` runs one `generate` over all requests, left-padded. They run first, on the pristine
 model; the engine then takes the model over (it switches its attention and may pack its linear layers).
-Prints one JSON document.
+Each phase reports `others_cpu_s`: CPU time other processes on the machine took meanwhile (this is a shared
+2-core box: a figure is only good when that is near zero). Prints one JSON document.
 """
 from __future__ import annotations
 
@@ -31,6 +32,50 @@ TEXT = ("The history of the bicycle spans more than two centuries, from the wood
         "nineteenth century to the carbon frames of today. Inventors in France, Germany and Britain each added "
         "pedals, chains, gears and pneumatic tyres, and cycling became a popular pastime and a practical way to "
         "travel to work. ")
+
+
+class CpuMeter:
+    """CPU seconds spent machine-wide and by given process sessions, between two reads (Linux /proc)."""
+
+    def __init__(self, sessions: tuple[int, ...] = ()):
+        self.sessions = sessions
+        self.start = self._read()
+
+    def elapsed(self) -> dict:
+        now = self._read()
+        total, ours = now[0] - self.start[0], now[1] - self.start[1]
+        return {"machine_busy_cpu_s": round(total, 2), "others_cpu_s": round(total - ours, 2)}
+
+    def _read(self) -> tuple[float, float]:
+        tick = os.sysconf("SC_CLK_TCK")
+        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        busy = (sum(fields) - fields[3] - fields[4]) / tick  # all but idle and iowait
+        return busy, _session_cpu({os.getsid(0), *self.sessions}) / tick
+
+
+def _session_cpu(sessions: set[int]) -> int:
+    """utime + stime ticks of every live process in `sessions` (this one's included)."""
+    ticks = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[3]) in sessions:
+            ticks += int(stat[11]) + int(stat[12])
+    return ticks
+
+
+def wait_for_idle_cpu(max_idle_busy: float, max_wait_s: float, sessions: tuple[int, ...] = ()) -> dict:
+    """Wait until the CPU used by other processes over 5 s is under `max_idle_busy` cores; report what it was."""
+    start = time.perf_counter()
+    while True:
+        meter = CpuMeter(sessions)
+        time.sleep(5)
+        others = meter.elapsed()["others_cpu_s"] / 5
+        waited = time.perf_counter() - start
+        if others < max_idle_busy or waited > max_wait_s:
+            return {"others_cores_before": round(others, 2), "waited_s": round(waited)}
 
 
 def load_model(spec: str, dtype: str, device: str):
@@ -119,6 +164,14 @@ def _generate(model, prompts: list[list[int]], output_len: int) -> torch.Tensor:
                               min_new_tokens=output_len, pad_token_id=0)
 
 
+def phase(args, run) -> dict:
+    """Run one measurement, after waiting (--wait-idle) for other processes to leave the cores alone."""
+    quiet = wait_for_idle_cpu(0.15, args.wait_idle) if args.wait_idle else {}
+    meter = CpuMeter()
+    result = run()
+    return {**result, **quiet, **meter.elapsed()}
+
+
 def _percentiles(values: list[float]) -> dict:
     if not values:
         return {}
@@ -140,6 +193,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     ap.add_argument("--baselines", default=None, help="comma list of sequential,padded or 'none' (default: both on CPU)")
     ap.add_argument("--baseline-requests", type=int, default=4, help="requests for the sequential baseline")
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                    help="before each phase wait up to S seconds for other processes to use < 0.15 cores")
     args = ap.parse_args()
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     baselines = args.baselines or ("sequential,padded" if args.device == "cpu" else "none")
@@ -154,15 +209,16 @@ def main() -> None:
               "output_len": args.output_len, "load_avg_before": os.getloadavg()[0]}
     if "sequential" in baselines:
         _generate(model, prompts[:1], 4)  # warm-up
-        report["hf_generate_sequential"] = run_sequential(model, prompts[: args.baseline_requests], args.output_len)
+        report["hf_generate_sequential"] = phase(args, lambda: run_sequential(
+            model, prompts[: args.baseline_requests], args.output_len))
     if "padded" in baselines:
-        report["hf_generate_padded_batch"] = run_padded(model, prompts, args.output_len)
+        report["hf_generate_padded_batch"] = phase(args, lambda: run_padded(model, prompts, args.output_len))
     engine = HFEngine(model, tokenizer, max_model_len=args.prompt_len + args.output_len + 8,
                       max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens)
     run_engine(engine, prompts[:2], 4)  # warm-up
     report["engine"] = {"batched": engine.batched, "packed_linears": engine.packed_linears,
                         "max_batched_tokens": engine.scheduler.max_batched_tokens,
-                        **run_engine(engine, prompts, args.output_len)}
+                        **phase(args, lambda: run_engine(engine, prompts, args.output_len))}
     for name in ("hf_generate_sequential", "hf_generate_padded_batch"):
         if name in report:
             report[f"speedup_vs_{name}"] = round(report["engine"]["output_tokens_per_s"]

@@ -11,7 +11,9 @@ before the next starts, so they never compete for the cores. Workload: one strea
 has no such field, so it gets a `generation_config` with an eos id that never comes; token counts come from each
 server's `usage` and are reported, so a run cut short would show. Also measured, before any server starts:
 sequential HF `generate` in this process (the ">= 5x" reference). The client is aiohttp with a hand-rolled SSE
-reader; its own CPU time is reported per phase (it shares the 2 cores with the server). Prints one JSON document.
+reader; its own CPU time is reported per phase (it shares the 2 cores with the server), and so is `others_cpu_s`,
+the CPU other processes on the machine took meanwhile (a figure is only good when that is near zero; --wait-idle
+waits for a quiet moment before each phase). Prints one JSON document.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ import tempfile
 import time
 
 import aiohttp
+
+from benchmarks.engine import CpuMeter, wait_for_idle_cpu
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "smollm2-135m-instruct"
@@ -181,13 +185,20 @@ async def measure(server: Server, args) -> dict:
                                          timeout=aiohttp.ClientTimeout(total=900)) as session:
             ready = await wait_ready(session, server, args.start_timeout)
             await concurrent(session, server, 8, min(4, args.concurrency))  # warm-up of the batched path
-            load = os.getloadavg()[0]
-            one = await single(session, server, args.max_tokens, args.single_runs)
-            many = await concurrent(session, server, args.max_tokens, args.concurrency)
-            return {"ready_s": round(ready, 1), "load_avg_1m_at_start": round(load, 2), "single_stream": one,
-                    f"concurrent_{args.concurrency}": many}
+            one = await phase(args, server, single(session, server, args.max_tokens, args.single_runs))
+            many = await phase(args, server, concurrent(session, server, args.max_tokens, args.concurrency))
+            return {"ready_s": round(ready, 1), "single_stream": one, f"concurrent_{args.concurrency}": many}
     finally:
         server.stop()
+
+
+async def phase(args, server: Server, measurement) -> dict:
+    """Await `measurement` once other processes leave the cores alone (up to --wait-idle s); add what they took."""
+    sessions = (server.proc.pid,)  # the server runs in its own session
+    quiet = await asyncio.to_thread(wait_for_idle_cpu, 0.15, args.wait_idle, sessions) if args.wait_idle else {}
+    meter = CpuMeter(sessions)
+    result = await measurement
+    return {**result, **quiet, **meter.elapsed()}
 
 
 def servers(args, model_dir: str, data_dir: str) -> dict[str, Server]:
@@ -202,7 +213,7 @@ def servers(args, model_dir: str, data_dir: str) -> dict[str, Server]:
     never = 0  # SmolLM2's <|endoftext|>: a chat turn ends with <|im_end|> (2), never with this
     peer = Server("transformers_serve_cb",
                   [os.path.join(venv_bin, "transformers"), "serve", model_dir, "--continuous-batching", "--host",
-                   "127.0.0.1", "--port", str(args.port + 1), "--device", "cpu", "--dtype", args.dtype],
+                   "127.0.0.1", "--port", str(args.port + 1), "--device", "cpu", "--dtype", args.peer_dtype],
                   args.port + 1,
                   {"model": model_dir, "generation_config": json.dumps({"do_sample": False, "eos_token_id": never,
                                                                         "pad_token_id": 2})},
@@ -231,7 +242,12 @@ models:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="ours (auto: bf16 on CPUs with native bf16, else fp32) and the HF generate baseline")
+    ap.add_argument("--peer-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="the peer's --dtype (auto: the weights' own, float32 here)")
+    ap.add_argument("--hf-dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="sequential HF generate (float32: its faster dtype at batch 1 here)")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--single-runs", type=int, default=3)
@@ -245,14 +261,20 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "openserve-peer-bench"))
     ap.add_argument("--no-hf-baseline", action="store_true")
     ap.add_argument("--start-timeout", type=float, default=600)
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                    help="before each phase wait up to S seconds for other processes to use < 0.15 cores")
     args = ap.parse_args()
     os.makedirs(args.data_dir, exist_ok=True)
     model_dir = converted_model_dir(args.data_dir)
-    report = {"model": MODEL, "dtype": args.dtype, "max_tokens": args.max_tokens, "cpus": len(os.sched_getaffinity(0)),
+    report = {"model": MODEL, "dtype": {"ours": args.dtype, "peer": args.peer_dtype, "hf_generate": args.hf_dtype},
+              "max_tokens": args.max_tokens, "cpus": len(os.sched_getaffinity(0)),
               "omp_wait_policy": {"ours": args.omp_wait_policy, "peer": args.peer_omp_wait_policy},
               "command": " ".join(["python -m benchmarks.peer_chat", *sys.argv[1:]])}
     if not args.no_hf_baseline:
-        report["hf_generate_sequential"] = hf_sequential(model_dir, args.dtype, args.max_tokens, runs=2)
+        quiet = wait_for_idle_cpu(0.15, args.wait_idle) if args.wait_idle else {}
+        meter = CpuMeter()
+        report["hf_generate_sequential"] = {**hf_sequential(model_dir, args.hf_dtype, args.max_tokens, runs=2),
+                                            **quiet, **meter.elapsed()}
     for round_ in range(args.rounds):
         for name, server in servers(args, model_dir, args.data_dir).items():
             report.setdefault(name, []).append(asyncio.run(measure(server, args)))

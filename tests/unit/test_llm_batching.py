@@ -16,7 +16,7 @@ from tests.fixtures.tiny_llm import build_tiny_llm
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
-    return load_causal_lm(build_tiny_llm(str(tmp_path_factory.mktemp("tiny_llm"))))
+    return load_causal_lm(build_tiny_llm(str(tmp_path_factory.mktemp("tiny_llm"))), dtype="float32")
 
 
 def greedy(n, **extra):

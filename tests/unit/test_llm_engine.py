@@ -20,7 +20,7 @@ def tiny_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(tiny_path):
-    return load_causal_lm(tiny_path)
+    return load_causal_lm(tiny_path, dtype="float32")
 
 
 def make_engine(model, tokenizer, **options):
@@ -118,7 +118,7 @@ def test_stop_string_spanning_two_tokens_cuts_exactly(engine):
 
 
 def test_stop_token_ids_and_generation_config_eos_finish_with_stop(tiny_path):
-    model, tok = load_causal_lm(tiny_path)  # a private copy: this test edits its generation config
+    model, tok = load_causal_lm(tiny_path, dtype="float32")  # a private copy: this test edits its generation config
     engine = make_engine(model, tok)
     prompt = ids(tok, "Hello")
     free = run(engine, {"f": (prompt, SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True))})["f"][0]

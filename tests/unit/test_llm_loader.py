@@ -27,7 +27,8 @@ def tiny_path(tmp_path_factory):
 
 def test_loads_a_folder_in_eval_mode_with_the_requested_dtype(tiny_path):
     model, tok = load_causal_lm(tiny_path)
-    assert not model.training and model.dtype == torch.float32 and tok.eos_token_id is not None
+    assert not model.training and model.dtype == resolve_dtype("auto", "cpu") and tok.eos_token_id is not None
+    assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if loader.cpu_has_fast_bf16() else torch.float32)
     model, _ = load_causal_lm(tiny_path, dtype="bfloat16")
     assert model.dtype == torch.bfloat16
     assert resolve_dtype("auto", "cuda:0") == torch.bfloat16 and resolve_dtype("float16", "cpu") == torch.float16
@@ -125,6 +126,7 @@ def test_smollm2_gguf_conversion_is_cached_as_safetensors(smollm2_cache):
 def test_smollm2_from_cache_answers_paris(smollm2_engine):
     engine = smollm2_engine
     assert engine.max_model_len == 8192 and engine.tokenizer.eos_token_id in engine.eos_token_ids
+    assert engine.batched
     prompt = engine.tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=True
     )

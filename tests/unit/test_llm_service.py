@@ -116,7 +116,7 @@ async def test_closing_a_stream_frees_the_engines_slot_for_the_next_request(tmp_
     from models.llm.loader import load_causal_lm
     from tests.fixtures.tiny_llm import build_tiny_llm
 
-    engine = HFEngine(*load_causal_lm(build_tiny_llm(str(tmp_path / "m"))), max_running=1, max_queued=0)
+    engine = HFEngine(*load_causal_lm(build_tiny_llm(str(tmp_path / "m")), dtype="float32"), max_running=1, max_queued=0)
     svc = LLMService(engine)
     try:
         gen = svc.generate(chat("hello", max_tokens=200, ignore_eos=True, temperature=0))
