@@ -87,6 +87,7 @@ class Server:
     def __init__(self, name: str, argv: list[str], port: int, body: dict, log_path: str, env: dict | None = None):
         self.name, self.argv, self.port, self.body, self.log_path = name, argv, port, body, log_path
         self.env = env or {}
+        self.stale_files: list[str] = []
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -94,6 +95,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}/v1/chat/completions"
 
     def start(self) -> None:
+        for path in self.stale_files:  # e.g. our registry: it would win over the config just written
+            if os.path.exists(path):
+                os.remove(path)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.env}
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
@@ -209,7 +213,8 @@ def servers(args, model_dir: str, data_dir: str) -> dict[str, Server]:
                                   threads=f"torch_threads: {args.threads}" if args.threads else ""))
     ours = Server("ours", [os.path.join(venv_bin, "openserve"), "up", "--config", config], args.port,
                   {"model": MODEL, "stream_options": {"include_usage": True}, "ignore_eos": True},
-                  os.path.join(data_dir, "ours.log"), _omp_env(args.omp_wait_policy))
+                  os.path.join(data_dir, "ours.log"), _our_env(args))
+    ours.stale_files = [os.path.join(data_dir, f"registry.db{suffix}") for suffix in ("", "-shm", "-wal")]
     never = 0  # SmolLM2's <|endoftext|>: a chat turn ends with <|im_end|> (2), never with this
     peer = Server("transformers_serve_cb",
                   [os.path.join(venv_bin, "transformers"), "serve", model_dir, "--continuous-batching", "--host",
@@ -224,6 +229,13 @@ def servers(args, model_dir: str, data_dir: str) -> dict[str, Server]:
 def _omp_env(policy: str) -> dict:
     """OpenMP's wait policy for the server's processes (Ray workers inherit the driver's environment)."""
     return {} if policy == "default" else {"OMP_WAIT_POLICY": policy.upper()}
+
+
+def _our_env(args) -> dict:
+    env = _omp_env(args.omp_wait_policy)
+    if args.worker_niceness is not None:  # Ray starts its workers at nice 15 unless told otherwise
+        env["RAY_worker_niceness"] = str(args.worker_niceness)
+    return env
 
 
 OUR_CONFIG = """\
@@ -257,6 +269,8 @@ def main() -> None:
     ap.add_argument("--omp-wait-policy", choices=["default", "passive", "active"], default="default",
                     help="OMP_WAIT_POLICY for our server's processes")
     ap.add_argument("--peer-omp-wait-policy", choices=["default", "passive", "active"], default="default")
+    ap.add_argument("--worker-niceness", type=int, default=None,
+                    help="RAY_worker_niceness for our server (Ray's default: 15; the peer runs at 0)")
     ap.add_argument("--port", type=int, default=18400, help="ours; the peer gets port + 1")
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "openserve-peer-bench"))
     ap.add_argument("--no-hf-baseline", action="store_true")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import torch
@@ -64,6 +65,7 @@ class HFEngine:
         budget = max_batched_tokens or DEFAULT_MAX_BATCHED_TOKENS.get(self.device.type, 512)
         self.scheduler = Scheduler(SlotAllocator(self.max_running), max_queued, max(budget, self.max_running))
         self._requests: dict[str, EngineRequest] = {}
+        self.stats = StepStats()
 
     @classmethod
     def load(cls, location: str, gguf_file: str | None = None, dtype: str = "auto", device: str = "cpu",
@@ -96,12 +98,15 @@ class HFEngine:
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return []
+        start = time.perf_counter()
         with torch.inference_mode():
             sampled, logits = self.runner.execute(scheduled.work)
             for request, count in scheduled.work:
                 request.num_computed += count
             tokens = sample_next(logits, [r.sampler for r in sampled]) if sampled else []
-        return [self._emit(r, t) for r, t in zip(sampled, tokens)]
+        outputs = [self._emit(r, t) for r, t in zip(sampled, tokens)]
+        self.stats.record(start, scheduled, len(outputs), len(self.scheduler.running), len(self.scheduler.waiting))
+        return outputs
 
     def abort(self, request_id: str) -> None:
         """Drop a request (waiting or running); its KV slot is free for the next step. Unknown ids are ignored."""
@@ -157,11 +162,40 @@ class HFEngine:
         return PerRequestRunner(self.model), max_running
 
 
+class StepStats:
+    """Logs, every `interval_s` of activity, the step rate, token throughput and step time (INFO)."""
+
+    def __init__(self, interval_s: float = 10.0):
+        self.interval_s = interval_s
+        self._reset(time.perf_counter())
+
+    def record(self, start: float, scheduled, sampled: int, running: int, waiting: int) -> None:
+        now = time.perf_counter()
+        if start - self.last > self.interval_s:  # idle since the last step: start a new window
+            self._reset(start)
+        self.last = now
+        self.steps += 1
+        self.busy_s += now - start
+        self.tokens_in += sum(n for _, n in scheduled.work)
+        self.tokens_out += sampled
+        if now - self.since >= self.interval_s:
+            elapsed = now - self.since
+            log.info("engine: %.1f steps/s, %.1f ms/step, %.0f tokens/s in, %.0f tokens/s out, %d running, "
+                     "%d waiting", self.steps / elapsed, 1000 * self.busy_s / self.steps, self.tokens_in / elapsed,
+                     self.tokens_out / elapsed, running, waiting)
+            self._reset(now)
+
+    def _reset(self, now: float) -> None:
+        self.since, self.last, self.steps, self.busy_s, self.tokens_in, self.tokens_out = now, now, 0, 0.0, 0, 0
+
+
 def _warn_if_openmp_spins() -> None:
     """Several OpenMP threads that spin while waiting collapse when other processes want the same cores: measured
     here with another process busy, a 2-thread fp32 decode step of 16 sequences took 521 ms spinning, 124 ms with
-    OMP_WAIT_POLICY=PASSIVE and 191 ms on one thread. The policy is read when the process starts, so say so."""
-    if torch.get_num_threads() > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+    OMP_WAIT_POLICY=PASSIVE and 191 ms on one thread. The policy is read when the process starts, so say so. A
+    process that sets GOMP_SPINCOUNT chose its spinning (serving's engine process does, at nice 0)."""
+    if (torch.get_num_threads() > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+            and "GOMP_SPINCOUNT" not in os.environ):
         log.warning("torch uses %d OpenMP threads with their default (spinning) wait policy: if other processes "
                     "share these cores, steps can slow down several times; start the process with "
                     "OMP_WAIT_POLICY=PASSIVE", torch.get_num_threads())

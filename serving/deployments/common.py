@@ -16,14 +16,16 @@ from serving.errors import InvalidRequestError
 log = logging.getLogger("serving.deployments")
 
 
-def load_backend(spec: dict, data_dir: str):
-    """Build the backend for a model spec (a ModelConfig dump); logs how long it took."""
+def load_backend(spec: dict, data_dir: str, passive_openmp: bool = True):
+    """Build the backend for a model spec (a ModelConfig dump); logs how long it took. `passive_openmp=False` is for
+    a process that sets its own OpenMP wait policy (the LLM engine process)."""
     model = ModelConfig.model_validate(spec)
     # OpenMP threads waiting for work spin by default. A replica shares its cores with Ray's proxy, the ingress and
     # the other replicas: a spinning thread holds the core its partner needs, and every parallel region waits a
     # scheduler time slice (MiniLM on 2 busy cores: 2 sentences/s spinning, 71 passive). Read once, when torch
     # loads libgomp, so it must be set before the import; an operator's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if passive_openmp:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Ray sets OMP_NUM_THREADS to the actor's num_cpus (often < 1 core here): torch would run on one thread.
     import torch
 

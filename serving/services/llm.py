@@ -57,12 +57,16 @@ class LLMService:
         return self.engine.max_model_len
 
     def is_alive(self) -> bool:
-        return self._thread.is_alive() and self.error is None
+        engine_alive = getattr(self.engine, "is_alive", None)  # an EngineProcess: is the child still there?
+        return self._thread.is_alive() and self.error is None and (engine_alive is None or engine_alive())
 
     def shutdown(self) -> None:
         self._stopped = True
         self._wakeup.set()
         self._thread.join(timeout=5)
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks of all n choices; on exit (done, error or cancelled) abort what is still running."""

@@ -133,3 +133,52 @@ async def test_closing_a_stream_frees_the_engines_slot_for_the_next_request(tmp_
         assert finish == {0: "length"} and texts[0]
     finally:
         svc.shutdown()
+
+
+async def test_an_engine_in_a_child_process_streams_aborts_and_refuses_like_one_in_process():
+    from serving.services.engine_process import EngineProcess
+
+    engine = EngineProcess(FakeEngine, (None, 2048, 1, 1, 0.002))  # tokenizer, max_model_len, running, queued, delay
+    svc = LLMService(engine)
+    try:
+        assert svc.max_pending == 2 and engine.tokenizer.eos_token_id == 2 and svc.is_alive()
+        texts, finish = await collect(svc, chat("from the child", max_tokens=50, temperature=0))
+        assert texts == {0: "from the child"} and finish == {0: "stop"}
+        with pytest.raises(InvalidRequestError):  # validated in the parent, synchronously
+            await collect(svc, chat("hi", max_tokens=10**6))
+        gen = svc.generate(chat("long", max_tokens=1000, ignore_eos=True))
+        await gen.__anext__()
+        await gen.aclose()  # aborted in the child
+        for _ in range(200):
+            if not engine.has_unfinished_requests() and svc._pending == 0:
+                break
+            await asyncio.sleep(0.005)
+        texts, _ = await collect(svc, chat("again", max_tokens=50, temperature=0))
+        assert texts == {0: "again"}
+    finally:
+        svc.shutdown()
+    assert not engine.is_alive()
+
+
+def test_an_engine_process_that_fails_to_build_raises_its_error_in_the_parent():
+    from serving.services.engine_process import EngineProcess
+
+    with pytest.raises(RuntimeError, match="failed to start(.|\n)*invalid literal"):
+        EngineProcess(int, ("not a number",))  # the child's build raises ValueError
+
+
+async def test_a_dead_engine_process_fails_its_streams_and_the_service_reports_unhealthy():
+    from serving.services.engine_process import EngineProcess
+
+    engine = EngineProcess(FakeEngine, (None, 2048, 1, 1, 0.01))  # tokenizer, max_model_len, running, queued, delay
+    svc = LLMService(engine)
+    try:
+        gen = svc.generate(chat("long", max_tokens=1000, ignore_eos=True))
+        await gen.__anext__()
+        engine._process.kill()
+        with pytest.raises(RuntimeError, match="generation failed"):
+            async for _ in gen:
+                pass
+        assert not svc.is_alive()  # the replica's health check fails, and Serve replaces the replica
+    finally:
+        svc.shutdown()
