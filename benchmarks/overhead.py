@@ -3,7 +3,7 @@
   bare-uvicorn   a raw ASGI app on uvicorn that answers every POST with a canned embedding response: the floor
   api-no-ray     serving.api.app.build_app (FastAPI routes, pydantic, middlewares) on uvicorn, the fake embedding
                  backend called in-process: what the HTTP layer costs
-  ray-full       `openserve up` on benchmarks/configs/noop.yaml: HTTP -> Ray Serve proxy -> ingress replica ->
+  ray-full       `openserve up` on benchmarks/configs/noop.yaml: HTTP served by the ingress replica ->
                  model replica (batching off): what the Ray hops add
 
     python -m benchmarks overhead --concurrency 1,32

@@ -77,8 +77,10 @@ def up(config: AppConfig, args: argparse.Namespace) -> int:
     _start_ray(config, args.address)
     _install_signal_handlers()  # again: ray.init installs its own SIGTERM handler, which aborts the process
     try:
-        serve.start(http_options={"host": config.server.host, "port": config.server.port})
-        serve.run(build_application(config.server), name=APP_NAME, route_prefix="/")
+        serve.start(proxy_location="Disabled")  # the ingress replica serves HTTP itself (deployments/ingress.py)
+        ingress = serve.run(build_application(config.server), name=APP_NAME, route_prefix=None)
+        if not ingress.ready.remote().result():
+            raise RuntimeError(f"the HTTP server did not start on {config.server.host}:{config.server.port}")
         entries = startup.wait_for_models(store, config.server, _say)
         failed = [e.name for e in entries if e.status == "failed"]
         url = f"http://{config.server.host}:{config.server.port}/v1"

@@ -100,6 +100,31 @@ def test_update_batching_redeploys_while_the_model_keeps_serving(admin, oai):
     assert embed_ok(oai)
 
 
+def test_a_client_that_hangs_up_mid_stream_frees_its_slot_at_once(admin, oai):
+    """One slot and no queue: while a request runs, the next gets 429. Hanging up must abort it in the engine
+    (through the ingress's HTTP server, the handle and the replica), not leave it running its 1000 tokens (20 s)."""
+    body = {"name": "one-slot-chat", "task": "chat", "source": "fake:", "resources": {"num_cpus": 0.1},
+            "options": {"step_delay": 0.02, "max_running": 1, "max_queued": 0}}
+    assert admin.post("/models", json=body).status_code == 201
+    assert wait_status(admin, "one-slot-chat", ("ready", "failed"))["status"] == "ready"
+    messages = [{"role": "user", "content": "Hi"}]
+    stream = oai.chat.completions.create(model="one-slot-chat", messages=messages, max_tokens=1000, stream=True,
+                                         extra_body={"ignore_eos": True})
+    chunks = iter(stream)
+    next(chunks), next(chunks)
+    with pytest.raises(openai.RateLimitError):  # the slot is taken
+        oai.chat.completions.create(model="one-slot-chat", messages=messages, max_tokens=4)
+    stream.close()
+    deadline, answered = time.monotonic() + 5, None
+    while answered is None and time.monotonic() < deadline:
+        try:
+            answered = oai.chat.completions.create(model="one-slot-chat", messages=messages, max_tokens=4)
+        except openai.RateLimitError:
+            time.sleep(0.1)
+    assert answered is not None and answered.choices[0].finish_reason in ("stop", "length")
+    assert admin.delete("/models/one-slot-chat").status_code in (200, 202, 204)
+
+
 def test_undeploy_drains_in_flight_requests_and_new_ones_get_404(admin, oai):
     messages = [{"role": "user", "content": "Hi"}]
     stream = oai.chat.completions.create(model="slow-chat", messages=messages, max_tokens=60, stream=True,
