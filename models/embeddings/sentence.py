@@ -17,11 +17,16 @@ class SentenceEmbeddingBackend:
     text, so `embed([tokenizer(text, add_special_tokens=False).input_ids]) == embed([text])`.
     """
 
-    def __init__(self, location: str, device: str = "cpu", dtype: str = "auto", batch_size: int = 32):
+    def __init__(self, location: str, device: str = "cpu", dtype: str = "auto", batch_size: int = 128,
+                 max_batch_tokens: int = 8192):
+        """batch_size: inputs per forward pass, fewer when they are long (at most about `max_batch_tokens` padded
+        tokens per pass, so 512-token inputs go 16 at a time). Through the server on 2 cores (MiniLM, 16 requests x
+        32 sentences at once) passes of 128 gave 417 sentences/s against 322 with passes of 32."""
         from sentence_transformers import SentenceTransformer
 
         self.device = device
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.model = SentenceTransformer(
             location, device=device, model_kwargs={"dtype": _resolve_dtype(dtype, device)}
         )
@@ -44,8 +49,11 @@ class SentenceEmbeddingBackend:
         order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
         vectors: list[torch.Tensor | None] = [None] * len(inputs)
         num_tokens = [0] * len(inputs)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
+        start = 0
+        while start < len(order):
+            longest = min(_estimated_tokens(inputs[order[start]]), self.max_input_tokens)  # the chunk's first
+            chunk = order[start : start + max(1, min(self.batch_size, self.max_batch_tokens // longest))]
+            start += len(chunk)
             batch = [inputs[i] for i in chunk]
             features = self._text_features(batch) if texts is not None else self._ids.features(batch)
             batch_vectors = self._forward(features)  # [B, D]
@@ -66,6 +74,11 @@ class SentenceEmbeddingBackend:
         """Run every module (transformer -> pooling -> [dense] -> [normalize]); returns [B, D] float32 on CPU."""
         features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
         return self.model(features)["sentence_embedding"].float().cpu()
+
+
+def _estimated_tokens(item: str | list[int]) -> int:
+    """Tokens an input will take, before tokenising: ids as they are, text at about 4 characters a token."""
+    return (len(item) if isinstance(item, list) else len(item) // 4) + 2
 
 
 class _IdFeatures:

@@ -1,7 +1,6 @@
 """A chat/completion model: one LLMService per replica, streaming over the handle; the engine in its own process."""
 from __future__ import annotations
 
-import os
 from typing import AsyncIterator
 
 from ray import serve
@@ -13,20 +12,9 @@ from serving.services.engine_process import EngineProcess
 from serving.services.llm import LLMService
 
 
-def engine_process_env() -> dict[str, str]:
-    """Environment for the engine process, read as it starts. Its OpenMP threads spin a bounded while between
-    parallel regions (GOMP_SPINCOUNT) instead of sleeping: the process runs at nice 0 above Ray's nice-15 workers,
-    so a spinning thread no longer starves its partner's peers. Measured here (SmolLM2 bf16, 2 cores, through the
-    server): passive waits 15.0 tok/s for one stream and 156 for 16; spin count 100,000 21.0 and 188. An operator's
-    own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins."""
-    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
-        return {}
-    return {"GOMP_SPINCOUNT": "100000"}
-
-
 def build_engine(spec: dict, data_dir: str):
-    """Runs in the engine process: torch threads, the model, the engine (see load_backend)."""
-    return load_backend(spec, data_dir, passive_openmp=False)[1]
+    """Runs in the engine process: nice 0 and OpenMP spinning, torch threads, the model, the engine (load_backend)."""
+    return load_backend(spec, data_dir)[1]
 
 
 @serve.deployment
@@ -42,7 +30,7 @@ class ChatDeployment:
         if self.model.source.startswith("fake:"):
             engine = load_backend(spec, data_dir)[1]
         else:
-            engine = EngineProcess(build_engine, (spec, data_dir), env=engine_process_env())
+            engine = EngineProcess(build_engine, (spec, data_dir))
         self.service = LLMService(engine)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:

@@ -16,16 +16,11 @@ from serving.errors import InvalidRequestError
 log = logging.getLogger("serving.deployments")
 
 
-def load_backend(spec: dict, data_dir: str, passive_openmp: bool = True):
-    """Build the backend for a model spec (a ModelConfig dump); logs how long it took. `passive_openmp=False` is for
-    a process that sets its own OpenMP wait policy (the LLM engine process)."""
+def load_backend(spec: dict, data_dir: str):
+    """Build the backend for a model spec (a ModelConfig dump) in this process, tuned for compute (see
+    tune_for_compute); logs how long it took."""
     model = ModelConfig.model_validate(spec)
-    # OpenMP threads waiting for work spin by default. A replica shares its cores with Ray's proxy, the ingress and
-    # the other replicas: a spinning thread holds the core its partner needs, and every parallel region waits a
-    # scheduler time slice (MiniLM on 2 busy cores: 2 sentences/s spinning, 71 passive). Read once, when torch
-    # loads libgomp, so it must be set before the import; an operator's own setting wins.
-    if passive_openmp:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    tune_for_compute()
     # Ray sets OMP_NUM_THREADS to the actor's num_cpus (often < 1 core here): torch would run on one thread.
     import torch
 
@@ -38,6 +33,31 @@ def load_backend(spec: dict, data_dir: str, passive_openmp: bool = True):
     backend = build_backend(model.task, source, model.dtype, model.device, cache_dir, model.options)
     log.info("model %s (%s) loaded from %s in %.1f s", model.name, model.task, model.source, time.perf_counter() - start)
     return model, backend
+
+
+# Spin count for OpenMP threads waiting between parallel regions (libgomp's default: 300,000, then sleep).
+SPIN_COUNT = "100000"
+
+
+def tune_for_compute() -> None:
+    """Make this process (a model replica or the LLM engine process) the one the cores serve first, and let its
+    OpenMP threads spin briefly between parallel regions. Must run before torch is imported (libgomp reads its
+    environment once, when it loads).
+
+    Ray starts its workers at nice 15. Left there with passive OpenMP waits (each parallel region wakes a sleeping
+    thread), small-op models lose much of their speed; with spinning waits at nice 15 they collapse when Ray's
+    other workers want the same core. At nice 0 with a bounded spin, measured through the server on 2 cores
+    (MiniLM, default batching; before -> after): 16 x 32 sentences 441 -> 567 sentences/s, 64 concurrent
+    one-sentence requests 79 -> 167/s, one at a time 36 -> 45/s; SmolLM2 one stream 15.0 -> 21.0 tok/s and 16
+    streams 156 -> 188. An operator's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins; without the right to lower the
+    niceness the process stays where it is."""
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except PermissionError:
+        log.info("model process stays at nice %d (no permission to lower it)", os.getpriority(os.PRIO_PROCESS, 0))
 
 
 def configure_batching(batch_method, model: ModelConfig) -> None:

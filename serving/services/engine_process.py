@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,14 +41,13 @@ class EngineInfo:
 class EngineProcess:
     """LLMEngine proxy (add_request / step / abort / has_unfinished_requests) for an engine in a child process."""
 
-    def __init__(self, build: Callable[..., Any], args: tuple = (), env: dict[str, str | None] | None = None):
+    def __init__(self, build: Callable[..., Any], args: tuple = ()):
         """Start the child, which runs `build(*args)` (a picklable top-level function); wait until it is ready."""
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or locks
         self._conn, child_conn = context.Pipe()
         self._process = context.Process(target=_child_main, args=(child_conn, build, args), daemon=True,
                                         name="llm-engine")
-        with _environment(env or {}):  # read by the child at start-up (e.g. OMP_WAIT_POLICY, before torch loads)
-            self._process.start()
+        self._process.start()
         child_conn.close()
         kind, payload = self._recv()
         if kind != "ready":
@@ -133,7 +131,6 @@ class EngineProcess:
 def _child_main(conn, build: Callable[..., Any], args: tuple) -> None:
     """The child: build the engine, report it, then serve commands and step until told to stop or orphaned."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _raise_priority(0)
     try:
         engine = build(*args)
         conn.send(("ready", EngineInfo(engine.tokenizer, engine.max_model_len, getattr(engine, "vocab_size", None),
@@ -147,17 +144,6 @@ def _child_main(conn, build: Callable[..., Any], args: tuple) -> None:
         return
     except BaseException:  # noqa: BLE001 - the parent fails its requests and reports unhealthy
         conn.send(("error", traceback.format_exc()))
-
-
-def _raise_priority(niceness: int) -> None:
-    """Ray starts its workers at nice 15 and the child inherits that; the engine is the replica's hot loop, so it
-    goes back to `niceness` where the OS allows (then the proxy and ingress yield the cores to it, not the reverse)."""
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if niceness < current:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, niceness)
-        except PermissionError:
-            log.info("engine process stays at nice %d (no permission to lower it)", current)
 
 
 def _serve(conn, engine) -> None:
@@ -175,26 +161,3 @@ def _serve(conn, engine) -> None:
                 return
         if engine.has_unfinished_requests():
             conn.send(("outputs", engine.step()))
-
-
-class _environment:
-    """Set environment variables for the duration of a `with` block (to hand them to a child at start)."""
-
-    def __init__(self, env: dict[str, str | None]):
-        self.env = env
-        self.saved: dict[str, str | None] = {}
-
-    def __enter__(self):
-        for key, value in self.env.items():
-            self.saved[key] = os.environ.get(key)
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-    def __exit__(self, *exc):
-        for key, value in self.saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

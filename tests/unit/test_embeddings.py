@@ -138,3 +138,16 @@ def test_fake_token_ids_truncation_and_errors():
         with pytest.raises(ModelInputError) as err:
             fake.embed(bad)
         assert err.value.param == "input"
+
+
+def test_long_inputs_go_in_smaller_forward_passes_with_the_same_vectors(minilm, monkeypatch):
+    texts = ["word " * 400, "short one", "another short sentence"] + [f"sentence number {i}" for i in range(20)]
+    alone = np.stack([minilm.embed([t]).vectors[0] for t in texts])
+    sizes = []
+    forward = minilm._forward
+    monkeypatch.setattr(minilm, "_forward", lambda f: sizes.append(f["input_ids"].shape[0]) or forward(f))
+    monkeypatch.setattr(minilm, "max_batch_tokens", 1024)
+    together = minilm.embed(texts).vectors
+    assert sizes[0] == 1024 // minilm.max_input_tokens  # the 400-word text is truncated to 256 tokens: 4 per pass
+    assert sum(sizes) == len(texts) and max(sizes) <= minilm.batch_size
+    np.testing.assert_allclose(together, alone, atol=1e-5)
