@@ -1,14 +1,13 @@
 """An embedding model: calls from many HTTP requests are batched into one encode by @serve.batch."""
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 from ray import serve
 
 from models.embeddings.types import EmbeddingBackend
 from serving.clients import EmbeddingResult
 from serving.deployments.common import configure_batching, item_result, load_backend, run_batch_isolated
+from serving.deployments.merge import IN_FLIGHT_BATCHES, BatchMerger
 
 
 def embed_calls(backend: EmbeddingBackend, calls: list[list]) -> list[EmbeddingResult]:
@@ -35,11 +34,12 @@ class EmbeddingDeployment:
     def __init__(self, spec: dict, data_dir: str):
         self.model, self.backend = load_backend(spec, data_dir)
         configure_batching(self._embed_batch, self.model)
+        run = lambda calls: embed_calls(self.backend, calls)  # noqa: E731
+        self._merger = BatchMerger(lambda calls: run_batch_isolated(run, calls), self.model.batching.max_batch_size)
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
         return item_result(await self._embed_batch(list(inputs)))
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=IN_FLIGHT_BATCHES)
     async def _embed_batch(self, calls: list[list]) -> list:
-        run = lambda batch: embed_calls(self.backend, batch)  # noqa: E731
-        return await asyncio.to_thread(run_batch_isolated, run, calls)
+        return await self._merger(calls)

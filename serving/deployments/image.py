@@ -9,6 +9,7 @@ from ray import serve
 
 from models.images.types import ImageBackend, ImageParams
 from serving.deployments.common import configure_batching, item_result, load_backend, run_batch_isolated
+from serving.deployments.merge import IN_FLIGHT_BATCHES, BatchMerger
 
 
 def to_png(image) -> bytes:
@@ -27,6 +28,8 @@ class ImageDeployment:
     def __init__(self, spec: dict, data_dir: str):
         self.model, self.backend = load_backend(spec, data_dir)
         configure_batching(self._generate_batch, self.model)
+        run = lambda items: generate_pngs(self.backend, items)  # noqa: E731
+        self._merger = BatchMerger(lambda items: run_batch_isolated(run, items), self.model.batching.max_batch_size)
 
     async def generate(self, prompt: str, params: ImageParams, n: int) -> list[bytes]:
         """n PNGs; image i uses seed + i when a seed is given."""
@@ -34,7 +37,6 @@ class ImageDeployment:
         results = await asyncio.gather(*[self._generate_batch((prompt, p)) for p in per_image])
         return [item_result(r) for r in results]
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, max_concurrent_batches=IN_FLIGHT_BATCHES)
     async def _generate_batch(self, items: list[tuple[str, ImageParams]]) -> list:
-        run = lambda batch: generate_pngs(self.backend, batch)  # noqa: E731
-        return await asyncio.to_thread(run_batch_isolated, run, items)
+        return await self._merger(items)

@@ -10,6 +10,7 @@ from models.speech.encoding import SUPPORTED_FORMATS, encode_audio
 from models.speech.types import SpeechParams
 from serving.clients import EncodedAudio
 from serving.deployments.common import configure_batching, item_result, load_backend, run_batch_isolated
+from serving.deployments.merge import IN_FLIGHT_BATCHES, BatchMerger
 from serving.errors import InvalidRequestError
 
 
@@ -18,6 +19,8 @@ class SpeechDeployment:
     def __init__(self, spec: dict, data_dir: str):
         self.model, self.backend = load_backend(spec, data_dir)
         configure_batching(self._synthesize_batch, self.model)
+        run = lambda items: self.backend.synthesize([t for t, _ in items], [p for _, p in items])  # noqa: E731
+        self._merger = BatchMerger(lambda items: run_batch_isolated(run, items), self.model.batching.max_batch_size)
 
     async def synthesize(self, text: str, params: SpeechParams, response_format: str) -> EncodedAudio:
         if response_format not in SUPPORTED_FORMATS:  # before synthesis: don't spend compute on a doomed call
@@ -32,7 +35,6 @@ class SpeechDeployment:
             raise InvalidRequestError(e.message, param=e.param) from None
         return EncodedAudio(data, media_type)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=IN_FLIGHT_BATCHES)
     async def _synthesize_batch(self, items: list[tuple[str, SpeechParams]]) -> list:
-        run = lambda batch: self.backend.synthesize([t for t, _ in batch], [p for _, p in batch])  # noqa: E731
-        return await asyncio.to_thread(run_batch_isolated, run, items)
+        return await self._merger(items)

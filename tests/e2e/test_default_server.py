@@ -91,6 +91,27 @@ def test_embeddings_rank_paraphrase_above_unrelated(client):
     np.testing.assert_allclose(single.data[0].embedding, v[0], atol=1e-4)
 
 
+def test_concurrent_embedding_requests_are_batched_and_each_gets_its_own_vectors(client):
+    """24 requests at once (1 to 4 sentences each) are merged into shared forward passes; every request must get
+    back exactly its own vectors, and one bad request (a token id outside the vocabulary) fails alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    requests = [[f"sentence {i}-{k} about topic {i % 5}" for k in range(1 + i % 4)] for i in range(24)]
+    alone = [np.array([d.embedding for d in client.embeddings.create(model=EMBED, input=r).data]) for r in requests]
+
+    def embed(i):
+        if i == 24:
+            with pytest.raises(openai.BadRequestError):
+                client.embeddings.create(model=EMBED, input=[[10**7]])
+            return None
+        return np.array([d.embedding for d in client.embeddings.create(model=EMBED, input=requests[i]).data])
+
+    with ThreadPoolExecutor(25) as pool:
+        together = list(pool.map(embed, range(25)))
+    for mine, expected in zip(together[:24], alone):
+        np.testing.assert_allclose(mine, expected, atol=1e-4)
+
+
 def test_image_is_a_png_of_the_requested_size(client):
     import base64
 
