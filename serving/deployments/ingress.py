@@ -9,7 +9,6 @@ see the README's "Serving overhead" figures.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import uvicorn
 from ray import serve
@@ -22,8 +21,6 @@ from serving.deployments.handle_clients import HANDLE_CLIENTS
 from serving.registry.routes import RegistryRoutes
 from serving.registry.store import RegistryStore
 from serving.router import ModelRouter
-
-log = logging.getLogger("serving.ingress")
 
 
 def handle_client(model: ModelConfig):
