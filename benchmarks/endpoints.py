@@ -113,16 +113,24 @@ async def _send_stream(session, url, payload, record: RequestRecord, started: fl
     record.output_tokens = record.output_tokens or clock.chunks
 
 
+async def _post_json(session, url, payload, record, started) -> dict | None:
+    """POST, then the parsed JSON body with record.latency set; None (the error recorded) for a non-200."""
+    async with session.post(url, json=payload) as response:
+        if response.status != 200:
+            await _http_error(response, record)
+            return None
+        body = await response.json(content_type=None)
+    record.latency = time.perf_counter() - started
+    return body
+
+
 async def _send_generation(session, url, payload, record, started, endpoint: str) -> None:
     if payload.get("stream"):
         await _send_stream(session, url, payload, record, started, endpoint)
         return
-    async with session.post(url, json=payload) as response:
-        if response.status != 200:
-            await _http_error(response, record)
-            return
-        body = await response.json(content_type=None)
-    record.latency = time.perf_counter() - started
+    body = await _post_json(session, url, payload, record, started)
+    if body is None:
+        return
     record.output_tokens = body["usage"]["completion_tokens"]
     record.prompt_tokens = body["usage"]["prompt_tokens"]
     record.success = True
@@ -140,12 +148,9 @@ async def send_completions(session, url, payload, record, started) -> None:
 
 @_guarded
 async def send_embeddings(session, url, payload, record, started) -> None:
-    async with session.post(url, json=payload) as response:
-        if response.status != 200:
-            await _http_error(response, record)
-            return
-        body = await response.json(content_type=None)
-    record.latency = time.perf_counter() - started
+    body = await _post_json(session, url, payload, record, started)
+    if body is None:
+        return
     record.items = len(body["data"])
     record.prompt_tokens = body.get("usage", {}).get("prompt_tokens", 0)
     expected = payload["input"]
@@ -156,12 +161,9 @@ async def send_embeddings(session, url, payload, record, started) -> None:
 
 @_guarded
 async def send_images(session, url, payload, record, started) -> None:
-    async with session.post(url, json=payload) as response:
-        if response.status != 200:
-            await _http_error(response, record)
-            return
-        body = await response.json(content_type=None)
-    record.latency = time.perf_counter() - started
+    body = await _post_json(session, url, payload, record, started)
+    if body is None:
+        return
     record.items = len(body["data"])
     record.success = record.items == payload.get("n", 1)
     if not record.success:

@@ -31,7 +31,6 @@ class BatchMerger:
         self.max_items = max_items
         self._pending: list[tuple[list, asyncio.Future]] = []
         self._running = False
-        self.runs: list[int] = []  # items per run, the last few (for tests and logs)
 
     async def __call__(self, items: list) -> list:
         future = asyncio.get_running_loop().create_future()
@@ -46,7 +45,6 @@ class BatchMerger:
             while self._pending:
                 taken = self._take()
                 merged = [item for items, _ in taken for item in items]
-                self.runs = (self.runs + [len(merged)])[-100:]
                 try:
                     results = await asyncio.to_thread(self.run, merged)
                     if len(results) != len(merged):
