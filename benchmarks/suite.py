@@ -8,6 +8,14 @@ Checks (median over --repeat alternations of the two servers):
   embeddings  64 concurrent one-sentence requests: batched >= 1.5x unbatched
   images      8 concurrent: batched images/s >= 1.5x unbatched
   speech      8 concurrent: batched audio s/s >= 1.5x unbatched
+
+How: the default server starts first and runs, alone on the machine, the scenarios that have no batching-off
+counterpart (16 x 32 sentences, chat). The 16 x 32 runs alternate with in-process `encode` at batch 128 in this
+process (the server idle meanwhile; the CPU other processes took is reported): this box's speed drifts by 10-30%
+over minutes (a shared 300 MB L3), so the 80% check compares figures taken next to each other. The same
+in-process figure with every server stopped is reported beside it. Then the batching-off server starts and the
+paired scenarios alternate between the two. Embedding requests ask for base64 vectors, as the official openai
+client does by default.
 """
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ from benchmarks.workloads import Lengths, embedding_payloads, generation_payload
 UNBATCHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "unbatched.yaml")
 EMBED, IMAGE, SPEECH, CHAT = "all-minilm-l6-v2", "tiny-random-sd", "piper-joe-medium", "smollm2-135m-instruct"
 SENTENCE = Lengths(8, 14)  # words: "short sentences"
+B64 = "base64"  # what the openai client asks for when the caller does not say
+BIG_SCENARIO = "c=16 x32"
 
 
 def add_parser(sub) -> None:
@@ -46,11 +56,12 @@ def embedding_scenarios(args) -> tuple[list[Scenario], list[Scenario]]:
     """(both servers: one-sentence sweep incl. c=64; default only: 16 x 32 sentences)."""
     sweep = []
     for c in (1, 4, 16, 64):
-        payloads = embedding_payloads(EMBED, _n(args, max(64, 8 * c)), 1, SENTENCE, seed=c)
+        payloads = embedding_payloads(EMBED, _n(args, max(64, 8 * c)), 1, SENTENCE, seed=c, encoding_format=B64)
         sweep.append(Scenario(f"c={c} x1", "embeddings", {"concurrency": c, "inputs_per_request": 1, "model": EMBED},
                               payloads, LoadSpec(concurrency=c), warmup=payloads[:c]))
-    payloads = embedding_payloads(EMBED, _n(args, 160), 32, SENTENCE, seed=7)
-    big = Scenario("c=16 x32", "embeddings", {"concurrency": 16, "inputs_per_request": 32, "model": EMBED},
+    payloads = embedding_payloads(EMBED, _n(args, 160), 32, SENTENCE, seed=7, encoding_format=B64)
+    big = Scenario("c=16 x32", "embeddings", {"concurrency": 16, "inputs_per_request": 32, "model": EMBED,
+                                             "encoding_format": B64},
                    payloads, LoadSpec(concurrency=16), warmup=payloads[:16])
     return sweep, [big]
 
@@ -88,8 +99,7 @@ def inprocess_baselines(parts: set[str]) -> list[dict]:
     found = []
     if "embeddings" in parts:
         backend, _ = baselines.build(baselines.model_spec(None, EMBED))
-        texts = [t for p in embedding_payloads(EMBED, 16, 32, SENTENCE, seed=7) for t in p["input"]]
-        found += [baselines.embeddings_encode(backend, texts, b) for b in (1, 32, 128)]
+        found += [{**baselines.embeddings_encode(backend, big_texts(), b), "servers": "stopped"} for b in (1, 32, 128)]
         del backend
     if "images" in parts:
         backend, _ = baselines.build(baselines.model_spec(None, IMAGE))
@@ -105,6 +115,11 @@ def inprocess_baselines(parts: set[str]) -> list[dict]:
     return found
 
 
+def big_texts() -> list[str]:
+    """The 512 sentences of the 16 x 32 scenario's first wave: the in-process reference encodes these."""
+    return [t for p in embedding_payloads(EMBED, 16, 32, SENTENCE, seed=7) for t in p["input"]]
+
+
 def _median(runs: list[dict], target: str, scenario: str, key: str) -> float | None:
     values = [r["metrics"][key] for r in runs if r["target"] == target and r["scenario"] == scenario]
     return statistics.median(values) if values else None
@@ -117,10 +132,15 @@ def _check(name: str, value: float | None, reference: float | None, target: floa
 
 
 def checks(runs: list[dict], found: list[dict]) -> list[dict]:
-    raw128 = next((b["input_throughput"] for b in found if b["name"].endswith("batch 128")), None)
+    beside = [b["input_throughput"] for b in found if b.get("servers") == "default idle"]
+    quiet = next((b["input_throughput"] for b in found
+                  if b.get("servers") == "stopped" and b.get("batch_size") == 128), None)
+    big = _median(runs, "default", BIG_SCENARIO, "input_throughput")
     return [
-        _check("embeddings: 16 x 32 sentences vs in-process encode batch 128",
-               _median(runs, "default", "c=16 x32", "input_throughput"), raw128, 0.8, "sentences/s"),
+        _check("embeddings: 16 x 32 sentences vs in-process encode batch 128 (alternating)", big,
+               statistics.median(beside) if beside else None, 0.8, "sentences/s"),
+        {**_check("embeddings: the same vs in-process encode batch 128 measured with the servers stopped", big,
+                  quiet, 0.8, "sentences/s"), "informational": True},
         _check("embeddings: 64 concurrent one-sentence, batched vs unbatched",
                _median(runs, "default", "c=64 x1", "input_throughput"),
                _median(runs, "unbatched", "c=64 x1", "input_throughput"), 1.5, "sentences/s"),
@@ -132,25 +152,60 @@ def checks(runs: list[dict], found: list[dict]) -> list[dict]:
     ]
 
 
-def measure_servers(args, parts: set[str]) -> tuple[list[dict], dict]:
-    """Both servers up, every scenario alternating between them; the default server alone for the rest."""
-    print("starting openserve up (default config) and the batching-off server ...", file=sys.stderr)
+class _Runs:
+    """Run entries and their records, gathered over several run_all calls."""
+
+    def __init__(self):
+        self.runs: list[dict] = []
+        self.records: dict[int, list] = {}
+
+    def add(self, runs: list[dict], records: dict[int, list]) -> None:
+        self.records.update({len(self.runs) + i: recs for i, recs in records.items()})
+        self.runs += runs
+
+
+def measure_servers(args, parts: set[str]) -> tuple[list[dict], dict, list[dict]]:
+    """The default server alone (16 x 32 alternating with in-process encode, then chat); then beside it the
+    batching-off server, every paired scenario alternating between the two. Returns (runs, records, in-process
+    figures taken meanwhile)."""
+    progress = not args.no_progress
+    sweep, big = embedding_scenarios(args) if "embeddings" in parts else ([], [])
+    backend = baselines.build(baselines.model_spec(None, EMBED))[0] if big else None
+    gathered, found = _Runs(), []
+    print("starting openserve up (default config) ...", file=sys.stderr)
     default = start_openserve(None)
-    unbatched = start_openserve(UNBATCHED)
+    unbatched = None
     try:
-        both = [Target("default", default.base_url, default.proc.pid), Target("unbatched", unbatched.base_url,
-                                                                             unbatched.proc.pid)]
-        sweep, big = embedding_scenarios(args) if "embeddings" in parts else ([], [])
+        first = Target("default", default.base_url, default.proc.pid)
+        for rep in range(args.repeat if big else 0):
+            found.append(_encode_beside_server(backend, rep))
+            gathered.add(*runner.run_all([first], big, progress=progress))
+        if big:
+            found.append(_encode_beside_server(backend, args.repeat))
+        if "chat" in parts:
+            gathered.add(*runner.run_all([first], chat_scenarios(args), progress=progress, repeat=args.repeat))
         paired = sweep + (image_scenarios(args) if "images" in parts else []) + (
             speech_scenarios(args) if "speech" in parts else [])
-        runs, records = runner.run_all(both, paired, progress=not args.no_progress, repeat=args.repeat)
-        solo = big + (chat_scenarios(args) if "chat" in parts else [])
-        more, more_records = runner.run_all(both[:1], solo, progress=not args.no_progress, repeat=args.repeat)
+        if paired:
+            print("starting the batching-off server ...", file=sys.stderr)
+            unbatched = start_openserve(UNBATCHED)
+            both = [first, Target("unbatched", unbatched.base_url, unbatched.proc.pid)]
+            gathered.add(*runner.run_all(both, paired, progress=progress, repeat=args.repeat))
     finally:
         default.stop()
-        unbatched.stop()
-    records.update({len(runs) + i: recs for i, recs in more_records.items()})
-    return runs + more, records
+        if unbatched is not None:
+            unbatched.stop()
+    return gathered.runs, gathered.records, found
+
+
+def _encode_beside_server(backend, rep: int) -> dict:
+    """In-process encode at batch 128 while the default server idles, with the CPU others took meanwhile."""
+    from benchmarks.engine import CpuMeter
+
+    meter = CpuMeter()
+    figure = baselines.embeddings_encode(backend, big_texts(), 128)
+    return {**figure, "name": f"{figure['name']} (default server idle, round {rep})", "servers": "default idle",
+            **meter.elapsed()}
 
 
 def _num(value: float | None, suffix: str = "") -> str:
@@ -164,8 +219,9 @@ def markdown(doc: dict) -> str:
              f"git {str(doc['git']['commit'])[:8]}{' (dirty)' if doc['git']['dirty'] else ''}; {doc['started_at']}", "",
              "| check | measured | reference | ratio | target | met |", "|---|---|---|---|---|---|"]
     for c in doc["checks"]:
+        met = ("yes" if c["met"] else "no") + (" (info)" if c.get("informational") else "")
         lines.append(f"| {c['check']} ({c['detail']}) | {_num(c['value'])} | {_num(c['reference'])} | "
-                     f"{_num(c['ratio'], 'x')} | {c['target_ratio']}x | {'yes' if c['met'] else 'no'} |")
+                     f"{_num(c['ratio'], 'x')} | {c['target_ratio']}x | {met} |")
     return "\n".join(lines) + "\n"
 
 
@@ -181,7 +237,8 @@ def overview_plot(runs: list[dict], found: list[dict], path: str) -> str | None:
         return None
     series = {name: [(c, statistics.median(v)) for c, v in by_c.items()] for name, by_c in points.items()}
     references = {f"in-process encode, batch {b['batch_size']}": b["input_throughput"]
-                  for b in found if b["modality"] == "embeddings" and b["batch_size"] in (1, 128)}
+                  for b in found if b["modality"] == "embeddings" and b["batch_size"] in (1, 128)
+                  and b.get("servers") == "stopped"}
     return plots.sweep_plot(series, "sentences/s", "all-MiniLM-L6-v2 through openserve up (2 cores)", path,
                             xlabel="concurrent requests", references=references)
 
@@ -189,8 +246,8 @@ def overview_plot(runs: list[dict], found: list[dict], path: str) -> str | None:
 def run(args) -> int:
     started_at = time.time()
     parts = {"embeddings", "images", "speech", "chat"} - set(filter(None, args.skip.split(",")))
-    runs, records = measure_servers(args, parts)
-    found = inprocess_baselines(parts)
+    runs, records, found = measure_servers(args, parts)
+    found += inprocess_baselines(parts)
     config = {k: v for k, v in vars(args).items() if k != "run"}
     doc = report.document(" ".join(sys.argv), {**config, "unbatched_config": UNBATCHED}, runs, found, started_at)
     doc["checks"] = checks(runs, found)
@@ -201,4 +258,4 @@ def run(args) -> int:
     with open(os.path.join(args.out, f"{prefix}.md"), "w") as f:
         f.write(table + "\n" + "```\n" + report.table(runs) + report.baseline_table(found) + "```\n")
     print(table)
-    return 0 if all(c["met"] for c in doc["checks"]) else 1
+    return 0 if all(c["met"] for c in doc["checks"] if not c.get("informational")) else 1

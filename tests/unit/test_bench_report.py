@@ -18,14 +18,19 @@ def test_suite_checks_take_medians_and_compare_with_targets():
         run("default", "c=8 64x64 2 steps", "images", image_throughput=14.0),
         run("unbatched", "c=8 64x64 2 steps", "images", image_throughput=10.0),
     ]
-    found = [{"name": "in-process SentenceTransformer.encode batch 128", "input_throughput": 500.0}]
+    found = [  # in-process encode at batch 128: three taken between the server runs, one with the servers stopped
+        {"batch_size": 128, "servers": "default idle", "input_throughput": v} for v in (480.0, 500.0, 620.0)
+    ] + [{"batch_size": 128, "servers": "stopped", "input_throughput": 600.0},
+         {"batch_size": 1, "servers": "stopped", "input_throughput": 100.0}]
     checks = {c["check"].split(":")[0] + str(i): c for i, c in enumerate(suite.checks(runs, found))}
-    emb_raw, emb_batch, images, speech = checks.values()
-    assert emb_raw["value"] == pytest.approx(460.0) and emb_raw["ratio"] == pytest.approx(0.92) and emb_raw["met"]
+    emb_raw, emb_quiet, emb_batch, images, speech = checks.values()
+    assert emb_raw["value"] == pytest.approx(460.0) and emb_raw["reference"] == 500.0  # medians
+    assert emb_raw["ratio"] == pytest.approx(0.92) and emb_raw["met"] and not emb_raw.get("informational")
+    assert emb_quiet["ratio"] == pytest.approx(460.0 / 600.0) and not emb_quiet["met"] and emb_quiet["informational"]
     assert emb_batch["ratio"] == pytest.approx(3.0) and emb_batch["met"]
     assert images["ratio"] == pytest.approx(1.4) and not images["met"]
     assert speech["ratio"] is None and not speech["met"]  # not measured: never reported as met
-    assert "| no |" in suite.markdown({"machine": {"cpu_model": "x", "logical_cores": 2, "memory_gb": 24},
+    assert "| no (info) |" in suite.markdown({"machine": {"cpu_model": "x", "logical_cores": 2, "memory_gb": 24},
                                        "git": {"commit": "abc", "dirty": False}, "started_at": "now",
                                        "checks": list(checks.values())})
 
