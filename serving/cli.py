@@ -54,6 +54,9 @@ def _start_ray(config: AppConfig, address: str | None) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster; Ray 2.60 enables token auth
+    # Serve's controller loop runs every 0.1 s by default. Idle server on 2 cores, CPU-s per 20 s, all processes:
+    # 3.68 at 0.1 s (controller 0.95, GCS 0.40), 2.39 at 0.5 s (0.29, 0.15); changes are seen 0.4 s later at most.
+    os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
     temp_dir = os.path.join(config.server.resolved_data_dir, "ray")
     os.makedirs(temp_dir, exist_ok=True)
     ray.init(
