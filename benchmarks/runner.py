@@ -62,7 +62,7 @@ def pick_model(target: Target, modality: str, api_key: str | None = None) -> str
     return models[0]["id"]
 
 
-def _server_cpu(pid: int | None) -> dict[str, float]:
+def _server_cpu(pid: int | None) -> dict[int, tuple[str, float]]:
     if pid is None:
         return {}
     from benchmarks.server import cpu_seconds_by_process, server_processes
@@ -71,10 +71,12 @@ def _server_cpu(pid: int | None) -> dict[str, float]:
 
 
 def _server_cpu_delta(before: dict, after: dict, requests: int) -> dict:
-    """CPU seconds the server's processes spent during the run, in total and per successful request (ms)."""
+    """CPU seconds the server's processes spent during the run, in total and per successful request (ms).
+    before/after: cpu_seconds_by_process snapshots (pid -> (label, seconds)); a process new since `before` counts
+    from zero, and it is labelled by its name at the end."""
     if not before:
         return {}
-    per_process = {k: after[k] - before.get(k, 0.0) for k in after}
+    per_process = {label: seconds - before.get(pid, ("", 0.0))[1] for pid, (label, seconds) in after.items()}
     total = sum(per_process.values())
     top = dict(sorted(((k, round(v, 3)) for k, v in per_process.items() if v > 0.01), key=lambda kv: -kv[1])[:8])
     return {"server_cpu_s": total, "server_cpu_ms_per_request": 1000 * total / max(requests, 1),

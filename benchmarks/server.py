@@ -127,13 +127,15 @@ def server_processes(pid: int) -> list:
         return []
 
 
-def cpu_seconds_by_process(processes: list) -> dict[str, float]:
-    """user+system CPU seconds so far per process, keyed "name:pid" (Ray names its workers ray::<Actor>)."""
+def cpu_seconds_by_process(processes: list) -> dict[int, tuple[str, float]]:
+    """pid -> ("name:pid", user+system CPU seconds so far). Keyed by pid, not name: Ray renames a worker to the task
+    it runs (ray::ServeController -> ray::ServeController.listen_for_change), so a name seen before and after a
+    run may differ for the same process."""
     out = {}
     for p in processes:
         try:
             t = p.cpu_times()
-            out[f"{p.name()}:{p.pid}"] = t.user + t.system
+            out[p.pid] = (f"{p.name()}:{p.pid}", t.user + t.system)
         except Exception:  # noqa: BLE001 - a process that ended has nothing more to count
             continue
     return out

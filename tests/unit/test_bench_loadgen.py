@@ -107,3 +107,33 @@ def test_stream_clock_ttft_and_gaps():
 def test_target_parse():
     assert Target.parse("http://h:1/v1/") == Target("server", "http://h:1")
     assert Target.parse("unbatched=http://h:2") == Target("unbatched", "http://h:2")
+
+
+class _RenamedProcess:
+    """A psutil.Process stand-in whose name changes between reads, as Ray's workers do (ray::X -> ray::X.method)."""
+
+    def __init__(self, pid: int, names: list[str], seconds: list[float]):
+        self.pid, self._names, self._seconds = pid, names, seconds
+
+    def name(self) -> str:
+        return self._names[0] if len(self._names) == 1 else self._names.pop(0)
+
+    def cpu_times(self):
+        user = self._seconds[0] if len(self._seconds) == 1 else self._seconds.pop(0)
+        return type("Times", (), {"user": user, "system": 0.5})()
+
+
+def test_server_cpu_counts_a_renamed_process_by_its_pid_not_its_whole_life():
+    from benchmarks.runner import _server_cpu_delta
+    from benchmarks.server import cpu_seconds_by_process
+
+    controller = _RenamedProcess(7, ["ray::ServeController.listen_for_change", "ray::ServeController"], [40.0, 41.5])
+    replica = _RenamedProcess(9, ["ray::ServeReplica"], [10.0, 12.0])
+    before = cpu_seconds_by_process([controller, replica])
+    newcomer = _RenamedProcess(11, ["python"], [0.25])  # started during the run: counts from zero
+    after = cpu_seconds_by_process([controller, replica, newcomer])
+    delta = _server_cpu_delta(before, after, requests=10)
+    assert delta["server_cpu_by_process_s"] == {"ray::ServeReplica:9": 2.0, "ray::ServeController:7": 1.5,
+                                                "python:11": 0.75}
+    assert delta["server_cpu_s"] == pytest.approx(4.25)
+    assert delta["server_cpu_ms_per_request"] == pytest.approx(425.0)
