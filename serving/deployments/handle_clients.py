@@ -12,6 +12,15 @@ from serving.clients import EmbeddingResult, EncodedAudio, GenerationChunk, Gene
 from serving.errors import InvalidRequestError, ModelNotFoundError, ServingError
 
 
+def direct(handle):
+    """The handle with calls sent straight to the replica's gRPC server, arguments and results by value, instead of
+    as Ray tasks whose results go through the object store (`_by_reference=False`, in DeploymentHandle.options'
+    documented signature; every Serve replica runs that server). Measured on 2 cores with a no-op model through
+    the whole path (`python -m benchmarks overhead`, the two alternating): 1 client 163 -> 222 requests/s, p50
+    5.8 -> 4.3 ms; 32 clients 320 -> 467 requests/s."""
+    return handle.options(_by_reference=False)
+
+
 def unwrap(error: BaseException) -> BaseException:
     """Ray wraps a replica's exception (RayTaskError with .cause): give the HTTP layer the typed original."""
     if isinstance(error, DeploymentUnavailableError):  # the model was undeployed between lookup and call
@@ -26,7 +35,7 @@ def unwrap(error: BaseException) -> BaseException:
 
 class HandleChatClient:
     def __init__(self, handle):
-        self._handle = handle.options(stream=True)
+        self._handle = direct(handle).options(stream=True)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """The replica streams lists of chunks (several deltas per Ray item under load); flatten them."""
@@ -43,7 +52,7 @@ class HandleChatClient:
 
 class HandleEmbeddingClient:
     def __init__(self, handle):
-        self._handle = handle
+        self._handle = direct(handle)
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
         try:
@@ -54,7 +63,7 @@ class HandleEmbeddingClient:
 
 class HandleImageClient:
     def __init__(self, handle):
-        self._handle = handle
+        self._handle = direct(handle)
 
     async def generate(self, prompt: str, params: ImageParams, n: int) -> list[bytes]:
         try:
@@ -65,7 +74,7 @@ class HandleImageClient:
 
 class HandleSpeechClient:
     def __init__(self, handle):
-        self._handle = handle
+        self._handle = direct(handle)
 
     async def synthesize(self, text: str, params: SpeechParams, response_format: str) -> EncodedAudio:
         try:
