@@ -234,7 +234,11 @@ def run_modality(args) -> int:
     targets += [Target.parse(item) for item in args.compare]
     servers = _start_servers(args, targets)
     try:
-        model = args.model or runner.pick_model(targets[0], args.command, args.api_key)
+        try:
+            model = args.model or runner.pick_model(targets[0], args.command, args.api_key)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         scenarios = SCENARIOS[args.command](args, model)
         runs, records = runner.run_all(targets, scenarios, progress=not args.no_progress, raw=args.raw,
                                        api_key=args.api_key, repeat=args.repeat)

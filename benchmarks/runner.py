@@ -47,19 +47,23 @@ class Scenario:
 
 
 def pick_model(target: Target, modality: str, api_key: str | None = None) -> str:
-    """The first model of the modality's task that /v1/models lists (the task field is this server's extension);
-    else the first model."""
+    """The first model of the modality's task that /v1/models lists (`task` is openserve's extension field). A
+    server that lists no tasks (another OpenAI-compatible one) must serve a single model, else pass --model."""
     request = urllib.request.Request(target.base_url + "/v1/models")
     if api_key:
         request.add_header("Authorization", f"Bearer {api_key}")
     with urllib.request.urlopen(request, timeout=30) as response:
         models = json.load(response)["data"]
+    if not models:
+        raise RuntimeError(f"{target.base_url} serves no model")
     for m in models:
         if m.get("task") == TASKS[modality]:
             return m["id"]
-    if not models:
-        raise RuntimeError(f"{target.base_url} serves no model")
-    return models[0]["id"]
+    if len(models) == 1 and "task" not in models[0]:
+        return models[0]["id"]
+    listed = ", ".join(f"{m['id']} ({m['task']})" if "task" in m else m["id"] for m in models)
+    raise RuntimeError(f"{target.base_url} lists no {TASKS[modality]} model that can be told apart; pass --model "
+                       f"(it lists: {listed})")
 
 
 def _server_cpu(pid: int | None) -> dict[int, tuple[str, float]]:

@@ -11,6 +11,7 @@ from models.errors import ModelInputError
 from models.factory import build_backend
 from models.sources import fetch_source
 from serving.config import ModelConfig
+from serving.deployments.merge import BatchMerger
 from serving.errors import InvalidRequestError
 
 log = logging.getLogger("serving.deployments")
@@ -60,10 +61,13 @@ def tune_for_compute() -> None:
         log.info("model process stays at nice %d (no permission to lower it)", os.getpriority(os.PRIO_PROCESS, 0))
 
 
-def configure_batching(batch_method, model: ModelConfig) -> None:
-    """Apply the model's batching limits to a @serve.batch method of this replica."""
+def batch_merger(batch_method, model: ModelConfig, run: Callable[[list], list]) -> BatchMerger:
+    """The replica's BatchMerger for `run` (bad items failing alone), with the model's batching limits; its
+    @serve.batch method forms batches at once, since the merger applies the wait (see merge.py)."""
     batch_method.set_max_batch_size(model.batching.max_batch_size)
-    batch_method.set_batch_wait_timeout_s(model.batching.batch_wait_timeout_s)
+    batch_method.set_batch_wait_timeout_s(0.0)
+    return BatchMerger(lambda items: run_batch_isolated(run, items), model.batching.max_batch_size,
+                       wait_s=model.batching.batch_wait_timeout_s)
 
 
 @dataclass

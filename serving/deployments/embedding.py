@@ -6,8 +6,8 @@ from ray import serve
 
 from models.embeddings.types import EmbeddingBackend
 from serving.clients import EmbeddingResult
-from serving.deployments.common import configure_batching, item_result, load_backend, run_batch_isolated
-from serving.deployments.merge import IN_FLIGHT_BATCHES, BatchMerger
+from serving.deployments.common import batch_merger, item_result, load_backend
+from serving.deployments.merge import IN_FLIGHT_BATCHES
 
 
 def embed_calls(backend: EmbeddingBackend, calls: list[list]) -> list[EmbeddingResult]:
@@ -33,9 +33,8 @@ def embed_calls(backend: EmbeddingBackend, calls: list[list]) -> list[EmbeddingR
 class EmbeddingDeployment:
     def __init__(self, spec: dict, data_dir: str):
         self.model, self.backend = load_backend(spec, data_dir)
-        configure_batching(self._embed_batch, self.model)
         run = lambda calls: embed_calls(self.backend, calls)  # noqa: E731
-        self._merger = BatchMerger(lambda calls: run_batch_isolated(run, calls), self.model.batching.max_batch_size)
+        self._merger = batch_merger(self._embed_batch, self.model, run)
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
         return item_result(await self._embed_batch(list(inputs)))

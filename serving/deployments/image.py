@@ -8,8 +8,8 @@ from dataclasses import replace
 from ray import serve
 
 from models.images.types import ImageBackend, ImageParams
-from serving.deployments.common import configure_batching, item_result, load_backend, run_batch_isolated
-from serving.deployments.merge import IN_FLIGHT_BATCHES, BatchMerger
+from serving.deployments.common import batch_merger, item_result, load_backend
+from serving.deployments.merge import IN_FLIGHT_BATCHES
 
 
 def to_png(image) -> bytes:
@@ -27,9 +27,8 @@ def generate_pngs(backend: ImageBackend, items: list[tuple[str, ImageParams]]) -
 class ImageDeployment:
     def __init__(self, spec: dict, data_dir: str):
         self.model, self.backend = load_backend(spec, data_dir)
-        configure_batching(self._generate_batch, self.model)
         run = lambda items: generate_pngs(self.backend, items)  # noqa: E731
-        self._merger = BatchMerger(lambda items: run_batch_isolated(run, items), self.model.batching.max_batch_size)
+        self._merger = batch_merger(self._generate_batch, self.model, run)
 
     async def generate(self, prompt: str, params: ImageParams, n: int) -> list[bytes]:
         """n PNGs; image i uses seed + i when a seed is given."""

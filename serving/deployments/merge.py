@@ -8,6 +8,13 @@ deployments keep `@serve.batch` for collecting requests (size, timeout, its metr
 batches be in flight (`max_concurrent_batches=IN_FLIGHT_BATCHES`) and hand them to a BatchMerger, which runs one
 pass at a time and merges everything that waited, up to `max_items`, into the next one: that run, 16 requests per
 pass and 538 sentences/s while computing.
+
+The merger also owns the batch wait (`@serve.batch` itself is set to form batches at once): before a pass it
+waits up to the model's `batch_wait_timeout_s` for more items (until `max_items`), but only when the previous pass
+held several items, i.e. requests come in groups. A lone client never waits for companions that will not come, and
+clients that drifted apart (one request run alone while the rest of the group waits) are gathered again after the
+next big pass. Measured on 2 cores, tiny SD 64x64, 2 steps, images/s at 1 / 8 concurrent: wait 20 ms in Serve 7.3 /
+18.2, no wait 8.9 / 14.2, Serve's wait only after passes of several 9.1 / 14.2 (the group never re-forms).
 """
 from __future__ import annotations
 
@@ -26,15 +33,19 @@ class BatchMerger:
     `max_items` unless one batch alone is larger) into the next run. `run` must return one result per item; if it
     raises, every batch merged into that run gets the exception."""
 
-    def __init__(self, run: Callable[[list], list], max_items: int):
+    def __init__(self, run: Callable[[list], list], max_items: int, wait_s: float = 0.0):
         self.run = run
         self.max_items = max_items
+        self.wait_s = wait_s  # after a pass of several items, wait up to this long for the next pass to fill
+        self.passes: list[int] = []  # items per pass, the latest last (kept short)
         self._pending: list[tuple[list, asyncio.Future]] = []
+        self._arrived = asyncio.Event()
         self._running = False
 
     async def __call__(self, items: list) -> list:
         future = asyncio.get_running_loop().create_future()
         self._pending.append((list(items), future))
+        self._arrived.set()
         if not self._running:
             self._running = True
             asyncio.get_running_loop().create_task(self._drain())
@@ -43,8 +54,11 @@ class BatchMerger:
     async def _drain(self) -> None:
         try:
             while self._pending:
+                if self.wait_s > 0 and self.passes and self.passes[-1] > 1:
+                    await self._fill(self.wait_s)
                 taken = self._take()
                 merged = [item for items, _ in taken for item in items]
+                self.passes = self.passes[-15:] + [len(merged)]
                 try:
                     results = await asyncio.to_thread(self.run, merged)
                     if len(results) != len(merged):
@@ -61,6 +75,19 @@ class BatchMerger:
                     start += len(items)
         finally:
             self._running = False
+
+    async def _fill(self, wait_s: float) -> None:
+        """Until `max_items` items are pending or `wait_s` has passed."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while sum(len(items) for items, _ in self._pending) < self.max_items:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
 
     def _take(self) -> list[tuple[list, asyncio.Future]]:
         taken = [self._pending.pop(0)]

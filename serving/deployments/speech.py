@@ -9,8 +9,8 @@ from models.errors import ModelInputError
 from models.speech.encoding import SUPPORTED_FORMATS, encode_audio
 from models.speech.types import SpeechParams
 from serving.clients import EncodedAudio
-from serving.deployments.common import configure_batching, item_result, load_backend, run_batch_isolated
-from serving.deployments.merge import IN_FLIGHT_BATCHES, BatchMerger
+from serving.deployments.common import batch_merger, item_result, load_backend
+from serving.deployments.merge import IN_FLIGHT_BATCHES
 from serving.errors import InvalidRequestError
 
 
@@ -18,9 +18,8 @@ from serving.errors import InvalidRequestError
 class SpeechDeployment:
     def __init__(self, spec: dict, data_dir: str):
         self.model, self.backend = load_backend(spec, data_dir)
-        configure_batching(self._synthesize_batch, self.model)
         run = lambda items: self.backend.synthesize([t for t, _ in items], [p for _, p in items])  # noqa: E731
-        self._merger = BatchMerger(lambda items: run_batch_isolated(run, items), self.model.batching.max_batch_size)
+        self._merger = batch_merger(self._synthesize_batch, self.model, run)
 
     async def synthesize(self, text: str, params: SpeechParams, response_format: str) -> EncodedAudio:
         if response_format not in SUPPORTED_FORMATS:  # before synthesis: don't spend compute on a doomed call

@@ -12,10 +12,11 @@ class ModelObject(OpenAIResponse):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    task: str  # extension (OpenAI clients keep unknown fields): chat | embedding | image | speech
 
     @classmethod
     def from_card(cls, card: ModelCard) -> ModelObject:
-        return cls(id=card.id, created=card.created, owned_by=card.owned_by)
+        return cls(id=card.id, created=card.created, owned_by=card.owned_by, task=card.task)
 
 
 class ModelList(OpenAIResponse):

@@ -10,17 +10,17 @@ from tests.api_fakes import (  # noqa: F401 - fixtures
 
 async def test_list_models(oai):
     models = [m async for m in oai.models.list()]
-    assert [(m.id, m.object, m.created, m.owned_by) for m in models][:2] == [
-        (CHAT, "model", CREATED, "local"), (EMBED, "model", CREATED, "local"),
+    assert [(m.id, m.object, m.created, m.owned_by, m.task) for m in models][:2] == [
+        (CHAT, "model", CREATED, "local", "chat"), (EMBED, "model", CREATED, "local", "embedding"),
     ]
-    assert len(models) == 4
+    assert sorted(m.task for m in models) == ["chat", "embedding", "image", "speech"]
 
 
 async def test_retrieve_model_with_a_slash_in_its_id(oai, http):
     model = await oai.models.retrieve(CHAT)
     assert (model.id, model.object) == (CHAT, "model")
     r = await http.get(f"/v1/models/{CHAT}")
-    assert r.json() == {"id": CHAT, "object": "model", "created": CREATED, "owned_by": "local"}
+    assert r.json() == {"id": CHAT, "object": "model", "created": CREATED, "owned_by": "local", "task": "chat"}
 
 
 async def test_retrieve_unknown_model_is_404(oai, http):

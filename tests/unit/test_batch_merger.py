@@ -74,3 +74,22 @@ async def test_a_run_that_returns_the_wrong_number_of_results_is_an_error():
     merger = BatchMerger(lambda items: items[:-1], max_items=8)
     with pytest.raises(RuntimeError, match="1 results for 2 items"):
         await merger([1, 2])
+
+
+async def test_a_lone_request_never_waits_but_after_a_group_the_next_pass_waits_for_companions():
+    run = GatedRun()
+    run.gate.set()
+    merger = BatchMerger(run, max_items=4, wait_s=0.3)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    assert await merger([1]) == [10] and await merger([2]) == [20]  # passes of one: no wait before either
+    assert loop.time() - start < 0.2
+    assert await merger([3, 4]) == [30, 40]  # a pass of several: the next pass waits for more
+    lone = asyncio.ensure_future(merger([5]))
+    await asyncio.sleep(0.05)
+    companion = asyncio.ensure_future(merger([6]))
+    assert (await lone, await companion) == ([50], [60])
+    assert run.calls[-1] == [5, 6]  # gathered into one pass
+    start = loop.time()
+    full = await asyncio.gather(merger([7, 8]), merger([9, 10]))  # max_items reached: no need to wait
+    assert full == [[70, 80], [90, 100]] and loop.time() - start < 0.2

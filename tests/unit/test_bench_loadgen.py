@@ -137,3 +137,45 @@ def test_server_cpu_counts_a_renamed_process_by_its_pid_not_its_whole_life():
                                                 "python:11": 0.75}
     assert delta["server_cpu_s"] == pytest.approx(4.25)
     assert delta["server_cpu_ms_per_request"] == pytest.approx(425.0)
+
+
+@pytest.fixture
+def models_server():
+    """A local HTTP server whose GET /v1/models answers with `listing["data"]` (set by the test)."""
+    import http.server
+    import threading
+
+    listing = {"data": []}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"object": "list", "data": listing["data"]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield Target("t", f"http://127.0.0.1:{server.server_address[1]}"), listing
+    server.shutdown()
+
+
+def test_pick_model_takes_the_modalitys_task_and_never_another_tasks_model(models_server):
+    from benchmarks.runner import pick_model
+
+    target, listing = models_server
+    listing["data"] = [{"id": "llm", "task": "chat"}, {"id": "sd", "task": "image"}, {"id": "tts", "task": "speech"}]
+    assert (pick_model(target, "images"), pick_model(target, "speech"), pick_model(target, "completions")) == (
+        "sd", "tts", "llm")
+    with pytest.raises(RuntimeError, match="no embedding model.*llm \\(chat\\)"):
+        pick_model(target, "embeddings")
+    listing["data"] = [{"id": "only-one"}]  # another server, no task field: its one model
+    assert pick_model(target, "embeddings") == "only-one"
+    listing["data"] = [{"id": "a"}, {"id": "b"}]
+    with pytest.raises(RuntimeError, match="pass --model"):
+        pick_model(target, "chat")
