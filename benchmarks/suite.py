@@ -60,7 +60,7 @@ def embedding_scenarios(args) -> tuple[list[Scenario], list[Scenario]]:
         sweep.append(Scenario(f"c={c} x1", "embeddings", {"concurrency": c, "inputs_per_request": 1, "model": EMBED},
                               payloads, LoadSpec(concurrency=c), warmup=payloads[:c]))
     payloads = embedding_payloads(EMBED, _n(args, 160), 32, SENTENCE, seed=7, encoding_format=B64)
-    big = Scenario("c=16 x32", "embeddings", {"concurrency": 16, "inputs_per_request": 32, "model": EMBED,
+    big = Scenario(BIG_SCENARIO, "embeddings", {"concurrency": 16, "inputs_per_request": 32, "model": EMBED,
                                              "encoding_format": B64},
                    payloads, LoadSpec(concurrency=16), warmup=payloads[:16])
     return sweep, [big]
