@@ -1,21 +1,33 @@
 """Typed serving errors. `serving.api.errors` maps them (and only there) to OpenAI error bodies."""
 from __future__ import annotations
 
+import math
+
 
 class ServingError(Exception):
-    """Base: carries an HTTP status and an OpenAI error type. Picklable across Ray (args = message, param, code)."""
+    """Base: carries an HTTP status and an OpenAI error type. Picklable across Ray (args = message, param, code,
+    retry_after). `retry_after` (seconds) becomes a Retry-After header; subclasses add headers with `headers()`."""
 
     status_code = 500
     error_type = "server_error"
+    default_retry_after: float | None = None
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message, param, code)
+    def __init__(self, message: str, param: str | None = None, code: str | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message, param, code, retry_after)
         self.message = message
         self.param = param
         self.code = code
+        self.retry_after = self.default_retry_after if retry_after is None else retry_after
 
     def __str__(self) -> str:
         return self.message
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with the error (Retry-After in whole seconds, at least 1)."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class InvalidRequestError(ServingError):
@@ -59,10 +71,24 @@ class RequestTooLargeError(ServingError):
 
 
 class ServerOverloadedError(ServingError):
+    """The model's queue is full: retry later (429 with Retry-After)."""
+
     status_code = 429
     error_type = "rate_limit_error"
+    default_retry_after = 1.0
 
 
 class ModelUnavailableError(ServingError):
+    """The model cannot answer now (its engine restarts, no replica yet): retry later (503 with Retry-After)."""
+
     status_code = 503
     error_type = "server_error"
+    default_retry_after = 5.0
+
+
+class DeadlineExceededError(ServingError):
+    """The request was not answered within its deadline (504); the work it started has been cancelled."""
+
+    status_code = 504
+    error_type = "server_error"
+    default_retry_after = 5.0

@@ -9,8 +9,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from models.errors import ModelInputError
-from serving.errors import ServingError
+from models.errors import EngineOverloadedError, ModelInputError
+from serving.errors import ServerOverloadedError, ServingError
 from serving.protocol.common import ErrorInfo, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ def error_payload(exc: BaseException) -> tuple[int, dict]:
         return exc.status_code, error_body(exc.message, exc.error_type, exc.param, exc.code)
     if isinstance(exc, ModelInputError):
         return 400, error_body(exc.message, "invalid_request_error", exc.param)
+    if isinstance(exc, EngineOverloadedError):
+        return error_payload(ServerOverloadedError(str(exc)))
     if isinstance(exc, RequestValidationError):
         return 400, _validation_body(exc)
     if isinstance(exc, HTTPException):
@@ -41,16 +43,28 @@ def error_payload(exc: BaseException) -> tuple[int, dict]:
 def error_response(exc: BaseException, request: Request | None = None) -> JSONResponse:
     """The JSONResponse for `exc`; an unknown route's 404 names the method and path, as OpenAI's does."""
     status, body = error_payload(exc)
-    headers = getattr(exc, "headers", None) if isinstance(exc, HTTPException) else None
+    headers = error_headers(exc)
     if isinstance(exc, HTTPException) and exc.status_code == 404 and request is not None:
         body["error"]["message"] = f"Invalid URL ({request.method} {request.url.path})"
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def error_headers(exc: BaseException) -> dict[str, str] | None:
+    """Headers that go with the error response: a typed error's own (Retry-After), an HTTPException's."""
+    exc = unwrap(exc)
+    if isinstance(exc, ServingError):
+        return exc.headers() or None
+    if isinstance(exc, EngineOverloadedError):
+        return ServerOverloadedError(str(exc)).headers()
+    if isinstance(exc, HTTPException):
+        return exc.headers
+    return None
+
+
 def unwrap(exc: BaseException) -> BaseException:
     """The typed cause of a wrapped exception (Ray's RayTaskError carries it in `.cause`), else `exc` itself."""
     cause = getattr(exc, "cause", None)
-    if isinstance(cause, (ServingError, ModelInputError)):
+    if isinstance(cause, (ServingError, ModelInputError, EngineOverloadedError)):
         return cause
     return exc
 
@@ -94,7 +108,7 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Route typed, validation and HTTP errors through `error_response`; the middleware below catches the rest."""
-    for exc_type in (ServingError, ModelInputError, RequestValidationError, HTTPException):
+    for exc_type in (ServingError, ModelInputError, EngineOverloadedError, RequestValidationError, HTTPException):
         app.add_exception_handler(exc_type, _handle)
     app.add_middleware(UnhandledErrorMiddleware)
 

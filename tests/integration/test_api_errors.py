@@ -1,9 +1,9 @@
 """Every failure is an OpenAI error body with the right status, and the app keeps serving afterwards."""
 import pytest
 
-from models.errors import ModelInputError
+from models.errors import EngineOverloadedError, ModelInputError
 from serving.api.app import build_app
-from serving.errors import ServerOverloadedError
+from serving.errors import DeadlineExceededError, ModelUnavailableError, ServerOverloadedError
 from tests.api_fakes import CHAT, EMBED, IMAGE, asgi_client, assert_error, fakes  # noqa: F401
 
 USER = [{"role": "user", "content": "hi"}]
@@ -122,6 +122,22 @@ async def test_typed_errors_from_clients_keep_their_status(http, fakes):
     fakes.embed.embed = overloaded
     r = await http.post("/v1/embeddings", json={"model": EMBED, "input": "x"})
     assert assert_error(r, 429, type_="rate_limit_error", code="overloaded") == "too many requests queued"
+    assert r.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize("error, status, type_, retry_after", [
+    (EngineOverloadedError("the model is at capacity"), 429, "rate_limit_error", "1"),
+    (ModelUnavailableError("the engine is restarting", retry_after=2.5), 503, "server_error", "3"),
+    (DeadlineExceededError("no answer within 30 s"), 504, "server_error", "5"),
+])
+async def test_retryable_errors_carry_retry_after(http, fakes, error, status, type_, retry_after):
+    async def fail(inputs):
+        raise error
+
+    fakes.embed.embed = fail
+    r = await http.post("/v1/embeddings", json={"model": EMBED, "input": "x"})
+    assert assert_error(r, status, type_=type_) == str(error)
+    assert r.headers["retry-after"] == retry_after
 
 
 async def test_model_input_error_is_400_with_its_param(http, fakes):
