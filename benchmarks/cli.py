@@ -1,4 +1,4 @@
-"""`python -m benchmarks` / `openserve bench`: load-test any OpenAI-compatible server, one modality per command.
+"""`python -m benchmarks` / `openserve-bench`: load-test any OpenAI-compatible server, one modality per command.
 
     python -m benchmarks embeddings --base-url http://127.0.0.1:8000 --concurrency 1,4,16,64 --inputs-per-request 32
     python -m benchmarks chat --start-server --concurrency 1,4 --output-len 64 --goodput ttft:2000 tpot:100
@@ -108,7 +108,7 @@ def _add_modalities(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="openserve bench", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="openserve-bench", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     _add_modalities(sub)
@@ -254,7 +254,7 @@ def run_modality(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m benchmarks` and `openserve bench`; returns the exit code."""
+    """Entry point of `python -m benchmarks` and `openserve-bench`; returns the exit code."""
     args = parser().parse_args(argv)
     if args.command in MODALITIES:
         return run_modality(args)

@@ -83,7 +83,7 @@ def run_entry(target: str, scenario: str, modality: str, params: dict, metrics: 
 
 def document(command: str, config: dict, runs: list[dict], baselines: list[dict], started: float) -> dict:
     return {
-        "tool": "openserve bench",
+        "tool": "openserve-bench",
         "command": command,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_s": round(time.time() - started, 1),

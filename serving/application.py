@@ -1,6 +1,6 @@
 """The ingress application: HTTP (the OpenAI API and /admin) plus the registry controller.
 
-Models are not part of it: each deployed model is a Serve application of its own (serving/registry/ray_ops.py),
+Models are not part of it: each deployed model is a Serve application of its own (serving/deployments/serve_ops.py),
 created by the controller from the registry, so deploying, updating or deleting one never redeploys the others.
 """
 from __future__ import annotations

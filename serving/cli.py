@@ -1,6 +1,6 @@
 """`openserve up`: open the registry (seeding it from the YAML on first start), start (or join) Ray, serve HTTP and
-deploy every model marked deployed, until Ctrl-C. Also `openserve models ...` (serving/admin/cli.py) and
-`openserve bench ...` (benchmarks/cli.py)."""
+deploy every model marked deployed, until Ctrl-C. Also `openserve models ...` (serving/admin/cli.py). The benchmarks
+have their own entry point (`openserve-bench`, `python -m benchmarks`): the product never imports them."""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +32,6 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration and print it")
     check.add_argument("--config")
     admin_cli.add_parser(sub)
-    sub.add_parser("bench", help="benchmarks: `openserve bench --help` (arguments go to benchmarks.cli)")
     return p
 
 
@@ -126,23 +125,8 @@ def _shutdown() -> None:
         _say("stopped")
 
 
-def bench(argv: list[str]) -> int:
-    """`openserve bench ...` is `python -m benchmarks ...` (imported only when asked for)."""
-    try:
-        from benchmarks.cli import main as bench_main
-    except ModuleNotFoundError as e:
-        if e.name not in ("benchmarks", "benchmarks.cli"):
-            raise
-        print("openserve bench: the benchmarks package (benchmarks/cli.py) is not installed here; run it from a "
-              "source checkout (pip install -e .)", file=sys.stderr)
-        return 2
-    return bench_main(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmarks' own parser
-        return bench(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "models":
         from serving.admin import cli as admin_cli

@@ -8,7 +8,7 @@ from ray import serve
 
 from serving.config import ServerConfig
 from serving.registry.controller import ControllerSettings, ModelController
-from serving.registry.ray_ops import RayServeOps
+from serving.deployments.serve_ops import RayServeOps
 from serving.registry.store import RegistryStore
 
 log = logging.getLogger("ray.serve")

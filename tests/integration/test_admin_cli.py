@@ -1,4 +1,4 @@
-"""`openserve models ...` against the in-process admin stack served by uvicorn, and `openserve bench` forwarding."""
+"""`openserve models ...` against the in-process admin stack served by uvicorn."""
 import json
 import sys
 import threading
@@ -68,18 +68,3 @@ def test_errors_are_reported_with_the_servers_message(capsys, url):
 def test_a_failed_deploy_exits_1_with_the_reason(capsys, url):
     code, out, _ = run(capsys, url, "add", "big", "--task", "chat", "--source", "fake:", "--num-gpus", "2")
     assert code == 1 and "big: failed: one replica needs 2 GPU" in out
-
-
-def test_bench_forwards_its_arguments(monkeypatch):
-    seen = []
-    fake = types.ModuleType("benchmarks.cli")
-    fake.main = lambda argv: seen.append(argv) or 7
-    monkeypatch.setitem(sys.modules, "benchmarks.cli", fake)
-    assert main(["bench", "embeddings", "--concurrency", "1,4"]) == 7
-    assert seen == [["embeddings", "--concurrency", "1,4"]]
-
-
-def test_bench_without_the_benchmarks_package_says_so(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "benchmarks.cli", None)
-    assert main(["bench", "--help"]) == 2
-    assert "benchmarks package" in capsys.readouterr().err

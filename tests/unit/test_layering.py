@@ -33,3 +33,36 @@ def test_the_check_catches_a_forbidden_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import os\nfrom ray import serve\n")
     assert imported_roots(bad) & FORBIDDEN == {"ray"}
+
+
+SERVING = MODELS.parent / "serving"
+
+
+def _offenders(folder: pathlib.Path, forbidden_prefixes: tuple[str, ...]) -> dict[str, list[str]]:
+    """Files under `folder` with an absolute import of a module starting with one of `forbidden_prefixes`."""
+    found = {}
+    for path in folder.rglob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module)
+        bad = sorted(n for n in names if n.startswith(forbidden_prefixes))
+        if bad:
+            found[str(path.relative_to(folder))] = bad
+    return found
+
+
+def test_the_product_never_imports_the_benchmarks():
+    assert _offenders(SERVING, ("benchmarks",)) == {} and _offenders(MODELS, ("benchmarks",)) == {}
+
+
+def test_the_registry_never_imports_the_deployments():
+    """Ray-specific registry operations live beside the deployments (serving/deployments/serve_ops.py)."""
+    assert _offenders(SERVING / "registry", ("serving.deployments",)) == {}
+
+
+def test_the_import_checks_catch_an_offender(tmp_path):
+    (tmp_path / "bad.py").write_text("from serving.deployments.chat import ChatDeployment\n")
+    assert _offenders(tmp_path, ("serving.deployments",)) == {"bad.py": ["serving.deployments.chat"]}
