@@ -1,8 +1,11 @@
-"""Deterministic in-process fakes of the four client protocols (no Ray, no torch), and a router serving them."""
+"""In-process clients of the four tasks for the API tests (no Ray, no torch), and a router serving them.
+
+Chat runs the real streaming service over the engine's own fake; the other tasks are deterministic fakes."""
 from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import wave
 from dataclasses import dataclass, field
 
@@ -13,11 +16,11 @@ import pytest
 from PIL import Image
 
 from models.errors import ModelInputError
-from models.llm.types import TokenLogprob
+from models.llm.fake import FakeEngine, FakeTokenizer
 from serving.api.app import build_app
-from serving.clients import EmbeddingResult, EncodedAudio, GenerationChunk, GenerationRequest, ModelCard
-from serving.errors import InvalidRequestError
+from serving.clients import EmbeddingResult, EncodedAudio, GenerationRequest, ModelCard
 from serving.router import ModelRouter, ServedModel
+from serving.services.llm import LLMService
 
 try:
     import httpx2 as openai_httpx  # openai >= 3 is built on httpx2 and refuses httpx clients
@@ -28,88 +31,123 @@ CHAT, EMBED, IMAGE, SPEECH = "fake/chat-model", "fake-embed", "fake-image", "fak
 CREATED = 1_700_000_000
 
 
-def reply_words(request: GenerationRequest) -> list[str]:
-    """The fake's full reply: "You said: <last user message>" (chat) or "echo: <prompt>" (completion)."""
-    if request.messages is not None:
-        last = [m["content"] for m in request.messages if m["role"] == "user"][-1:] or [""]
-        return ["You", "said:", *last[0].split()]
-    if isinstance(request.prompt, list):
-        return ["tokens:", str(len(request.prompt))]
-    return ["echo:", *request.prompt.split()]
+# --- chat: the real LLMService over the engine's own fake (one fake LLM family) ----------------------------------
+
+TOKENIZER = FakeTokenizer()  # the engine fake's tokenizer: one token per character, ChatML specials
+HELD_STEP_WAIT_S = 0.01  # while held, each empty step waits this long, so the engine thread still drains aborts
 
 
-def prompt_tokens(request: GenerationRequest) -> int:
-    if request.messages is not None:
-        return sum(len(m["content"].split()) for m in request.messages)
-    return len(request.prompt) if isinstance(request.prompt, list) else len(request.prompt.split())
+def chat_prompt_tokens(messages: list[dict]) -> int:
+    """Prompt tokens the fake engine counts for these (already normalised) messages: their ChatML characters."""
+    return len(TOKENIZER.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
 
-def choice_deltas(request: GenerationRequest) -> tuple[list[str], str]:
-    """Text deltas (one word = one token) after max_tokens and stop strings, and the finish reason."""
-    words = reply_words(request)
-    deltas = [w if i == 0 else " " + w for i, w in enumerate(words)]
-    finish = "stop"
-    if request.params.max_tokens is not None and len(deltas) > request.params.max_tokens:
-        deltas, finish = deltas[: request.params.max_tokens], "length"
-    text = "".join(deltas)
-    cuts = [text.find(s) for s in request.params.stop if s in text]
-    if not cuts:
-        return deltas, finish
-    kept, out = min(cuts), []
-    for delta in deltas:
-        out.append(delta[: max(0, kept)])
-        kept -= len(delta)
-        if kept <= 0:
-            break
-    return out, "stop"
+class ControlledEngine:
+    """models/llm/fake.py's FakeEngine with two test controls; everything else is the FakeEngine's own.
+
+    hold_after(k): k more steps run, then steps produce nothing until release(), so a test knows a request is
+    still unfinished when it acts. A prompt containing FAIL_MIDSTREAM makes the step after that request's
+    second token raise, as a broken model would, so the service's mid-stream failure path runs.
+    """
+
+    def __init__(self, engine: FakeEngine):
+        self.engine = engine
+        self._steps_left: int | None = None
+        self._released = threading.Event()
+        self._failing: dict[str, int] = {}  # request id -> tokens produced, for FAIL_MIDSTREAM prompts
+        self._aborts = threading.Condition()
+
+    def __getattr__(self, name: str):  # the rest of the engine's interface, whatever it grows to
+        if name == "engine":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.engine, name)
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params) -> None:
+        self.engine.add_request(request_id, prompt_token_ids, params)
+        if "FAIL_MIDSTREAM" in TOKENIZER.decode(list(prompt_token_ids)):
+            self._failing[request_id] = 0
+
+    def step(self) -> list:
+        if self._steps_left == 0:
+            self._released.wait(HELD_STEP_WAIT_S)
+            return []
+        if any(produced >= 2 for produced in self._failing.values()):
+            raise RuntimeError("secret internal detail")
+        if self._steps_left is not None:
+            self._steps_left -= 1
+        outputs = self.engine.step()
+        for out in outputs:
+            if out.request_id in self._failing:
+                self._failing[out.request_id] += len(out.new_token_ids)
+        return outputs
+
+    def abort(self, request_id: str) -> None:
+        self._failing.pop(request_id, None)
+        with self._aborts:
+            self.engine.abort(request_id)
+            self._aborts.notify_all()
+
+    def hold_after(self, steps: int) -> None:
+        self._released.clear()
+        self._steps_left = steps
+
+    def release(self) -> None:
+        self._steps_left = None
+        self._released.set()
+
+    def wait_aborted(self, count: int, timeout_s: float) -> bool:
+        """Block until the engine has aborted `count` unfinished requests (False after `timeout_s`)."""
+        with self._aborts:
+            return self._aborts.wait_for(lambda: len(self.engine.aborted) >= count, timeout_s)
 
 
-@dataclass
 class FakeChatClient:
-    """Streams reply_words, one word per token, choices interleaved; "FAIL_MIDSTREAM" fails after the first words."""
+    """The ChatClient the API tests use: the real streaming service (serving/services/llm.py) over FakeEngine.
 
-    context_size: int = 64
-    delay: float = 0.0
-    requests: list[GenerationRequest] = field(default_factory=list)
-    aborted: list[str] = field(default_factory=list)
+    The engine answers with the last user message (chat) or the prompt itself (completion), one character per
+    token, then eos; with temperature > 0 it appends a number drawn from the seed. `context_size` is the engine's
+    max_model_len; `delay` the engine's sleep per step (for benchmarks that need gaps between tokens). `requests`
+    records every GenerationRequest; `aborted` the engine request ids ("<request id>-<choice>") aborted unfinished.
+    The service's thread starts on the first request; close() stops it.
+    """
+
+    def __init__(self, context_size: int = 256, delay: float = 0.0):
+        self.engine = ControlledEngine(FakeEngine(max_model_len=context_size, step_delay=delay))
+        self.requests: list[GenerationRequest] = []
+        self._service: LLMService | None = None
+
+    @property
+    def delay(self) -> float:
+        return self.engine.step_delay
+
+    @delay.setter
+    def delay(self, seconds: float) -> None:
+        self.engine.engine.step_delay = seconds
+
+    @property
+    def aborted(self) -> list[str]:
+        return list(self.engine.aborted)
 
     async def generate(self, request: GenerationRequest):
         self.requests.append(request)
-        n_prompt = prompt_tokens(request)
-        if request.params.max_tokens is not None and n_prompt + request.params.max_tokens > self.context_size:
-            raise InvalidRequestError(
-                f"prompt ({n_prompt} tokens) + max_tokens exceeds the context size {self.context_size}.",
-                param="max_tokens",
-            )
-        finished = False
+        if self._service is None:
+            self._service = LLMService(self.engine)
+        stream = self._service.generate(request)
         try:
-            async for chunk in self._chunks(request, n_prompt):
+            async for chunk in stream:
                 yield chunk
-            finished = True
         finally:
-            if not finished:
-                self.aborted.append(request.request_id)
+            await stream.aclose()
 
-    async def _chunks(self, request: GenerationRequest, n_prompt: int):
-        deltas, finish = choice_deltas(request)
-        fail = "FAIL_MIDSTREAM" in " ".join(reply_words(request))
-        for step, delta in enumerate(deltas):
-            for index in range(request.n):
-                await asyncio.sleep(self.delay)
-                last = step == len(deltas) - 1
-                yield GenerationChunk(
-                    index=index, text=delta, token_ids=[step], logprobs=self._logprobs(request, step, delta),
-                    finish_reason=finish if last else None, prompt_tokens=n_prompt, completion_tokens=step + 1,
-                )
-            if fail:
-                raise RuntimeError("secret internal detail")
+    async def wait_aborted(self, count: int = 1, timeout_s: float = 10.0) -> list[str]:
+        """The aborted ids once `count` requests were aborted; fails the test after `timeout_s`."""
+        assert await asyncio.to_thread(self.engine.wait_aborted, count, timeout_s), self.aborted
+        return self.aborted
 
-    @staticmethod
-    def _logprobs(request: GenerationRequest, step: int, delta: str) -> list[TokenLogprob] | None:
-        if not request.params.logprobs:
-            return None
-        top = [(step, delta, -0.5), (999, "<alt>", -2.0)][: request.params.top_logprobs]
-        return [TokenLogprob(token_id=step, token=delta, logprob=-0.5, top=top)]
+    def close(self) -> None:
+        self.engine.release()
+        if self._service is not None:
+            self._service.shutdown()
 
 
 def fake_vector(item: str | list[int], dims: int) -> np.ndarray:
@@ -175,6 +213,9 @@ class Fakes:
     image: FakeImageClient = field(default_factory=FakeImageClient)
     speech: FakeSpeechClient = field(default_factory=FakeSpeechClient)
 
+    def close(self) -> None:
+        self.chat.close()
+
     def router(self) -> ModelRouter:
         """One model per task; the chat model's id contains a "/"."""
         image_meta = {"default_size": [64, 64], "default_steps": 2, "size_multiple": 8, "max_pixels": 512 * 512}
@@ -209,8 +250,10 @@ def assert_error(response, status: int, type_: str = "invalid_request_error", pa
 
 
 @pytest.fixture
-def fakes() -> Fakes:
-    return Fakes()
+def fakes():
+    fakes = Fakes()
+    yield fakes
+    fakes.close()
 
 
 @pytest.fixture

@@ -1,13 +1,17 @@
 """POST /v1/chat/completions over the in-process app, with httpx and with the official openai client."""
 import asyncio
 import json
+import math
 
 import pytest
 
 from serving.api.app import build_app
-from tests.api_fakes import CHAT, EMBED, app, assert_error, fakes, http, oai  # noqa: F401
+from tests.api_fakes import CHAT, EMBED, TOKENIZER, app, assert_error, chat_prompt_tokens, fakes, http, oai  # noqa: F401
 
 USER = [{"role": "user", "content": "hello there"}]
+REPLY = "hello there"  # the fake engine answers with the last user message, greedily (temperature 0)
+REPLY_TOKENS = len(REPLY) + 1  # one token per character, then eos (counted, not shown)
+PROMPT_TOKENS = chat_prompt_tokens(USER)  # the ChatML characters of USER
 
 
 def sse_events(text: str) -> list:
@@ -17,38 +21,40 @@ def sse_events(text: str) -> list:
 
 
 async def test_non_streaming_reply_and_usage(http, fakes):
-    r = await http.post("/v1/chat/completions", json={"model": CHAT, "messages": USER, "some_extra_field": 1})
+    body = {"model": CHAT, "messages": USER, "temperature": 0, "some_extra_field": 1}
+    r = await http.post("/v1/chat/completions", json=body)
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-") and body["model"] == CHAT
     assert body["choices"] == [{
-        "index": 0, "message": {"role": "assistant", "content": "You said: hello there", "refusal": None},
+        "index": 0, "message": {"role": "assistant", "content": REPLY, "refusal": None},
         "logprobs": None, "finish_reason": "stop",
     }]
-    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
+    assert body["usage"] == {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": REPLY_TOKENS,
+                             "total_tokens": PROMPT_TOKENS + REPLY_TOKENS}
     request = fakes.chat.requests[-1]
     assert request.messages == USER and request.prompt is None and request.n == 1
     assert request.params.max_tokens is None  # no limit given: up to the context size
 
 
 async def test_openai_client_non_streaming(oai):
-    completion = await oai.chat.completions.create(model=CHAT, messages=USER)
-    assert completion.choices[0].message.content == "You said: hello there"
+    completion = await oai.chat.completions.create(model=CHAT, messages=USER, temperature=0)
+    assert completion.choices[0].message.content == REPLY
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage.total_tokens == 6
+    assert completion.usage.total_tokens == PROMPT_TOKENS + REPLY_TOKENS
 
 
 async def test_openai_client_streaming_with_usage(oai):
     stream = await oai.chat.completions.create(
-        model=CHAT, messages=USER, stream=True, stream_options={"include_usage": True}
+        model=CHAT, messages=USER, temperature=0, stream=True, stream_options={"include_usage": True}
     )
     chunks = [chunk async for chunk in stream]
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.content == ""
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "You said: hello there"
+    assert text == REPLY
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finish == ["stop"]
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == REPLY_TOKENS
     assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
 
 
@@ -62,53 +68,60 @@ async def test_streaming_raw_sse_format(http):
     assert all(e["usage"] is None for e in events[:-1])  # no include_usage: no usage chunk
 
 
-async def test_n_choices(oai, fakes):
+async def test_n_choices_sample_with_consecutive_seeds(oai, fakes):
     completion = await oai.chat.completions.create(model=CHAT, messages=USER, n=3, seed=42)
     assert [c.index for c in completion.choices] == [0, 1, 2]
-    assert all(c.message.content == "You said: hello there" for c in completion.choices)
-    assert completion.usage.completion_tokens == 12 and completion.usage.prompt_tokens == 2
+    texts = [c.message.content for c in completion.choices]
+    assert all(t.startswith(REPLY + " ") for t in texts) and len(set(texts)) == 3  # sampled: a seeded number
+    assert completion.usage.completion_tokens == sum(len(t) + 1 for t in texts)
+    assert completion.usage.prompt_tokens == PROMPT_TOKENS  # the prompt counts once, not once per choice
     request = fakes.chat.requests[-1]
-    assert request.n == 3 and request.params.seed == 42  # choice i uses seed + i, on the client's side
+    assert request.n == 3 and request.params.seed == 42  # the service gives choice i the seed 42 + i
+    alone = await oai.chat.completions.create(model=CHAT, messages=USER, seed=43)
+    assert alone.choices[0].message.content == texts[1]
 
 
 async def test_n_choices_streaming(oai):
-    stream = await oai.chat.completions.create(model=CHAT, messages=USER, n=2, stream=True)
+    stream = await oai.chat.completions.create(model=CHAT, messages=USER, n=2, temperature=0, stream=True)
     texts, finishes = {0: "", 1: ""}, {}
     async for chunk in stream:
         for choice in chunk.choices:
             texts[choice.index] += choice.delta.content or ""
             if choice.finish_reason:
                 finishes[choice.index] = choice.finish_reason
-    assert texts == {0: "You said: hello there", 1: "You said: hello there"}
+    assert texts == {0: REPLY, 1: REPLY}
     assert finishes == {0: "stop", 1: "stop"}
 
 
 async def test_max_completion_tokens_wins_over_max_tokens(http, fakes):
-    body = {"model": CHAT, "messages": USER, "max_tokens": 10, "max_completion_tokens": 2}
+    body = {"model": CHAT, "messages": USER, "temperature": 0, "max_tokens": 10, "max_completion_tokens": 2}
     r = await http.post("/v1/chat/completions", json=body)
     choice = r.json()["choices"][0]
-    assert (choice["message"]["content"], choice["finish_reason"]) == ("You said:", "length")
+    assert (choice["message"]["content"], choice["finish_reason"]) == (REPLY[:2], "length")
     assert fakes.chat.requests[-1].params.max_tokens == 2
 
 
 async def test_sampling_fields_map_onto_sampling_params(http, fakes):
     body = {
-        "model": CHAT, "messages": USER, "stop": "there", "temperature": 0, "top_p": 0.5, "max_tokens": 7,
+        "model": CHAT, "messages": USER, "stop": "there", "temperature": 0, "top_p": 0.5, "max_tokens": 20,
         "presence_penalty": 1.5, "frequency_penalty": -1, "seed": 3, "top_k": 5,
     }
     r = await http.post("/v1/chat/completions", json=body)
-    assert r.json()["choices"][0]["message"]["content"] == "You said: hello "
+    choice = r.json()["choices"][0]
+    assert (choice["message"]["content"], choice["finish_reason"]) == ("hello ", "stop")  # cut before the stop
     p = fakes.chat.requests[-1].params
-    assert (p.stop, p.temperature, p.top_p, p.max_tokens, p.seed, p.top_k) == (["there"], 0.0, 0.5, 7, 3, 5)
+    assert (p.stop, p.temperature, p.top_p, p.max_tokens, p.seed, p.top_k) == (["there"], 0.0, 0.5, 20, 3, 5)
     assert (p.presence_penalty, p.frequency_penalty, p.logprobs) == (1.5, -1.0, False)
 
 
 async def test_logprobs_in_chat_format(oai):
-    completion = await oai.chat.completions.create(model=CHAT, messages=USER, logprobs=True, top_logprobs=2)
+    completion = await oai.chat.completions.create(model=CHAT, messages=USER, temperature=0, logprobs=True,
+                                                   top_logprobs=2)
     content = completion.choices[0].logprobs.content
-    assert [t.token for t in content] == ["You", " said:", " hello", " there"]
-    assert content[1].bytes == list(b" said:") and content[1].logprob == -0.5
-    assert [(t.token, t.logprob) for t in content[0].top_logprobs] == [("You", -0.5), ("<alt>", -2.0)]
+    # The fake engine gives the emitted token logprob -ln 2 and ranks the next ids after it (models/llm/fake.py).
+    assert [t.token for t in content] == [*REPLY, TOKENIZER.eos_token]  # eos is a token too (no text)
+    assert content[5].bytes == list(b" ") and content[5].logprob == -math.log(2)
+    assert [(t.token, t.logprob) for t in content[0].top_logprobs] == [("h", -math.log(2)), ("i", -2 * math.log(2))]
 
 
 async def test_message_content_parts_and_developer_role(http, fakes):
@@ -163,7 +176,7 @@ async def test_client_error_before_first_chunk_is_a_plain_400(http, stream):
     body = {"model": CHAT, "messages": USER, "max_tokens": 1000, "stream": stream}
     r = await http.post("/v1/chat/completions", json=body)
     assert r.headers["content-type"] == "application/json"
-    assert "context size" in assert_error(r, 400, param="max_tokens")
+    assert "maximum context length" in assert_error(r, 400, param="max_tokens")
 
 
 async def test_error_after_stream_started_is_an_error_event(http, fakes):
@@ -172,7 +185,7 @@ async def test_error_after_stream_started_is_an_error_event(http, fakes):
     assert r.status_code == 200
     events = sse_events(r.text)
     assert events[-1] == {"error": {"message": "internal error", "type": "server_error", "param": None, "code": None}}
-    assert "secret" not in r.text and "[DONE]" not in r.text
+    assert len(events) > 2 and "secret" not in r.text and "[DONE]" not in r.text  # failed after its first tokens
     assert (await http.post("/v1/chat/completions", json={"model": CHAT, "messages": USER})).status_code == 200
 
 
@@ -200,11 +213,11 @@ def _scope(body: bytes, spec_version: str) -> dict:
 
 
 @pytest.mark.parametrize("spec_version", ["2.3", "2.4"])  # disconnect via receive(), or via send() raising OSError
-async def test_client_disconnect_mid_stream_closes_the_generation(fakes, spec_version):
-    fakes.chat.delay = 0.005
+async def test_client_disconnect_mid_stream_aborts_the_engine_request(fakes, spec_version):
+    fakes.chat.engine.hold_after(5)  # the reply is longer: it cannot finish before the client goes
     app = build_app(fakes.router())
-    words = " ".join(f"w{i}" for i in range(40))
-    body = json.dumps({"model": CHAT, "messages": [{"role": "user", "content": words}], "stream": True}).encode()
+    text = "a reply far longer than five tokens"
+    body = json.dumps({"model": CHAT, "messages": [{"role": "user", "content": text}], "stream": True}).encode()
     request_sent, gone, bodies = False, asyncio.Event(), []
 
     async def receive():
@@ -224,5 +237,5 @@ async def test_client_disconnect_mid_stream_closes_the_generation(fakes, spec_ve
                 gone.set()
 
     await asyncio.wait_for(app(_scope(body, spec_version), receive, send), timeout=5)
-    assert len(fakes.chat.aborted) == 1 and fakes.chat.aborted[0].startswith("chatcmpl-")
-    assert b"[DONE]" not in b"".join(bodies)
+    assert await fakes.chat.wait_aborted(1) == [f"{fakes.chat.requests[-1].request_id}-0"]
+    assert fakes.chat.requests[-1].request_id.startswith("chatcmpl-") and b"[DONE]" not in b"".join(bodies)

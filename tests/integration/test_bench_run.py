@@ -35,6 +35,7 @@ def server_url():
     yield f"http://127.0.0.1:{port}/v1"
     server.should_exit = True
     thread.join(10)
+    fakes.close()
 
 
 def run_bench(tmp_path, *argv: str) -> dict:
@@ -50,7 +51,8 @@ def test_chat_sweep_reports_vllm_metrics_and_plots(server_url, tmp_path, capsys)
     assert doc["machine"]["logical_cores"] >= 1 and "commit" in doc["git"]
     assert [r["params"]["concurrency"] for r in doc["runs"]] == [1, 2]
     m = doc["runs"][1]["metrics"]
-    # The fake replies "You said: <6 words>" one word per token; max_tokens 5 cuts it to exactly 5.
+    # The fake engine replies with the prompt's 6 words, one token per character; max_tokens 5 (and the bench's
+    # ignore_eos) make it exactly 5.
     assert (m["completed"], m["failed"], m["total_output_tokens"]) == (4, 0, 20)
     assert m["mean_ttft_ms"] > 0 and m["mean_tpot_ms"] > 0 and m["mean_itl_ms"] > 0
     assert m["request_goodput"] == pytest.approx(m["request_throughput"])
