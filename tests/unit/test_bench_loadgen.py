@@ -5,10 +5,12 @@ import asyncio
 import io
 import json
 import math
+import time
 import wave
 
 import pytest
 
+from benchmarks import loadgen
 from benchmarks.endpoints import _StreamClock, audio_seconds
 from benchmarks.loadgen import LoadSpec, arrival_offsets, run_load
 from benchmarks.metrics import RequestRecord
@@ -25,42 +27,83 @@ def test_arrivals_are_poisson_like_and_end_at_n_over_rate():
     assert arrival_offsets(5, math.inf, 1.0, seed=0) == [0.0] * 5
 
 
-class FakeSend:
-    """Records how many requests were in flight at most."""
+class HeldSend:
+    """A request finishes only while `hold` requests are in flight together, or once the last one was sent: a load
+    generator that keeps fewer in flight stalls (the test's deadline fails it), one that keeps more shows in `peak`.
+    Records the payload index of every call and never sleeps."""
 
-    def __init__(self, delay: float = 0.01):
-        self.delay, self.in_flight, self.peak, self.calls = delay, 0, 0, 0
+    def __init__(self, hold: int, total: int | None):
+        self.hold, self.total = hold, total
+        self.in_flight, self.peak, self.sent = 0, 0, []
+        self._changed = asyncio.Condition()
 
     async def __call__(self, session, url, payload) -> RequestRecord:
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        self.calls += 1
-        await asyncio.sleep(self.delay)
-        self.in_flight -= 1
-        return RequestRecord(success=payload["ok"], latency=self.delay, error_kind=None if payload["ok"] else "x")
+        async with self._changed:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            self.sent.append(payload["i"])
+            self._changed.notify_all()
+            await self._changed.wait_for(lambda: self.in_flight >= self.hold or len(self.sent) == self.total)
+            self.in_flight -= 1
+        return RequestRecord(success=payload["ok"], latency=0.0, error_kind=None if payload["ok"] else "x")
+
+
+class CountingSend:
+    """Finishes each request at the next turn of the event loop; records the payload index of every call."""
+
+    def __init__(self):
+        self.sent = []
+
+    async def __call__(self, session, url, payload) -> RequestRecord:
+        self.sent.append(payload["i"])
+        await asyncio.sleep(0)  # yield, as a real request does
+        return RequestRecord(success=True, latency=0.0)
+
+
+def payloads(n: int) -> list[dict]:
+    return [{"i": i, "ok": i % 5 != 0} for i in range(n)]
 
 
 async def test_closed_loop_keeps_exactly_the_concurrency_in_flight():
-    send = FakeSend()
-    result = await run_load(send, "http://unused", [{"ok": i % 5 != 0} for i in range(20)], LoadSpec(concurrency=4),
-                            progress=False)
-    assert send.peak == 4 and send.calls == 20 and len(result.records) == 20
+    send = HeldSend(hold=4, total=20)
+    result = await asyncio.wait_for(
+        run_load(send, "http://unused", payloads(20), LoadSpec(concurrency=4), progress=False), timeout=30)
+    assert send.peak == 4 and send.sent == list(range(20)) and len(result.records) == 20
     assert sum(not r.success for r in result.records) == 4
-    assert result.duration_s >= 5 * 0.01 and result.client_cpu_s >= 0
+    assert result.duration_s >= max(r.start for r in result.records) >= 0 and result.client_cpu_s >= 0
 
 
-async def test_open_loop_honours_the_rate_and_the_cap():
-    send = FakeSend(delay=0.05)
-    result = await run_load(send, "http://unused", [{"ok": True}] * 10, LoadSpec(concurrency=2, request_rate=200.0),
-                            progress=False)
-    assert send.peak <= 2 and len(result.records) == 10
+async def test_open_loop_sends_no_request_before_its_time_and_honours_the_cap():
+    send = HeldSend(hold=2, total=10)
+    spec = LoadSpec(concurrency=2, request_rate=200.0, seed=1)
+    result = await asyncio.wait_for(run_load(send, "http://unused", payloads(10), spec, progress=False), timeout=30)
+    assert send.peak == 2 and sorted(send.sent) == list(range(10)) and len(result.records) == 10
+    offsets = arrival_offsets(10, spec.request_rate, spec.burstiness, spec.seed)
+    assert all(r.start >= at - 1e-3 for r, at in zip(result.records, offsets))  # records in payload order
 
 
-async def test_duration_mode_reuses_payloads_until_time_is_up():
-    send = FakeSend(delay=0.01)
-    result = await run_load(send, "http://unused", [{"ok": True}] * 3, LoadSpec(concurrency=2, duration_s=0.2),
-                            progress=False)
-    assert len(result.records) > 6 and 0.2 <= result.duration_s < 0.5
+class TickingClock:
+    """The load generator's clock, made virtual: every reading is `tick` seconds after the previous one, so how
+    many requests fit in a duration depends on the code, not on how busy the machine is."""
+
+    def __init__(self, tick: float):
+        self.tick, self.now = tick, 0.0
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    process_time = staticmethod(time.process_time)
+
+
+async def test_duration_mode_reuses_payloads_round_robin_and_sends_nothing_after_the_duration(monkeypatch):
+    monkeypatch.setattr(loadgen, "time", TickingClock(tick=0.01))
+    send = CountingSend()
+    spec = LoadSpec(concurrency=2, duration_s=0.2)
+    result = await asyncio.wait_for(run_load(send, "http://unused", payloads(3), spec, progress=False), timeout=30)
+    assert len(send.sent) > 3 and send.sent == [i % 3 for i in range(len(send.sent))]
+    assert all(r.start < spec.duration_s for r in result.records) and len(result.records) == len(send.sent)
+    assert result.duration_s >= spec.duration_s
 
 
 def test_lengths_parse_and_sample():
