@@ -10,8 +10,9 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.errors import EngineOverloadedError, ModelInputError
-from serving.errors import ServerOverloadedError, ServingError
+from serving.errors import InvalidRequestError, ServerOverloadedError, ServingError
 from serving.protocol.common import ErrorInfo, ErrorResponse
+from serving.protocol.limits import ERROR_CODES
 
 logger = logging.getLogger(__name__)
 
@@ -23,15 +24,21 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return ErrorResponse(error=ErrorInfo(message=message, type=type_, param=param, code=code)).model_dump()
 
 
+def as_serving_error(exc: BaseException) -> BaseException:
+    """The models layer's typed errors as serving errors (ModelInputError is a 400, EngineOverloadedError a 429);
+    anything else as it is."""
+    if isinstance(exc, ModelInputError):
+        return InvalidRequestError(exc.message, param=exc.param)
+    if isinstance(exc, EngineOverloadedError):
+        return ServerOverloadedError(str(exc))
+    return exc
+
+
 def error_payload(exc: BaseException) -> tuple[int, dict]:
     """(HTTP status, OpenAI error body) for any exception; unknown ones are logged and become a bare 500."""
-    exc = unwrap(exc)
+    exc = as_serving_error(exc)
     if isinstance(exc, ServingError):
         return exc.status_code, error_body(exc.message, exc.error_type, exc.param, exc.code)
-    if isinstance(exc, ModelInputError):
-        return 400, error_body(exc.message, "invalid_request_error", exc.param)
-    if isinstance(exc, EngineOverloadedError):
-        return error_payload(ServerOverloadedError(str(exc)))
     if isinstance(exc, RequestValidationError):
         return 400, _validation_body(exc)
     if isinstance(exc, HTTPException):
@@ -51,22 +58,12 @@ def error_response(exc: BaseException, request: Request | None = None) -> JSONRe
 
 def error_headers(exc: BaseException) -> dict[str, str] | None:
     """Headers that go with the error response: a typed error's own (Retry-After), an HTTPException's."""
-    exc = unwrap(exc)
+    exc = as_serving_error(exc)
     if isinstance(exc, ServingError):
         return exc.headers() or None
-    if isinstance(exc, EngineOverloadedError):
-        return ServerOverloadedError(str(exc)).headers()
     if isinstance(exc, HTTPException):
         return exc.headers
     return None
-
-
-def unwrap(exc: BaseException) -> BaseException:
-    """The typed cause of a wrapped exception (Ray's RayTaskError carries it in `.cause`), else `exc` itself."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, (ServingError, ModelInputError, EngineOverloadedError)):
-        return cause
-    return exc
 
 
 def _validation_body(exc: RequestValidationError) -> dict:
@@ -85,7 +82,7 @@ def _validation_body(exc: RequestValidationError) -> dict:
     message = f"{param}: {msg}" if param else f"Request body: {msg}"
     if len(errors) > 1:
         message += f" ({len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
-    return error_body(message, "invalid_request_error", param)
+    return error_body(message, "invalid_request_error", param, ERROR_CODES.get(first.get("type")))
 
 
 def _format_loc(loc: tuple | list) -> str | None:

@@ -12,7 +12,6 @@ from models.factory import build_backend
 from models.sources import fetch_source
 from serving.config import ModelConfig
 from serving.deployments.merge import BatchMerger
-from serving.errors import InvalidRequestError
 
 log = logging.getLogger("serving.deployments")
 
@@ -94,7 +93,7 @@ def run_batch_isolated(run: Callable[[list], list], items: list) -> list:
 
 
 def item_result(result):
-    """The caller's side of run_batch_isolated: raise its own input error as a 400."""
+    """The caller's side of run_batch_isolated: raise its own input error (the error map makes it a 400)."""
     if isinstance(result, ItemError):
-        raise InvalidRequestError(result.error.message, param=result.error.param)
+        raise result.error
     return result

@@ -5,11 +5,13 @@ from typing import AsyncIterator
 
 from ray.serve.exceptions import DeploymentUnavailableError
 
-from models.errors import ModelInputError
+from models.errors import EngineOverloadedError, ModelInputError
 from models.images.types import ImageParams
 from models.speech.types import SpeechParams
 from serving.clients import EmbeddingResult, EncodedAudio, GenerationChunk, GenerationRequest
-from serving.errors import InvalidRequestError, ModelNotFoundError, ServingError
+from serving.errors import ModelNotFoundError, ServingError
+
+TYPED_ERRORS = (ServingError, ModelInputError, EngineOverloadedError)  # what serving.api.errors maps to HTTP
 
 
 def direct(handle):
@@ -22,13 +24,12 @@ def direct(handle):
 
 
 def unwrap(error: BaseException) -> BaseException:
-    """Ray wraps a replica's exception (RayTaskError with .cause): give the HTTP layer the typed original."""
+    """Ray wraps a replica's exception (RayTaskError with .cause): give the HTTP layer the typed original, as it
+    was raised (the error map in serving.api.errors turns it into HTTP). The only unwrapping of Ray's errors."""
     if isinstance(error, DeploymentUnavailableError):  # the model was undeployed between lookup and call
         return ModelNotFoundError("The model is no longer deployed.")
     cause = getattr(error, "cause", None)
-    if isinstance(cause, ModelInputError):
-        return InvalidRequestError(cause.message, param=cause.param)
-    if isinstance(cause, ServingError):
+    if isinstance(cause, TYPED_ERRORS):
         return cause
     return error
 

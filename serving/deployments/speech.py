@@ -5,7 +5,6 @@ import asyncio
 
 from ray import serve
 
-from models.errors import ModelInputError
 from models.speech.encoding import SUPPORTED_FORMATS, encode_audio
 from models.speech.types import SpeechParams
 from serving.clients import EncodedAudio
@@ -28,10 +27,7 @@ class SpeechDeployment:
                 param="response_format",
             )
         samples = item_result(await self._synthesize_batch((text, params)))
-        try:
-            data, media_type = await asyncio.to_thread(encode_audio, samples, self.backend.sample_rate, response_format)
-        except ModelInputError as e:
-            raise InvalidRequestError(e.message, param=e.param) from None
+        data, media_type = await asyncio.to_thread(encode_audio, samples, self.backend.sample_rate, response_format)
         return EncodedAudio(data, media_type)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=IN_FLIGHT_BATCHES)

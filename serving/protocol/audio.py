@@ -7,26 +7,25 @@ from pydantic import Field
 
 from models.speech.types import SpeechParams
 from serving.errors import InvalidRequestError
-from serving.protocol.common import OpenAIRequest, one_message
-
-MAX_INPUT_CHARS = 4096  # as OpenAI
+from serving.protocol.common import OpenAIRequest
+from serving.protocol.limits import MAX_SPEECH_CHARS, Name, one_message, text
 
 AudioFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
 
 class VoiceId(OpenAIRequest):
-    id: str
+    id: Name
 
 
 class SpeechRequest(OpenAIRequest):
     """POST /v1/audio/speech body; the response is the audio bytes themselves."""
 
-    model: str
-    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
-    voice: Annotated[str | VoiceId, one_message("voice must be a voice name or an object with an 'id'")]
+    model: Name
+    input: text(MAX_SPEECH_CHARS, min_chars=1)
+    voice: Annotated[Name | VoiceId, one_message("voice must be a voice name or an object with an 'id'")]
     response_format: AudioFormat = "mp3"  # OpenAI's default; the speech client refuses formats it cannot encode
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
-    instructions: str | None = None  # a style hint; models here have no way to follow it
+    instructions: text(MAX_SPEECH_CHARS) | None = None  # a style hint; models here have no way to follow it
     stream_format: Literal["sse", "audio"] | None = None
 
     def to_speech_params(self) -> SpeechParams:

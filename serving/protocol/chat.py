@@ -8,20 +8,23 @@ from pydantic import Field, field_validator
 from models.llm.types import SamplingParams, TokenLogprob
 from serving.clients import GenerationRequest
 from serving.errors import InvalidRequestError
-from serving.protocol.common import (
+from serving.protocol.common import MIN_LOGPROB, OpenAIRequest, OpenAIResponse, SamplingFields, UsageInfo
+from serving.protocol.limits import (
+    MAX_CONTENT_PARTS,
+    MAX_MESSAGES,
+    MAX_TOKENS,
     MAX_TOP_LOGPROBS,
-    MIN_LOGPROB,
-    OpenAIRequest,
-    OpenAIResponse,
-    SamplingFields,
-    UsageInfo,
+    Name,
+    Prompt,
+    bounded_list,
+    check_total,
     one_message,
 )
 
 
 class ContentPart(OpenAIRequest):
-    type: str
-    text: str | None = None
+    type: Name
+    text: Prompt | None = None
 
 
 class ChatMessage(OpenAIRequest):
@@ -29,9 +32,10 @@ class ChatMessage(OpenAIRequest):
 
     role: Literal["system", "developer", "user", "assistant"]
     content: Annotated[
-        str | list[ContentPart] | None, one_message("content must be a string or a list of content parts")
+        Prompt | bounded_list(ContentPart, MAX_CONTENT_PARTS) | None,
+        one_message("content must be a string or a list of content parts"),
     ] = None
-    name: str | None = None
+    name: Name | None = None
     tool_calls: list[Any] | None = None
 
     @field_validator("content")
@@ -44,11 +48,15 @@ class ChatMessage(OpenAIRequest):
                 raise ValueError("a text content part needs a 'text' field")
         return content
 
+    def texts(self) -> list[str]:
+        """The content's strings (several for a list of parts)."""
+        if isinstance(self.content, list):
+            return [part.text or "" for part in self.content]
+        return [self.content or ""]
+
     def text(self) -> str:
         """The content flattened to text; text parts are joined by newlines."""
-        if isinstance(self.content, list):
-            return "\n".join(part.text or "" for part in self.content)
-        return self.content or ""
+        return "\n".join(self.texts())
 
     def to_engine_message(self) -> dict:
         # Most chat templates know no "developer" role; it is OpenAI's new name for "system".
@@ -57,16 +65,16 @@ class ChatMessage(OpenAIRequest):
 
 
 class ResponseFormat(OpenAIRequest):
-    type: str
+    type: Name
 
 
 class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions body."""
 
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    model: Name
+    messages: bounded_list(ChatMessage, MAX_MESSAGES, min_items=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
@@ -75,7 +83,13 @@ class ChatCompletionRequest(SamplingFields):
     functions: list[Any] | None = None
     function_call: Any = None
     audio: Any = None
-    modalities: list[str] | None = None
+    modalities: bounded_list(Name, 8) | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _bounded_text(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        check_total((part for m in messages for part in m.texts()), "the messages' text")
+        return messages
 
     def to_sampling_params(self) -> SamplingParams:
         """Engine parameters; max_completion_tokens wins over max_tokens, and None means up to the context size."""
@@ -84,6 +98,7 @@ class ChatCompletionRequest(SamplingFields):
             raise InvalidRequestError("top_logprobs requires logprobs to be true.", param="top_logprobs")
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         top = (self.top_logprobs or 0) if self.logprobs else None
+        self.check_logprob_entries(top, self.n, max_tokens)
         return self.sampling_params(max_tokens=max_tokens, top_logprobs=top)
 
     def to_generation_request(self, request_id: str) -> GenerationRequest:

@@ -3,23 +3,34 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Callable
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.llm.types import SamplingParams
 from serving.errors import InvalidRequestError
+from serving.protocol.limits import (
+    MAX_CHOICES,
+    MAX_LOGPROB_ENTRIES,
+    MAX_STOP_SEQUENCES,
+    MAX_STOP_TOKEN_IDS,
+    Name,
+    Seed,
+    StopString,
+    TokenId,
+    bounded_list,
+    one_message,
+    too_many,
+)
 
-MAX_CHOICES = 16  # n; more choices per request would let one caller monopolise the engine
-MAX_STOP_SEQUENCES = 4  # as OpenAI
-MAX_TOP_LOGPROBS = 20  # as OpenAI's chat API
 MIN_LOGPROB = -9999.0  # JSON has no -inf; reported instead of it, as OpenAI does
 
 
 class OpenAIRequest(BaseModel):
-    """Base of request bodies: unknown fields are accepted and ignored (OpenAI clients send extras)."""
+    """Base of request bodies: unknown fields are accepted and ignored (OpenAI clients send extras); NaN and
+    Infinity (which Python's JSON parser accepts) are refused in every float."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class OpenAIResponse(BaseModel):
@@ -68,43 +79,34 @@ def now() -> int:
     return int(time.time())
 
 
-def one_message(message: str) -> WrapValidator:
-    """Replace pydantic's one-error-per-union-branch output by one readable message."""
-
-    def validate(value: Any, handler: Callable[[Any], Any]) -> Any:
-        try:
-            return handler(value)
-        except ValidationError as exc:
-            raise ValueError(message) from exc
-
-    return WrapValidator(validate)
-
-
 class SamplingFields(OpenAIRequest):
     """The sampling fields chat and completions share, with OpenAI's ranges, plus vLLM-style extensions."""
 
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
-    seed: int | None = None
-    stop: Annotated[str | list[str] | None, one_message("stop must be a string or a list of strings")] = None
+    seed: Seed | None = None
+    stop: Annotated[
+        StopString | list[StopString] | None,
+        one_message("stop must be a string or a list of strings"),
+    ] = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Name | None = None
     # Extensions (vLLM names); they map 1:1 onto SamplingParams.
-    top_k: int = Field(default=-1, ge=-1)
+    top_k: int = Field(default=-1, ge=-1, le=2**31 - 1)
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: bounded_list(TokenId, MAX_STOP_TOKEN_IDS) | None = None
 
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, stop: str | list[str] | None) -> list[str]:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if len(stops) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed, got {len(stops)}")
+            raise too_many("stop sequences", len(stops), MAX_STOP_SEQUENCES)
         return [s for s in stops if s]  # an empty stop string would end every choice at once
 
     @field_validator("top_k")
@@ -113,6 +115,19 @@ class SamplingFields(OpenAIRequest):
         if top_k == 0:
             raise ValueError("top_k must be -1 (disabled) or at least 1")
         return top_k
+
+    def check_logprob_entries(self, top_logprobs: int | None, choices: int, max_tokens: int | None) -> None:
+        """Refuse a response of more than MAX_LOGPROB_ENTRIES logprob entries (choices x (top + 1) x tokens); an
+        unknown max_tokens (up to the model's context, which the request does not know) is not checked here."""
+        if top_logprobs is None or max_tokens is None:
+            return
+        entries = choices * (top_logprobs + 1) * max_tokens
+        if entries > MAX_LOGPROB_ENTRIES:
+            raise InvalidRequestError(
+                f"The response would hold {entries} logprob entries (choices x (top_logprobs + 1) x max_tokens); "
+                f"at most {MAX_LOGPROB_ENTRIES} are allowed: lower n, top_logprobs or max_tokens.",
+                param="max_tokens", code="logprobs_too_large",
+            )
 
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)

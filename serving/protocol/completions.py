@@ -1,60 +1,58 @@
 """/v1/completions: request and response models mirroring OpenAI's legacy completions API."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from models.llm.types import SamplingParams, TokenLogprob
 from serving.clients import GenerationRequest
 from serving.errors import InvalidRequestError
-from serving.protocol.common import (
+from serving.protocol.common import MIN_LOGPROB, OpenAIResponse, SamplingFields, UsageInfo
+from serving.protocol.limits import (
+    ARRAY_TOO_LONG,
+    MAX_PROMPTS,
+    MAX_SEQUENCES,
+    MAX_TOKENS,
     MAX_TOP_LOGPROBS,
-    MIN_LOGPROB,
-    OpenAIResponse,
-    SamplingFields,
-    UsageInfo,
-    one_message,
+    Name,
+    Prompt,
+    as_list,
+    check_batch,
+    text_or_tokens,
 )
-
-MAX_PROMPTS = 64  # prompts per request; each becomes its own engine request
-
-PromptInput = Annotated[
-    str | list[str] | list[int] | list[list[int]],
-    one_message("prompt must be a string, a list of strings, a list of token ids or a list of token-id lists"),
-]
 
 
 class CompletionRequest(SamplingFields):
     """POST /v1/completions body. Each prompt of a list is generated n times; choice index = prompt_i * n + j."""
 
-    model: str
-    prompt: PromptInput
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for this endpoint; null: up to the context
+    model: Name
+    prompt: text_or_tokens("prompt")
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS)  # OpenAI's default here; null: up to the context
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
-    suffix: str | None = None
+    suffix: Prompt | None = None
     best_of: int | None = Field(default=None, ge=1)
 
     @field_validator("prompt")
     @classmethod
-    def _non_empty(cls, prompt: str | list) -> str | list:
-        if not prompt:
-            raise ValueError("prompt must not be empty")
-        if isinstance(prompt, list) and len(prompt) > MAX_PROMPTS and not isinstance(prompt[0], int):
-            raise ValueError(f"at most {MAX_PROMPTS} prompts are allowed per request")
-        if isinstance(prompt, list) and any(isinstance(p, (str, list)) and not p for p in prompt):
-            raise ValueError("prompt must not contain empty prompts")
+    def _bounded(cls, prompt: str | list) -> str | list:
+        check_batch(prompt, "prompt", MAX_PROMPTS)
         return prompt
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts as a list: a string or a token-id list is one prompt."""
-        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
-            return [self.prompt]
-        return list(self.prompt)
+        return as_list(self.prompt)
 
     def to_sampling_params(self) -> SamplingParams:
         self._reject_unsupported()
+        sequences = len(self.prompts()) * self.n
+        if sequences > MAX_SEQUENCES:
+            raise InvalidRequestError(
+                f"Too many sequences: {len(self.prompts())} prompts x n={self.n} = {sequences}; at most "
+                f"{MAX_SEQUENCES} are allowed per request.", param="n", code=ARRAY_TOO_LONG,
+            )
+        self.check_logprob_entries(self.logprobs, sequences, self.max_tokens)
         return self.sampling_params(max_tokens=self.max_tokens, top_logprobs=self.logprobs)
 
     def to_generation_requests(self, request_id: str) -> list[GenerationRequest]:

@@ -2,48 +2,41 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from serving.errors import InvalidRequestError
-from serving.protocol.common import OpenAIRequest, OpenAIResponse, one_message
-
-MAX_INPUTS = 2048  # as OpenAI
-
-EmbeddingInput = Annotated[
-    str | list[str] | list[int] | list[list[int]],
-    one_message("input must be a string, a list of strings, a list of token ids or a list of token-id lists"),
-]
+from serving.protocol.common import OpenAIRequest, OpenAIResponse
+from serving.protocol.limits import (
+    MAX_EMBEDDING_DIMENSIONS,
+    MAX_EMBEDDING_INPUTS,
+    Name,
+    as_list,
+    check_batch,
+    text_or_tokens,
+)
 
 
 class EmbeddingRequest(OpenAIRequest):
     """POST /v1/embeddings body."""
 
-    model: str
-    input: EmbeddingInput
+    model: Name
+    input: text_or_tokens("input")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
-    user: str | None = None
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS)
+    user: Name | None = None
 
     @field_validator("input")
     @classmethod
-    def _non_empty(cls, value: str | list) -> str | list:
-        if not value:
-            raise ValueError("input must not be empty")
-        if isinstance(value, list) and not isinstance(value[0], int):
-            if len(value) > MAX_INPUTS:
-                raise ValueError(f"at most {MAX_INPUTS} inputs are allowed per request")
-            if any(not item for item in value):
-                raise ValueError("input must not contain empty strings or empty token lists")
+    def _bounded(cls, value: str | list) -> str | list:
+        check_batch(value, "input", MAX_EMBEDDING_INPUTS)
         return value
 
     def inputs(self) -> list[str] | list[list[int]]:
         """The batch the backend embeds: a single string or token list becomes a batch of one."""
-        if isinstance(self.input, str) or isinstance(self.input[0], int):
-            return [self.input]  # type: ignore[list-item]
-        return list(self.input)  # type: ignore[arg-type]
+        return as_list(self.input)
 
     def check_dimensions(self, model_dimensions: int) -> None:
         """Refuse a `dimensions` other than the model's own (no truncation is done here)."""

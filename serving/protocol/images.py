@@ -1,6 +1,7 @@
 """/v1/images/generations: request and response models mirroring OpenAI's image API, plus diffusion extensions."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -9,10 +10,17 @@ from pydantic import AliasChoices, Field
 from models.images.types import ImageParams
 from serving.errors import InvalidRequestError
 from serving.protocol.common import OpenAIRequest, OpenAIResponse
+from serving.protocol.limits import (
+    MAX_IMAGE_PROMPT_CHARS,
+    MAX_IMAGE_SIDE,
+    MAX_IMAGE_STEPS,
+    MAX_IMAGES,
+    Name,
+    Seed,
+    text,
+)
 
-MAX_IMAGES = 10  # as OpenAI
-MAX_STEPS = 200
-MAX_PROMPT_CHARS = 4000  # as OpenAI's dall-e-3
+_SIZE = re.compile(r"([0-9]{1,9})x([0-9]{1,9})")  # ASCII digits only: str.isdigit() also accepts '²'
 
 
 @dataclass(frozen=True)
@@ -44,22 +52,22 @@ class ImageDefaults:
 class ImageGenerationRequest(OpenAIRequest):
     """POST /v1/images/generations body; seed, num_inference_steps, guidance_scale, negative_prompt extend it."""
 
-    model: str
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    model: Name
+    prompt: text(MAX_IMAGE_PROMPT_CHARS, min_chars=1)
     n: int = Field(default=1, ge=1, le=MAX_IMAGES)
-    size: str | None = None  # "WxH" or "auto"
+    size: Name | None = None  # "WxH" or "auto"
     response_format: Literal["url", "b64_json"] | None = None  # None: b64_json (this server hosts no files)
-    output_format: str | None = None
+    output_format: Name | None = None
     stream: bool = False
-    user: str | None = None
-    seed: int | None = None
+    user: Name | None = None
+    seed: Seed | None = None
     num_inference_steps: int | None = Field(
-        default=None, ge=1, le=MAX_STEPS, validation_alias=AliasChoices("num_inference_steps", "steps")
+        default=None, ge=1, le=MAX_IMAGE_STEPS, validation_alias=AliasChoices("num_inference_steps", "steps")
     )
     guidance_scale: float | None = Field(
         default=None, ge=0.0, le=50.0, validation_alias=AliasChoices("guidance_scale", "guidance")
     )
-    negative_prompt: str | None = None
+    negative_prompt: text(MAX_IMAGE_PROMPT_CHARS) | None = None
 
     def to_image_params(self, defaults: ImageDefaults) -> ImageParams:
         """Backend parameters; image i of n uses seed + i (the client's contract)."""
@@ -78,16 +86,16 @@ class ImageGenerationRequest(OpenAIRequest):
         """(width, height) from "WxH"; both multiples of the model's size_multiple, area within its max_pixels."""
         if self.size in (None, "auto"):
             return defaults.width, defaults.height
-        parts = self.size.lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        match = _SIZE.fullmatch(self.size.lower())
+        if match is None:
             raise InvalidRequestError(f"size must look like '1024x1024', got '{self.size}'.", param="size")
-        width, height = int(parts[0]), int(parts[1])
+        width, height = int(match[1]), int(match[2])
         m = defaults.size_multiple
         if width < m or height < m or width % m or height % m:
             raise InvalidRequestError(
                 f"size {self.size} is not supported: width and height must be positive multiples of {m}.", param="size"
             )
-        if width * height > defaults.max_pixels:
+        if width * height > defaults.max_pixels or max(width, height) > MAX_IMAGE_SIDE:
             raise InvalidRequestError(
                 f"size {self.size} is too large for this model: at most {defaults.max_pixels} pixels "
                 f"(default {defaults.width}x{defaults.height}).",

@@ -33,11 +33,12 @@ async def test_default_mp3_unsupported_by_the_model_is_a_400(http, oai):
         await oai.audio.speech.create(model=SPEECH, voice="alloy", input="hi")
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"speed": 5}, "speed"), ({"speed": 0.1}, "speed"), ({"input": ""}, "input"), ({"input": "x" * 4097}, "input"),
-    ({"voice": "nobody"}, "voice"), ({"response_format": "ogg"}, "response_format"),
-    ({"stream_format": "sse"}, "stream_format"), ({"voice": 3}, "voice"),
+@pytest.mark.parametrize("body, param, code", [
+    ({"speed": 5}, "speed", None), ({"speed": 0.1}, "speed", None), ({"input": ""}, "input", None),
+    ({"input": "x" * 4097}, "input", "string_above_max_length"), ({"voice": "nobody"}, "voice", None),
+    ({"response_format": "ogg"}, "response_format", None), ({"stream_format": "sse"}, "stream_format", None),
+    ({"voice": 3}, "voice", None),
 ])
-async def test_invalid_requests(http, body, param):
+async def test_invalid_requests(http, body, param, code):
     base = {"model": SPEECH, "voice": "alloy", "input": "hi", "response_format": "wav"}
-    assert_error(await http.post("/v1/audio/speech", json=base | body), 400, param=param)
+    assert_error(await http.post("/v1/audio/speech", json=base | body), 400, param=param, code=code)

@@ -3,7 +3,9 @@ import pytest
 
 from models.errors import EngineOverloadedError, ModelInputError
 from serving.api.app import build_app
+from serving.clients import ModelCard
 from serving.errors import DeadlineExceededError, ModelUnavailableError, ServerOverloadedError
+from serving.router import ModelRouter, ServedModel
 from tests.api_fakes import CHAT, EMBED, IMAGE, asgi_client, assert_error, fakes  # noqa: F401
 
 USER = [{"role": "user", "content": "hi"}]
@@ -149,34 +151,52 @@ async def test_model_input_error_is_400_with_its_param(http, fakes):
     assert assert_error(r, 400, param="input") == "input too long for this model"
 
 
-class WrappedTaskError(Exception):
-    """Like Ray's RayTaskError: the remote exception travels in `.cause`."""
+class FailingHandle:
+    """A Serve deployment handle whose every call fails as Ray fails it: a RayTaskError carrying the replica's
+    exception in `.cause` (and, as Ray raises it, an instance of the cause's class too)."""
 
-    def __init__(self, cause):
-        super().__init__(f"task failed: {cause!r}")
-        self.cause = cause
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def options(self, **_):
+        return self
+
+    def __getattr__(self, method: str):
+        return self
+
+    async def remote(self, *args):
+        from ray.exceptions import RayTaskError
+
+        raise RayTaskError("embed", "traceback", self.error).as_instanceof_cause()
 
 
-@pytest.mark.parametrize("cause, status, param", [
-    (ModelInputError("bad voice", param="voice"), 400, "voice"),
-    (ServerOverloadedError("busy"), 429, None),
+@pytest.fixture
+def failing_embed():
+    """An app whose embedding model is reached through the real Ray boundary client over a FailingHandle."""
+    from serving.deployments.handle_clients import HandleEmbeddingClient
+
+    def build(error: BaseException):
+        served = ServedModel(ModelCard(EMBED, "embedding", 0), HandleEmbeddingClient(FailingHandle(error)))
+        return asgi_client(build_app(ModelRouter([served])))
+
+    return build
+
+
+@pytest.mark.parametrize("cause, status, param, retry_after", [
+    (ModelInputError("bad voice", param="voice"), 400, "voice", None),
+    (ServerOverloadedError("busy"), 429, None, "1"),
+    (EngineOverloadedError("the model is at capacity"), 429, None, "1"),
+    (ModelUnavailableError("the engine is restarting"), 503, None, "5"),
 ])
-async def test_wrapped_causes_are_unwrapped(http, fakes, cause, status, param):
-    async def wrapped(inputs):
-        raise WrappedTaskError(cause)
-
-    fakes.embed.embed = wrapped
-    r = await http.post("/v1/embeddings", json={"model": EMBED, "input": "x"})
+async def test_errors_raised_in_a_replica_keep_their_status_through_ray(failing_embed, cause, status, param,
+                                                                       retry_after):
+    async with failing_embed(cause) as http:
+        r = await http.post("/v1/embeddings", json={"model": EMBED, "input": "x"})
     assert r.status_code == status and r.json()["error"]["param"] == param
-    assert r.json()["error"]["message"] == cause.message
+    assert r.json()["error"]["message"] == str(cause) and r.headers.get("retry-after") == retry_after
 
 
-async def test_real_ray_task_error_is_unwrapped(http, fakes):
-    exceptions = pytest.importorskip("ray.exceptions")
-
-    async def remote_failure(inputs):
-        raise exceptions.RayTaskError("embed", "traceback", ModelInputError("too long", param="input"))
-
-    fakes.embed.embed = remote_failure
-    r = await http.post("/v1/embeddings", json={"model": EMBED, "input": "x"})
-    assert assert_error(r, 400, param="input") == "too long"
+async def test_an_untyped_error_in_a_replica_is_a_500_without_internals(failing_embed, caplog):
+    async with failing_embed(RuntimeError("secret replica detail")) as http:
+        r = await http.post("/v1/embeddings", json={"model": EMBED, "input": "x"})
+    assert assert_error(r, 500, type_="server_error") == "internal error" and "secret" not in r.text

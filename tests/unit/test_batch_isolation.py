@@ -6,7 +6,6 @@ from models.embeddings.fake import FakeEmbeddingBackend
 from models.errors import ModelInputError
 from serving.deployments.common import ItemError, item_result, run_batch_isolated
 from serving.deployments.embedding import embed_calls
-from serving.errors import InvalidRequestError
 
 
 def test_embed_calls_splits_per_call_and_matches_single_calls():
@@ -30,7 +29,7 @@ def test_one_bad_item_fails_alone():
     out = run_batch_isolated(double_unless_negative, [1, -1, 3])
     assert out[0] == 2 and out[2] == 6
     assert isinstance(out[1], ItemError)
-    with pytest.raises(InvalidRequestError) as e:
+    with pytest.raises(ModelInputError) as e:  # raised as it is: the error map makes it a 400
         item_result(out[1])
     assert e.value.param == "input" and "[-1]" in e.value.message
 
