@@ -6,6 +6,8 @@ from fastapi import FastAPI
 from serving.api import audio, chat, completions, embeddings, images, models
 from serving.api.errors import install_error_handlers
 from serving.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from serving.api.openapi import add_models, amend_openapi
+from serving.protocol.chat import ChatCompletionChunk
 from serving.router import ModelRouter
 
 DEFAULT_MAX_REQUEST_BYTES = 10 * 2**20
@@ -24,4 +26,5 @@ def build_app(
     if api_keys:
         app.add_middleware(ApiKeyMiddleware, api_keys=list(api_keys))
     install_error_handlers(app)
+    amend_openapi(app, lambda schema: add_models(schema, ChatCompletionChunk))  # streamed by chat; no route has it
     return app

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Response
 
 from serving.api.common import get_router, json_response
 from serving.api.generation import ChoiceState, UsageCounter, collect, open_generation
+from serving.api.openapi import streamed
 from serving.api.streaming import MergedStream, sse_response
 from serving.protocol.chat import (
     AssistantMessage,
@@ -37,7 +38,9 @@ class _Meta:
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+@router.post(
+    "/v1/chat/completions", response_model=ChatCompletionResponse, responses=streamed("ChatCompletionChunk")
+)
 async def create_chat_completion(body: ChatCompletionRequest, models: ModelRouter = Depends(get_router)) -> Response:
     """A chat completion; with stream=true, chat.completion.chunk events ending in [DONE]."""
     client = models.client(body.model, "chat")

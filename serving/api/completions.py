@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from models.llm.types import TokenLogprob
 from serving.api.common import get_router, json_response
 from serving.api.generation import UsageCounter, collect, open_generation
+from serving.api.openapi import streamed
 from serving.api.streaming import MergedStream, sse_response
 from serving.clients import GenerationChunk
 from serving.protocol.common import now, random_id
@@ -43,7 +44,7 @@ class _Response:
         return CompletionChoice(index=index, text=prefix + text, logprobs=lps, finish_reason=finish)
 
 
-@router.post("/v1/completions", response_model=CompletionResponse)
+@router.post("/v1/completions", response_model=CompletionResponse, responses=streamed("CompletionResponse"))
 async def create_completion(body: CompletionRequest, models: ModelRouter = Depends(get_router)) -> Response:
     """Completions for each prompt, n each; with stream=true, text_completion events ending in [DONE]."""
     client = models.client(body.model, "chat")

@@ -10,6 +10,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.errors import EngineOverloadedError, ModelInputError
+from serving.api.openapi import add_models, amend_openapi
 from serving.errors import InvalidRequestError, ServerOverloadedError, ServingError
 from serving.protocol.common import ErrorInfo, ErrorResponse
 from serving.protocol.limits import ERROR_CODES
@@ -104,10 +105,28 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Route typed, validation and HTTP errors through `error_response`; the middleware below catches the rest."""
+    """Route typed, validation and HTTP errors through `error_response`; the middleware below catches the rest.
+    The app's OpenAPI schema says so: every operation documents 4XX and 5XX as OpenAI's error body."""
     for exc_type in (ServingError, ModelInputError, EngineOverloadedError, RequestValidationError, HTTPException):
         app.add_exception_handler(exc_type, _handle)
     app.add_middleware(UnhandledErrorMiddleware)
+    amend_openapi(app, _document_errors)
+
+
+def _document_errors(schema: dict) -> None:
+    """Replace FastAPI's documented 422 (never sent: validation errors are 400s) by the error body on 4XX and 5XX."""
+    add_models(schema, ErrorResponse)
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(name, None)
+    body = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            responses.setdefault("4XX", {"description": "Refused: bad input (400), key (401/403), unknown model "
+                                                        "(404), body too large (413), queue full (429)", **body})
+            responses.setdefault("5XX", {"description": "The server or the model failed (500), is unavailable "
+                                                        "(503) or ran out of time (504)", **body})
 
 
 class UnhandledErrorMiddleware:

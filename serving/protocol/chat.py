@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from models.llm.types import SamplingParams, TokenLogprob
 from serving.clients import GenerationRequest
@@ -185,6 +185,8 @@ def _is_none(value: Any) -> bool:
 
 class DeltaMessage(OpenAIResponse):
     """A streamed delta; unset fields are left out of the JSON, as OpenAI does."""
+
+    model_config = ConfigDict(extra="allow", json_schema_serialization_defaults_required=False)
 
     role: str | None = Field(default=None, exclude_if=_is_none)
     content: str | None = Field(default=None, exclude_if=_is_none)

@@ -34,9 +34,9 @@ class OpenAIRequest(BaseModel):
 
 
 class OpenAIResponse(BaseModel):
-    """Base of response bodies."""
+    """Base of response bodies; their JSON schema lists every field as required, since every field is sent."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_serialization_defaults_required=True)
 
 
 class ErrorInfo(OpenAIResponse):

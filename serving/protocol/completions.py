@@ -18,7 +18,7 @@ from serving.protocol.limits import (
     Name,
     Prompt,
     as_list,
-    check_batch,
+    check_total,
     text_or_tokens,
 )
 
@@ -27,7 +27,7 @@ class CompletionRequest(SamplingFields):
     """POST /v1/completions body. Each prompt of a list is generated n times; choice index = prompt_i * n + j."""
 
     model: Name
-    prompt: text_or_tokens("prompt")
+    prompt: text_or_tokens("prompt", MAX_PROMPTS)
     max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS)  # OpenAI's default here; null: up to the context
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
@@ -37,7 +37,7 @@ class CompletionRequest(SamplingFields):
     @field_validator("prompt")
     @classmethod
     def _bounded(cls, prompt: str | list) -> str | list:
-        check_batch(prompt, "prompt", MAX_PROMPTS)
+        check_total(as_list(prompt), "prompt")
         return prompt
 
     def prompts(self) -> list[str | list[int]]:

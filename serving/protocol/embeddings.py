@@ -14,7 +14,7 @@ from serving.protocol.limits import (
     MAX_EMBEDDING_INPUTS,
     Name,
     as_list,
-    check_batch,
+    check_total,
     text_or_tokens,
 )
 
@@ -23,7 +23,7 @@ class EmbeddingRequest(OpenAIRequest):
     """POST /v1/embeddings body."""
 
     model: Name
-    input: text_or_tokens("input")
+    input: text_or_tokens("input", MAX_EMBEDDING_INPUTS)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS)
     user: Name | None = None
@@ -31,7 +31,7 @@ class EmbeddingRequest(OpenAIRequest):
     @field_validator("input")
     @classmethod
     def _bounded(cls, value: str | list) -> str | list:
-        check_batch(value, "input", MAX_EMBEDDING_INPUTS)
+        check_total(as_list(value), "input")
         return value
 
     def inputs(self) -> list[str] | list[list[int]]:

@@ -58,7 +58,7 @@ def bounded_list(item: Any, max_items: int, min_items: int = 0) -> Any:
 Name = text(MAX_NAME_CHARS)
 Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)]
 TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
-TokenIds = list[TokenId]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]  # a prompt as token ids
 Prompt = text(MAX_TEXT_CHARS)  # the per-request totals below bound several of them together
 StopString = text(MAX_STOP_CHARS)
 
@@ -75,11 +75,13 @@ def too_many(what: str, size: int, limit: int) -> PydanticCustomError:
                                {"what": what, "size": size, "limit": limit})
 
 
-def text_or_tokens(field: str) -> Any:
-    """A text-or-token-ids input (completions' prompt, embeddings' input): one string, strings, token ids, or
-    token-id lists; every string and token id within its caps."""
+def text_or_tokens(field: str, max_items: int) -> Any:
+    """A text-or-token-ids input (completions' prompt, embeddings' input): one string, 1..max_items strings, token
+    ids, or 1..max_items token-id lists; no string or list empty, every one within its caps. check_total bounds
+    their sum."""
+    item = text(MAX_TEXT_CHARS, min_chars=1)
     return Annotated[
-        Prompt | list[Prompt] | TokenIds | list[TokenIds],
+        item | bounded_list(item, max_items, 1) | TokenIds | bounded_list(TokenIds, max_items, 1),
         one_message(f"{field} must be a string, a list of strings, a list of token ids or a list of token-id lists"),
     ]
 
@@ -91,23 +93,13 @@ def as_list(value: str | list) -> list:
     return list(value)
 
 
-def check_batch(value: str | list, field: str, max_items: int) -> None:
-    """A text-or-token-ids input has 1..max_items items, none empty, MAX_TEXT_CHARS characters or ids together."""
-    if not value:
-        raise ValueError(f"{field} must not be empty")
-    items = as_list(value)
-    if len(items) > max_items:
-        raise too_many(f"items in {field}", len(items), max_items)
-    if any(not item for item in items):
-        raise ValueError(f"{field} must not contain empty strings or empty token lists")
-    check_total(items, field)
-
-
 def check_total(items: Iterable[str | list[int]], what: str) -> None:
     """At most MAX_TEXT_CHARS characters (text) or token ids (lists) in `items` together."""
+    items = list(items)
     size = sum(len(item) for item in items)
     if size > MAX_TEXT_CHARS:
-        raise too_long(what, size, MAX_TEXT_CHARS)
+        unit = "token ids" if items and isinstance(items[0], list) else "characters"
+        raise too_long(what, size, MAX_TEXT_CHARS, unit)
 
 
 def one_message(message: str) -> WrapValidator:
@@ -126,7 +118,7 @@ def one_message(message: str) -> WrapValidator:
     return WrapValidator(validate)
 
 
-_SAYS_MORE = {*ERROR_CODES, "greater_than_equal", "less_than_equal"}  # errors of a union branch of the right type
+_SAYS_MORE = {*ERROR_CODES, "greater_than_equal", "less_than_equal", "string_too_short", "too_short"}  # errors of a union branch of the right type
 
 
 def _located(error: dict) -> str:
