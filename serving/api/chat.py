@@ -6,7 +6,7 @@ from typing import AsyncIterator
 
 from fastapi import APIRouter, Depends, Response
 
-from serving.api.common import get_router, json_response
+from serving.api.common import context_size, get_router, json_response
 from serving.api.generation import ChoiceState, UsageCounter, collect, open_generation
 from serving.api.openapi import streamed
 from serving.api.streaming import MergedStream, sse_response
@@ -45,7 +45,8 @@ async def create_chat_completion(body: ChatCompletionRequest, models: ModelRoute
     """A chat completion; with stream=true, chat.completion.chunk events ending in [DONE]."""
     client = models.client(body.model, "chat")
     meta = _Meta(id=random_id("chatcmpl"), created=now(), model=body.model)
-    stream = await open_generation(client, [body.to_generation_request(meta.id)])
+    request = body.to_generation_request(meta.id, context_size(models.card(body.model)))
+    stream = await open_generation(client, [request])
     if body.stream:
         return sse_response(_chunks(stream, body, meta), stream)
     choices, usage = await collect(stream, body.n)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastapi import Request, Response
 from pydantic import BaseModel
 
+from serving.clients import ModelCard
 from serving.router import ModelRouter
 
 
@@ -18,3 +19,9 @@ async def get_router(request: Request) -> ModelRouter:
 def json_response(body: BaseModel, status_code: int = 200) -> Response:
     """Serialize with pydantic directly (skips FastAPI's re-validation of large bodies such as embeddings)."""
     return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+def context_size(card: ModelCard) -> int | None:
+    """The LLM's context size (prompt + completion tokens) when its card states it (`max_model_len`)."""
+    value = card.metadata.get("max_model_len")
+    return int(value) if value else None

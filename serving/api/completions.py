@@ -7,7 +7,7 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Depends, Response
 
 from models.llm.types import TokenLogprob
-from serving.api.common import get_router, json_response
+from serving.api.common import context_size, get_router, json_response
 from serving.api.generation import UsageCounter, collect, open_generation
 from serving.api.openapi import streamed
 from serving.api.streaming import MergedStream, sse_response
@@ -49,7 +49,8 @@ async def create_completion(body: CompletionRequest, models: ModelRouter = Depen
     """Completions for each prompt, n each; with stream=true, text_completion events ending in [DONE]."""
     client = models.client(body.model, "chat")
     response = _Response(body)
-    stream = await open_generation(client, body.to_generation_requests(response.id))
+    requests = body.to_generation_requests(response.id, context_size(models.card(body.model)))
+    stream = await open_generation(client, requests)
     if body.stream:
         return sse_response(_chunks(stream, response), stream)
     choices, usage = await collect(stream, body.n)

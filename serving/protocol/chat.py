@@ -91,21 +91,24 @@ class ChatCompletionRequest(SamplingFields):
         check_total((part for m in messages for part in m.texts()), "the messages' text")
         return messages
 
-    def to_sampling_params(self) -> SamplingParams:
-        """Engine parameters; max_completion_tokens wins over max_tokens, and None means up to the context size."""
+    def to_sampling_params(self, context: int | None = None) -> SamplingParams:
+        """Engine parameters; max_completion_tokens wins over max_tokens, and None means up to the context size
+        (`context`: the model's, when known)."""
         self._reject_unsupported()
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs to be true.", param="top_logprobs")
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         top = (self.top_logprobs or 0) if self.logprobs else None
-        self.check_logprob_entries(top, self.n, max_tokens)
+        self.check_context(["".join(part for m in self.messages for part in m.texts())], "messages", max_tokens,
+                           context)
+        self.check_logprob_entries(top, self.n, max_tokens or context)
         return self.sampling_params(max_tokens=max_tokens, top_logprobs=top)
 
-    def to_generation_request(self, request_id: str) -> GenerationRequest:
+    def to_generation_request(self, request_id: str, context: int | None = None) -> GenerationRequest:
         """The engine-side request: messages flattened to {"role", "content": str}, n choices (seed + i each)."""
         return GenerationRequest(
             request_id=request_id,
-            params=self.to_sampling_params(),
+            params=self.to_sampling_params(context),
             messages=[m.to_engine_message() for m in self.messages],
             n=self.n,
         )

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from models.llm.types import SamplingParams
 from serving.errors import InvalidRequestError
 from serving.protocol.limits import (
+    MAX_CHARS_PER_TOKEN,
     MAX_CHOICES,
     MAX_LOGPROB_ENTRIES,
     MAX_STOP_SEQUENCES,
@@ -116,9 +117,31 @@ class SamplingFields(OpenAIRequest):
             raise ValueError("top_k must be -1 (disabled) or at least 1")
         return top_k
 
+    @staticmethod
+    def check_context(prompts: list[str | list[int]], param: str, max_tokens: int | None, context: int | None) -> None:
+        """What the model's context size (None: unknown) tells before any tokenizer runs: max_tokens leaves room for
+        a prompt, and no prompt (the text or token ids of one engine request) can be too long to fit, at
+        MAX_CHARS_PER_TOKEN characters or one id per token."""
+        if context is None:
+            return
+        if max_tokens is not None and max_tokens >= context:
+            raise InvalidRequestError(
+                f"max_tokens is too large: {max_tokens}. This model's maximum context length is {context} tokens, "
+                "prompt and completion together.", param="max_tokens", code="context_length_exceeded",
+            )
+        for prompt in prompts:
+            ids = isinstance(prompt, list)
+            limit = context - 1 if ids else context * MAX_CHARS_PER_TOKEN
+            if len(prompt) > limit:
+                raise InvalidRequestError(
+                    f"This model's maximum context length is {context} tokens; the {param} has {len(prompt)} "
+                    f"{'token ids' if ids else 'characters'}, more than can fit.",
+                    param=param, code="context_length_exceeded",
+                )
+
     def check_logprob_entries(self, top_logprobs: int | None, choices: int, max_tokens: int | None) -> None:
         """Refuse a response of more than MAX_LOGPROB_ENTRIES logprob entries (choices x (top + 1) x tokens); an
-        unknown max_tokens (up to the model's context, which the request does not know) is not checked here."""
+        unknown max_tokens (no max_tokens, and a model whose context size is unknown) is not checked here."""
         if top_logprobs is None or max_tokens is None:
             return
         entries = choices * (top_logprobs + 1) * max_tokens

@@ -44,7 +44,8 @@ class CompletionRequest(SamplingFields):
         """The prompts as a list: a string or a token-id list is one prompt."""
         return as_list(self.prompt)
 
-    def to_sampling_params(self) -> SamplingParams:
+    def to_sampling_params(self, context: int | None = None) -> SamplingParams:
+        """Engine parameters, checked against the model's context size when it is known."""
         self._reject_unsupported()
         sequences = len(self.prompts()) * self.n
         if sequences > MAX_SEQUENCES:
@@ -52,12 +53,13 @@ class CompletionRequest(SamplingFields):
                 f"Too many sequences: {len(self.prompts())} prompts x n={self.n} = {sequences}; at most "
                 f"{MAX_SEQUENCES} are allowed per request.", param="n", code=ARRAY_TOO_LONG,
             )
-        self.check_logprob_entries(self.logprobs, sequences, self.max_tokens)
+        self.check_context(self.prompts(), "prompt", self.max_tokens, context)
+        self.check_logprob_entries(self.logprobs, sequences, self.max_tokens or context)
         return self.sampling_params(max_tokens=self.max_tokens, top_logprobs=self.logprobs)
 
-    def to_generation_requests(self, request_id: str) -> list[GenerationRequest]:
+    def to_generation_requests(self, request_id: str, context: int | None = None) -> list[GenerationRequest]:
         """One engine request per prompt, ids `<request_id>-<prompt_i>`, each with n choices (seed + j each)."""
-        params = self.to_sampling_params()
+        params = self.to_sampling_params(context)
         return [
             GenerationRequest(request_id=f"{request_id}-{i}", params=params, prompt=prompt, n=self.n)
             for i, prompt in enumerate(self.prompts())

@@ -20,6 +20,9 @@ MAX_LOGPROB_ENTRIES = 2**18  # n x (top_logprobs + 1) x max_tokens: ~13 MB of JS
 
 # Text in, per request (chat messages together, completion prompts together, embedding inputs together).
 MAX_TEXT_CHARS = 2**20  # characters (or token ids); OpenAI's per-message cap was 1,048,576 characters too
+# An LLM prompt longer than this many characters per token of the model's context cannot fit it (SmolLM2's longest
+# token has 81 characters; text averages 3-5): refused before the tokenizer spends seconds on it.
+MAX_CHARS_PER_TOKEN = 32
 MAX_MESSAGES = 2048
 MAX_CONTENT_PARTS = 256  # text parts of one message
 MAX_PROMPTS = 64  # completions: prompts per request; each becomes its own engine request

@@ -8,8 +8,10 @@ import json
 import pytest
 
 from serving.api.app import build_app
+from serving.clients import ModelCard
 from serving.protocol import limits
-from tests.api_fakes import CHAT, EMBED, IMAGE, SPEECH, Fakes, asgi_client
+from serving.router import ServedModel
+from tests.api_fakes import CHAT, EMBED, IMAGE, SPEECH, FakeChatClient, Fakes, asgi_client
 
 MB = 2**20
 USER = [{"role": "user", "content": "hi"}]
@@ -152,3 +154,42 @@ def test_the_corpus_passes_every_cap():
     assert 100_000 > limits.MAX_EMBEDDING_INPUTS and 10_000 > limits.MAX_CONTENT_PARTS
     assert 64 * 16 > limits.MAX_SEQUENCES and 16 * 21 * 1000 > limits.MAX_LOGPROB_ENTRIES
     assert MB > limits.MAX_SPEECH_CHARS and MB > limits.MAX_IMAGE_PROMPT_CHARS and MB > limits.MAX_NAME_CHARS
+
+
+@pytest.fixture
+def with_context():
+    """An app whose chat model's card states its context size (as the registry's cards do from max_model_len)."""
+
+    def build(context: int):
+        fakes = Fakes(chat=FakeChatClient(context_size=context))
+        router = fakes.router()
+        router.replace([ServedModel(ModelCard(CHAT, "chat", 0, metadata={"max_model_len": context}), fakes.chat)])
+        return fakes, asgi_client(build_app(router))
+
+    return build
+
+
+@pytest.mark.parametrize("path, body, param", [
+    (CHAT_PATH, {"max_tokens": 64}, "max_tokens"),
+    (CHAT_PATH, {"max_completion_tokens": 10**9}, "max_tokens"),
+    (CHAT_PATH, {"messages": [{"role": "user", "content": "x" * (64 * limits.MAX_CHARS_PER_TOKEN + 1)}]}, "messages"),
+    (COMPLETIONS, {"prompt": ["hi", "x" * (64 * limits.MAX_CHARS_PER_TOKEN + 1)]}, "prompt"),
+    (COMPLETIONS, {"prompt": [1] * 64}, "prompt"),
+])
+async def test_what_cannot_fit_the_context_is_refused_before_the_model_sees_it(with_context, path, body, param):
+    fakes, client = with_context(64)
+    async with client as http:
+        r = await http.post(path, json=NORMAL[path] | body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text[:300]
+        assert r.json()["error"]["param"] == param and fakes.chat.requests == []
+        fits = {"max_tokens": 63} if "max" in param else {}  # the largest that can fit reaches the model
+        assert (await http.post(path, json=NORMAL[path] | fits)).status_code == 200
+
+
+async def test_logprobs_without_max_tokens_are_bounded_by_the_context(with_context):
+    body = NORMAL[CHAT_PATH] | {"logprobs": True, "top_logprobs": 20, "n": 16}  # 16 x 21 x context entries
+    _, client = with_context(2048)
+    async with client as http:
+        r = await http.post(CHAT_PATH, json=body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "logprobs_too_large", r.text[:300]
+        assert (await http.post(CHAT_PATH, json=body | {"max_tokens": 700})).status_code == 200
