@@ -18,8 +18,9 @@ from serving.router import ModelRouter, ServedModel
 
 log = logging.getLogger("serving.registry")
 
-# Backend options the HTTP layer needs before calling the model (image defaults and limits).
-CARD_OPTIONS = ("default_size", "default_steps", "default_guidance_scale", "size_multiple", "max_pixels")
+# Backend options the HTTP layer needs before calling the model (image defaults and limits, an LLM's context size).
+CARD_OPTIONS = ("default_size", "default_steps", "default_guidance_scale", "size_multiple", "max_pixels",
+                "max_model_len")
 
 
 def model_card(entry: ModelEntry) -> ModelCard:
