@@ -154,6 +154,38 @@ def test_bad_input_gets_openai_error_and_4xx(server, path, body, status):
     assert set(error) >= {"message", "type", "param", "code"} and error["message"]
 
 
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("path, body, param, code", [
+    ("/v1/chat/completions", {"model": CHAT, "messages": HI, "seed": 2**70}, "seed", None),
+    ("/v1/chat/completions", {"model": CHAT, "messages": HI, "seed": -(2**63) - 1}, "seed", None),
+    ("/v1/chat/completions", {"model": CHAT, "messages": HI, "max_tokens": 10**9}, "max_tokens",
+     "context_length_exceeded"),
+    ("/v1/completions", {"model": CHAT, "prompt": "hi", "max_tokens": 10**9}, "max_tokens", "context_length_exceeded"),
+    ("/v1/images/generations", {"model": IMAGE, "prompt": "x", "seed": 2**70}, "seed", None),
+    ("/v1/images/generations", {"model": IMAGE, "prompt": "x", "size": "100000x100000"}, "size", None),
+])
+def test_hostile_values_are_400s_before_the_models(server, path, body, param, code):
+    r = httpx.post(server.base_url + path, json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert (r.json()["error"]["param"], r.json()["error"]["code"]) == (param, code), r.text
+
+
+def test_the_real_engines_take_the_whole_seed_range(client):
+    """int64 seeds at both ends, with n > 1 (choice i uses seed + i, past 2**63 - 1): answered, and the engines
+    keep serving (a seed out of torch's range used to kill the LLM's engine process)."""
+    for seed in (2**63 - 1, -(2**63)):
+        r = client.chat.completions.create(model=CHAT, messages=HI, seed=seed, n=2, max_tokens=4, temperature=1.0)
+        assert [c.index for c in r.choices] == [0, 1]
+        images = client.images.generate(model=IMAGE, prompt="a red square", n=2, response_format="b64_json",
+                                        extra_body={"seed": seed})
+        assert len(images.data) == 2
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    r = client.chat.completions.create(model=CHAT, messages=question, temperature=0, max_tokens=16)
+    assert "Paris" in r.choices[0].message.content
+
+
 def test_oversized_body_gets_413(server):
     body = json.dumps({"model": EMBED, "input": "x" * (11 * 2**20)})
     r = httpx.post(server.base_url + "/v1/embeddings", content=body, headers={"content-type": "application/json"})

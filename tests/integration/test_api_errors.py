@@ -1,9 +1,11 @@
 """Every failure is an OpenAI error body with the right status, and the app keeps serving afterwards."""
+import json
+
 import pytest
 
 from models.errors import EngineOverloadedError, ModelInputError
 from serving.api.app import build_app
-from serving.clients import ModelCard
+from serving.clients import GenerationChunk, ModelCard
 from serving.errors import DeadlineExceededError, ModelUnavailableError, ServerOverloadedError
 from serving.router import ModelRouter, ServedModel
 from tests.api_fakes import CHAT, EMBED, IMAGE, asgi_client, assert_error, fakes  # noqa: F401
@@ -200,3 +202,21 @@ async def test_an_untyped_error_in_a_replica_is_a_500_without_internals(failing_
     async with failing_embed(RuntimeError("secret replica detail")) as http:
         r = await http.post("/v1/embeddings", json={"model": EMBED, "input": "x"})
     assert assert_error(r, 500, type_="server_error") == "internal error" and "secret" not in r.text
+
+
+@pytest.mark.parametrize("error, type_, param", [
+    (ModelUnavailableError("the engine is restarting"), "server_error", None),
+    (ModelInputError("this token cannot be decoded", param="messages"), "invalid_request_error", "messages"),
+    (EngineOverloadedError("the model is at capacity"), "rate_limit_error", None),
+])
+async def test_a_typed_error_after_the_first_event_ends_the_stream_with_its_body(http, fakes, error, type_, param):
+    async def generate(request):
+        yield GenerationChunk(index=0, text="Hel", token_ids=[1], logprobs=None, finish_reason=None,
+                              prompt_tokens=1, completion_tokens=1)
+        raise error
+
+    fakes.chat.generate = generate
+    r = await http.post("/v1/chat/completions", json={"model": CHAT, "messages": USER, "stream": True})
+    assert r.status_code == 200 and "[DONE]" not in r.text
+    last = json.loads(r.text.strip().split("\n\n")[-1].removeprefix("data: "))
+    assert last == {"error": {"message": str(error), "type": type_, "param": param, "code": None}}
