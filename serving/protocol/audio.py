@@ -8,7 +8,7 @@ from pydantic import Field
 from models.speech.types import SpeechParams
 from serving.errors import InvalidRequestError
 from serving.protocol.common import OpenAIRequest
-from serving.protocol.limits import MAX_SPEECH_CHARS, Name, one_message, text
+from serving.protocol.limits import MAX_SPEECH_CHARS, MAX_SPEED, MIN_SPEED, Name, one_message, text
 
 AudioFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
@@ -24,7 +24,7 @@ class SpeechRequest(OpenAIRequest):
     input: text(MAX_SPEECH_CHARS, min_chars=1)
     voice: Annotated[Name | VoiceId, one_message("voice must be a voice name or an object with an 'id'")]
     response_format: AudioFormat = "mp3"  # OpenAI's default; the speech client refuses formats it cannot encode
-    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    speed: float = Field(default=1.0, ge=MIN_SPEED, le=MAX_SPEED)
     instructions: text(MAX_SPEECH_CHARS) | None = None  # a style hint; models here have no way to follow it
     stream_format: Literal["sse", "audio"] | None = None
 

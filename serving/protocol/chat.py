@@ -12,6 +12,7 @@ from serving.protocol.common import MIN_LOGPROB, OpenAIRequest, OpenAIResponse, 
 from serving.protocol.limits import (
     MAX_CONTENT_PARTS,
     MAX_MESSAGES,
+    MAX_MODALITIES,
     MAX_TOKENS,
     MAX_TOP_LOGPROBS,
     Name,
@@ -83,7 +84,7 @@ class ChatCompletionRequest(SamplingFields):
     functions: list[Any] | None = None
     function_call: Any = None
     audio: Any = None
-    modalities: bounded_list(Name, 8) | None = None
+    modalities: bounded_list(Name, MAX_MODALITIES) | None = None
 
     @field_validator("messages")
     @classmethod

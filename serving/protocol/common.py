@@ -15,6 +15,7 @@ from serving.protocol.limits import (
     MAX_LOGPROB_ENTRIES,
     MAX_STOP_SEQUENCES,
     MAX_STOP_TOKEN_IDS,
+    MAX_TOP_K,
     Name,
     Seed,
     StopString,
@@ -98,7 +99,7 @@ class SamplingFields(OpenAIRequest):
     stream_options: StreamOptions | None = None
     user: Name | None = None
     # Extensions (vLLM names); they map 1:1 onto SamplingParams.
-    top_k: int = Field(default=-1, ge=-1, le=2**31 - 1)
+    top_k: int = Field(default=-1, ge=-1, le=MAX_TOP_K)
     ignore_eos: bool = False
     stop_token_ids: bounded_list(TokenId, MAX_STOP_TOKEN_IDS) | None = None
 

@@ -11,6 +11,7 @@ from serving.errors import InvalidRequestError
 from serving.protocol.common import MIN_LOGPROB, OpenAIResponse, SamplingFields, UsageInfo
 from serving.protocol.limits import (
     ARRAY_TOO_LONG,
+    MAX_BEST_OF,
     MAX_PROMPTS,
     MAX_SEQUENCES,
     MAX_TOKENS,
@@ -32,7 +33,7 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     suffix: Prompt | None = None
-    best_of: int | None = Field(default=None, ge=1)
+    best_of: int | None = Field(default=None, ge=1, le=MAX_BEST_OF)
 
     @field_validator("prompt")
     @classmethod

@@ -11,6 +11,7 @@ from models.images.types import ImageParams
 from serving.errors import InvalidRequestError
 from serving.protocol.common import OpenAIRequest, OpenAIResponse
 from serving.protocol.limits import (
+    MAX_GUIDANCE_SCALE,
     MAX_IMAGE_PROMPT_CHARS,
     MAX_IMAGE_SIDE,
     MAX_IMAGE_STEPS,
@@ -65,7 +66,7 @@ class ImageGenerationRequest(OpenAIRequest):
         default=None, ge=1, le=MAX_IMAGE_STEPS, validation_alias=AliasChoices("num_inference_steps", "steps")
     )
     guidance_scale: float | None = Field(
-        default=None, ge=0.0, le=50.0, validation_alias=AliasChoices("guidance_scale", "guidance")
+        default=None, ge=0.0, le=MAX_GUIDANCE_SCALE, validation_alias=AliasChoices("guidance_scale", "guidance")
     )
     negative_prompt: text(MAX_IMAGE_PROMPT_CHARS) | None = None
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Callable, Iterable
 from pydantic import Field, StringConstraints, ValidationError, WrapValidator
 from pydantic_core import PydanticCustomError
 
-# Sampling (chat and completions).
+# Sampling (chat and completions). Temperature, top_p and the penalties keep OpenAI's ranges, in SamplingFields.
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # int64, as vLLM; torch takes [-2^63, 2^64), so seed + choice stays valid
 MAX_CHOICES = 16  # n; more choices per request would let one caller monopolise the engine
 MAX_TOKENS = 2**31 - 1  # max_tokens beyond any context; what does not fit the model's context is the engine's 400
@@ -16,6 +16,9 @@ MAX_STOP_CHARS = 256  # per stop string; each is searched in the text after ever
 MAX_STOP_TOKEN_IDS = 64
 MAX_TOKEN_ID = 2**31 - 1  # token ids (prompts, stop_token_ids, embeddings input); the model checks its vocabulary
 MAX_TOP_LOGPROBS = 20  # as OpenAI's chat API
+MAX_TOP_K = 2**31 - 1
+MAX_BEST_OF = MAX_CHOICES  # refused unless equal to n, which has its own cap
+MAX_MODALITIES = 8
 MAX_LOGPROB_ENTRIES = 2**18  # n x (top_logprobs + 1) x max_tokens: ~13 MB of JSON in one response
 
 # Text in, per request (chat messages together, completion prompts together, embedding inputs together).
@@ -35,7 +38,9 @@ MAX_IMAGES = 10  # as OpenAI
 MAX_IMAGE_STEPS = 200
 MAX_IMAGE_PROMPT_CHARS = 4000  # as OpenAI's dall-e-3; negative_prompt too
 MAX_IMAGE_SIDE = 16384  # pixels; the model's own max_pixels is the real bound
+MAX_GUIDANCE_SCALE = 50.0
 MAX_SPEECH_CHARS = 4096  # as OpenAI; instructions too
+MIN_SPEED, MAX_SPEED = 0.25, 4.0  # as OpenAI
 
 # Short strings: model ids, user, names, voices, enum-like values.
 MAX_NAME_CHARS = 256

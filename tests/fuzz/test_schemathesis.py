@@ -5,11 +5,14 @@ requests reach the models instead of ending in 404s. Deterministic: a fixed numb
 operation and mode."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import schemathesis
 from schemathesis import GenerationMode
 
 from serving.api.app import build_app
+from serving.router import ModelRouter, ServedModel
 from tests.api_fakes import CHAT, EMBED, IMAGE, SPEECH, FakeChatClient, Fakes
 from tests.fuzz.openapi_fuzz import MODES, cases, fuzz, model_names, one_of, operations, with_properties
 from tests.registry_fakes import admin_stack
@@ -17,12 +20,23 @@ from tests.registry_fakes import admin_stack
 EXAMPLES = 25  # per operation and generation mode
 ADMIN_KEY = "fuzz-admin-key"
 ADMIN_MODEL = "org/fuzzed"
+CONTEXT = 1024  # the fake LLM's context: bounds what a generated request may ask for (ignore_eos runs to it)
 
 
-def public_schema():
+def public_app(fakes: Fakes):
+    """The app over the fakes, the chat model's card stating its context size as the registry's cards do."""
+    cards = {card.id: card for card in fakes.router().cards()}
+    return build_app(ModelRouter([
+        ServedModel(replace(cards[CHAT], metadata={"max_model_len": CONTEXT}), fakes.chat),
+        ServedModel(cards[EMBED], fakes.embed),
+        ServedModel(cards[IMAGE], fakes.image),
+        ServedModel(cards[SPEECH], fakes.speech),
+    ]))
+
+
+def public_schema(fakes: Fakes):
     """The schema /openapi.json serves, with the fakes' model names, voices and formats in it."""
-    fakes = Fakes(chat=FakeChatClient(context_size=2**40))  # room for any max_tokens: more requests get answered
-    app = build_app(fakes.router())
+    app = public_app(fakes)
     properties = model_names({"chat": [CHAT], "embedding": [EMBED], "image": [IMAGE], "speech": [SPEECH]})
     properties["SpeechRequest"] |= {"voice": one_of(fakes.speech.voices), "response_format": one_of(["wav", "pcm"])}
     streams = {"ChatCompletionRequest": ["stream"], "CompletionRequest": ["stream"]}  # half of them streamed
@@ -32,7 +46,14 @@ def public_schema():
     return schema
 
 
-PUBLIC = public_schema()
+FAKES = Fakes(chat=FakeChatClient(context_size=CONTEXT))
+PUBLIC = public_schema(FAKES)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stop_the_fakes():
+    yield
+    FAKES.close()  # the fake LLM's service thread
 
 
 @pytest.mark.parametrize("operation, mode", cases(PUBLIC))
