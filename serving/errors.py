@@ -92,3 +92,13 @@ class DeadlineExceededError(ServingError):
     status_code = 504
     error_type = "server_error"
     default_retry_after = 5.0
+
+
+class RegistryUnavailableError(ModelUnavailableError):
+    """The model registry's database cannot be used now (locked, unreachable, unreadable): retry later (503)."""
+
+    default_retry_after = 2.0
+
+
+class RegistryEntryInvalidError(ServingError):
+    """A registry row this release cannot read (edited by hand, damaged): the server's data, not the request (500)."""
