@@ -100,5 +100,9 @@ class RegistryUnavailableError(ModelUnavailableError):
     default_retry_after = 2.0
 
 
+class ModelExecutionError(ServingError):
+    """The model failed on this request for a reason other than its input (500); the replica logged it once."""
+
+
 class RegistryEntryInvalidError(ServingError):
     """A registry row this release cannot read (edited by hand, damaged): the server's data, not the request (500)."""
