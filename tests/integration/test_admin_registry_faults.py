@@ -43,7 +43,8 @@ async def test_a_locked_registry_is_a_503_with_retry_after_and_reads_go_on(stack
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert (await http.post("/admin/models", json={"name": "emb", "task": "embedding", "source": "fake:"})).status_code == 201
+    r = await http.post("/admin/models", json={"name": "emb", "task": "embedding", "source": "fake:"})
+    assert r.status_code == 201, r.text
 
 
 async def test_a_row_that_cannot_be_read_is_listed_with_its_error_and_the_rest_is_served(stack, http):
