@@ -49,8 +49,9 @@ class ModelNotFoundError(ServingError):
     status_code = 404
     error_type = "invalid_request_error"
 
-    def __init__(self, message: str, param: str | None = "model", code: str | None = "model_not_found"):
-        super().__init__(message, param, code)
+    def __init__(self, message: str, param: str | None = "model", code: str | None = "model_not_found",
+                 retry_after: float | None = None):
+        super().__init__(message, param, code, retry_after)  # the four args, so that it pickles across Ray
 
 
 class NotFoundError(ServingError):

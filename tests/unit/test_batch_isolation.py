@@ -1,6 +1,7 @@
 """Batched deployments: results split back per call, and whatever one item raises fails only its own call."""
 import asyncio
 import logging
+import pickle
 
 import numpy as np
 import pytest
@@ -105,3 +106,16 @@ async def test_an_image_seed_outside_torchs_range_is_the_requests_own_input_erro
     )
     assert [png[:4] for png in good] == [b"\x89PNG"] * 2
     assert type(refused) is ModelInputError and refused.param == "seed"
+
+
+def all_serving_errors(cls=ServingError) -> list[type]:
+    return [cls] + [sub for child in cls.__subclasses__() for sub in all_serving_errors(child)]
+
+
+@pytest.mark.parametrize("cls", all_serving_errors(), ids=lambda c: c.__name__)
+def test_every_typed_error_survives_the_trip_across_ray(cls):
+    """A replica's error reaches the ingress pickled; one that cannot be rebuilt would arrive as a bare 500."""
+    error = cls("what happened", code="some_code")
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), again.message, again.code, again.headers()) == (cls, "what happened", "some_code",
+                                                                         error.headers())
