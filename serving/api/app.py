@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from serving.api import audio, chat, completions, embeddings, images, models
+from serving.api.disconnect import DisconnectMiddleware
 from serving.api.errors import install_error_handlers
 from serving.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from serving.api.openapi import add_models, amend_openapi
@@ -22,6 +23,7 @@ def build_app(
     for module in (chat, completions, embeddings, images, audio, models):
         app.include_router(module.router)
     # Middlewares added later wrap earlier ones: auth runs first (no body is read for a bad key), then the limit.
+    app.add_middleware(DisconnectMiddleware)  # inside the limit: it watches once the body has been read
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
     if api_keys:
         app.add_middleware(ApiKeyMiddleware, api_keys=list(api_keys))
