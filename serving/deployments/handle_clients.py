@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-from ray.serve.exceptions import DeploymentUnavailableError
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 
 from models.errors import EngineOverloadedError, ModelInputError
 from models.images.types import ImageParams
 from models.speech.types import SpeechParams
 from serving.clients import EmbeddingResult, EncodedAudio, GenerationChunk, GenerationRequest
-from serving.errors import ModelNotFoundError, ServingError
+from serving.errors import ModelNotFoundError, ModelUnavailableError, ServingError
 
 TYPED_ERRORS = (ServingError, ModelInputError, EngineOverloadedError)  # what serving.api.errors maps to HTTP
 
@@ -28,6 +29,8 @@ def unwrap(error: BaseException) -> BaseException:
     was raised (the error map in serving.api.errors turns it into HTTP). The only unwrapping of Ray's errors."""
     if isinstance(error, DeploymentUnavailableError):  # the model was undeployed between lookup and call
         return ModelNotFoundError("The model is no longer deployed.")
+    if isinstance(error, (RayActorError, ReplicaUnavailableError)):  # Serve replaces the replica
+        return ModelUnavailableError("The model's replica stopped while answering; retry later.")
     cause = getattr(error, "cause", None)
     if isinstance(cause, TYPED_ERRORS):
         return cause
