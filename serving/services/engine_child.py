@@ -39,20 +39,24 @@ def run(conn: Connection, build: Callable[..., Any], args: tuple) -> None:
     """Build the engine, report it, then serve the parent until told to stop or orphaned."""
     try:
         engine = build(*args)
-        conn.send(EngineReady(EngineInfo.of(engine)))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(EngineFailed(traceback.format_exc()))
+        _report_failure(conn)
         return
     try:
+        conn.send(EngineReady(EngineInfo.of(engine)))
         serve(conn, EngineCore(engine))
     except (EOFError, OSError):  # the parent is gone
         return
     except BaseException:  # noqa: BLE001 - the parent restarts the engine
         log.exception("the engine cannot go on")
-        try:
-            conn.send(EngineFailed(traceback.format_exc()))
-        except OSError:
-            pass
+        _report_failure(conn)
+
+
+def _report_failure(conn: Connection) -> None:
+    try:
+        conn.send(EngineFailed(traceback.format_exc()))
+    except OSError:  # the parent is gone: nobody to tell
+        pass
 
 
 def serve(conn: Connection, core: EngineCore) -> None:

@@ -237,6 +237,9 @@ class LLMService:
                 delay_s = self.restarts.delay_s(self._failures)
                 log.error("restarting the model's engine failed (%d in a row): %s", self._failures, e)
                 continue
+            if self._stop.is_set():  # shut down while it started
+                self.engine.close()
+                return False
             log.info("the model's engine restarted in %.1f s", self._start_s)
             self._available.set()
             return True

@@ -163,3 +163,21 @@ async def test_a_busy_child_reports_its_engines_stats(faulty):
     await collect(faulty, chat("count my steps", max_tokens=50, temperature=0))
     await wait_until(lambda: faulty.engine.stats is not None, what="a stats report")
     assert faulty.engine.stats.steps >= 1
+
+
+async def test_a_seed_torch_cannot_take_fails_that_request_only_and_the_real_engine_goes_on(tmp_path):
+    """Issue 11: `"seed": 2**70` used to kill the engine process (torch.manual_seed raises), and every request
+    after it failed until the replica was replaced."""
+    from tests.fixtures.faulty_llm import build_tiny_hf_engine
+    from tests.fixtures.tiny_llm import build_tiny_llm
+
+    svc = LLMService(lambda: EngineProcess(build_tiny_hf_engine, (build_tiny_llm(str(tmp_path / "m")),)))
+    try:
+        pid = svc.engine.pid
+        with pytest.raises(ServingError) as e:  # a 400 once the seed is checked before the engine, else a 500
+            await collect(svc, chat("hello", seed=2**70, max_tokens=4))
+        assert e.value.status_code in (400, 500) and not isinstance(e.value, ModelUnavailableError)
+        assert await collect(svc, chat("hello", seed=7, max_tokens=4, temperature=1.0))
+        assert svc.engine.pid == pid  # the same engine process answered
+    finally:
+        svc.shutdown()
