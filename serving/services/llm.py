@@ -23,7 +23,8 @@ from models.errors import EngineOverloadedError, ModelInputError
 from models.llm.types import RequestOutput
 from models.llm.validation import validate_request
 from serving.clients import GenerationChunk, GenerationRequest
-from serving.errors import (InvalidRequestError, ModelUnavailableError, ServerOverloadedError, ServingError)
+from serving.errors import (InvalidRequestError, ModelExecutionError, ModelUnavailableError, ServerOverloadedError,
+                            ServingError)
 from serving.services.engine_messages import (AddRequest, EngineClient, EngineDeadError, EngineInfo,
                                               RequestFailed, StepOutputs)
 from serving.services.prompts import MAX_CHARS_PER_TOKEN, PromptEncoder
@@ -335,7 +336,8 @@ def _as_client_error(e: Exception) -> ServingError:
         return InvalidRequestError(e.message, param=e.param)
     if isinstance(e, EngineOverloadedError):
         return ServerOverloadedError(str(e))
-    return ServingError("Generation failed in the model's engine; see the server log.", code="generation_failed")
+    return ModelExecutionError("Generation failed in the model's engine; the server log has the details.",
+                               code="model_error")
 
 
 def _to_chunk(index: int, out: RequestOutput) -> GenerationChunk:

@@ -221,7 +221,7 @@ async def test_a_request_the_engine_refuses_fails_alone_with_its_own_status():
         with pytest.raises(ServingError) as failed:
             await collect(svc, chat("ADD-RAISES"))
         assert refused.value.param == "messages"
-        assert failed.value.status_code == 500 and failed.value.code == "generation_failed"
+        assert failed.value.status_code == 500 and failed.value.code == "model_error"
         assert first.text + "".join([c.text async for c in running]) == "keeps going"
         assert svc._pending == 0
     finally:
