@@ -1,13 +1,12 @@
-"""Who may use /admin: holders of server.admin_api_keys; with no admin keys set, loopback clients only.
+"""Who may use /admin: holders of an admin key (server.admin_api_keys, or a key with the admin scope made with
+/admin/keys); with no admin key anywhere, loopback clients only.
 
-Separate from server.api_keys (an API key never grants admin). Checked in an ASGI middleware, before any body is
+Scopes keep them apart: an inference key never grants admin. Checked in an ASGI middleware, before any body is
 read. Also names the caller for the registry's created_by / updated_by: the X-Openserve-User header
 (informational) and how the caller got in.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import re
 
@@ -17,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.api.errors import error_response
 from serving.errors import AuthenticationError, PermissionDeniedError
+from serving.keys.ring import KeyRing
 
 OPEN_PATHS = frozenset({"/admin/docs", "/admin/openapi.json"})  # documentation only
 
@@ -33,24 +33,25 @@ def _bearer(headers: Headers) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def credential(scope: Scope, keys: list[bytes]) -> str:
-    """How the caller got in ("key:<hash prefix>" or "loopback"); raises AuthenticationError (401) or
-    PermissionDeniedError (403)."""
-    if keys:
+def credential(scope: Scope, ring: KeyRing) -> str:
+    """How the caller got in ("key:<key id>" or "loopback"); raises AuthenticationError (401) or
+    PermissionDeniedError (403). While any admin key exists (the YAML's admin_api_keys, or a registry key with the
+    admin scope), /admin needs one, from anywhere; with none, loopback clients only."""
+    if ring.admin_required:
         token = _bearer(Headers(scope=scope))
         if token is None:
             raise AuthenticationError("Missing admin key: send it as 'Authorization: Bearer <key>'.",
                                       code="invalid_api_key")
-        valid = False
-        for key in keys:  # no early exit: the time taken says nothing about which key nearly matched
-            valid |= hmac.compare_digest(key, token.encode())
-        if not valid:
+        record = ring.authenticate(token)
+        if record is None:
             raise AuthenticationError("Incorrect admin key provided.", code="invalid_api_key")
-        return "key:" + hashlib.sha256(token.encode()).hexdigest()[:8]
+        if not record.allows("admin"):
+            raise PermissionDeniedError("This API key does not have the `admin` scope.", code="insufficient_scope")
+        return "key:" + record.id
     client = scope.get("client")
     if not is_loopback(client[0] if client else None):
         raise PermissionDeniedError(
-            "The admin API answers loopback clients only, unless server.admin_api_keys is set.",
+            "The admin API answers loopback clients only, unless an admin key is set.",
             code="admin_loopback_only",
         )
     return "loopback"
@@ -59,16 +60,16 @@ def credential(scope: Scope, keys: list[bytes]) -> str:
 class AdminAuthMiddleware:
     """401 / 403 before the request reaches a route; the route reads the caller's name with `admin_actor`."""
 
-    def __init__(self, app: ASGIApp, admin_api_keys: list[str]):
+    def __init__(self, app: ASGIApp, ring: KeyRing):
         self.app = app
-        self._keys = [key.encode() for key in admin_api_keys]
+        self.ring = ring
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         try:
-            how = credential(scope, self._keys)
+            how = credential(scope, self.ring)
         except (AuthenticationError, PermissionDeniedError) as error:
             await error_response(error)(scope, receive, send)
             return
