@@ -99,7 +99,7 @@ class KeyAdmin:
 
     async def revoke(self, key_id: str, actor: str) -> KeyRecord:
         record = await asyncio.to_thread(self.store.revoke, key_id)
-        self.ring.remove(key_id)
+        self.ring.remove(record)
         log.info("key %s revoked by %s", key_id, actor)
         return record
 

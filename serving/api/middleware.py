@@ -74,7 +74,7 @@ def _log_access(info: RequestInfo, status: int, latency_s: float, scope: Scope) 
     extra = " ".join(f"{k}={v}" for k, v in used.items() if v)
     access_log.info("%s %s %d %.1fms model=%s key=%s%s", info.method, info.path, status, latency_s * 1e3,
                     info.model or "-", fields["key_id"] or "-", " " + extra if extra else "",
-                    extra={"fields": fields})
+                    extra={"fields": fields, "request_id": info.request_id})
 
 
 class KeyAuthMiddleware:

@@ -29,9 +29,13 @@ class KeyRing:
         self._install(self._config)
 
     def _install(self, records: list[KeyRecord]) -> None:
+        """Use `records` (revoked ones included). /v1 needs a key once any inference key exists, even revoked:
+        revoking the last key must not open the server. /admin falls back to loopback-only when no admin key is
+        usable any more (never more open than the default)."""
+        self._records = {r.id: r for r in records}
         by_hash = {r.key_hash: r for r in records if r.revoked_at is None}
         self._by_hash = by_hash  # one assignment: a lookup sees the old ring or the new one
-        self.inference_required = any(r.allows("inference") for r in by_hash.values())
+        self.inference_required = any(r.allows("inference") for r in records)
         self.admin_required = any(r.allows("admin") for r in by_hash.values())
         live = {r.id: r for r in by_hash.values()}
         self._limiters = {i: lim for i, lim in self._limiters.items() if i in live and lim.limits == live[i].limits}
@@ -50,16 +54,13 @@ class KeyRing:
             limiter = self._limiters[record.id] = KeyLimiter(record.limits, self.clock)
         return limiter
 
-    def records(self) -> list[KeyRecord]:
-        return list(self._by_hash.values())
-
     def add(self, record: KeyRecord) -> None:
         """A key created through this ingress: usable at once."""
-        self._install([*self._by_hash.values(), record])
+        self._install([*self._records.values(), record])
 
-    def remove(self, key_id: str) -> None:
+    def remove(self, revoked: KeyRecord) -> None:
         """A key revoked through this ingress: refused from now on."""
-        self._install([r for r in self._by_hash.values() if r.id != key_id])
+        self._install([revoked if r.id == revoked.id else r for r in self._records.values()])
 
     async def refresh(self) -> None:
         """Reload from the registry if its keys changed since the last load."""
@@ -68,7 +69,7 @@ class KeyRing:
         generation = await asyncio.to_thread(self.store.generation)
         if generation == self._generation:
             return
-        stored = await asyncio.to_thread(self.store.list, False)
+        stored = await asyncio.to_thread(self.store.list)
         self._install(self._config + stored)
         self._generation = generation
 
