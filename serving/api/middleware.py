@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,10 +27,12 @@ class RequestMiddleware:
     and set for every log line of the request; then counts it in the metrics and writes its access-log line (one
     per request, after its last byte; probes and scrapes are counted but not logged)."""
 
-    def __init__(self, app: ASGIApp, *, access_log_enabled: bool = True, metrics_enabled: bool = True):
+    def __init__(self, app: ASGIApp, *, access_log_enabled: bool = True, metrics_enabled: bool = True,
+                 on_request: Callable[[str], None] | None = None):
         self.app = app
         self.access_log_enabled = access_log_enabled
         self.metrics_enabled = metrics_enabled
+        self.on_request = on_request  # e.g. hand the id on to the model replicas' log lines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,6 +44,8 @@ class RequestMiddleware:
         scope.setdefault("state", {})[STATE_KEY] = info
         id_header = (b"x-request-id", info.request_id.encode())
         token = REQUEST_ID.set(info.request_id)
+        if self.on_request is not None:
+            self.on_request(info.request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -32,7 +32,8 @@ class RouterReadiness:
 
 class RegistryReadiness:
     """The registry's deployed models, each "ready" once this ingress routes it (so /ready turns 200 only when
-    requests for every model get through here), else the registry's status (deploying, failed, ...)."""
+    requests for every model get through here), else the registry's status (deploying, failed, ...), or "routing"
+    while the registry says ready but this ingress has not picked the model up yet."""
 
     def __init__(self, store, router: ModelRouter):
         self.store = store
@@ -41,7 +42,13 @@ class RegistryReadiness:
     async def models(self) -> dict[str, str]:
         entries = await asyncio.to_thread(self.store.list)
         routed = {card.id for card in self.router.cards()}
-        return {e.name: "ready" if e.name in routed else e.status for e in entries if e.deployed}
+        return {e.name: _readiness(e.status, e.name in routed) for e in entries if e.deployed}
+
+
+def _readiness(status: str, routed: bool) -> str:
+    if routed:
+        return "ready"
+    return "routing" if status in ("ready", "updating") else status
 
 
 @router.get("/health")

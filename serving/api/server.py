@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from starlette.types import ASGIApp
 
 from serving.admin.app import AdminSwitch, build_admin_app
@@ -24,8 +26,10 @@ from serving.router import ModelRouter
 
 
 def build_server_app(config: ServerConfig, store: RegistryStore, router: ModelRouter, admin: RegistryAdmin,
-                     scraper: Scraper | None = None) -> tuple[ASGIApp, KeyRing]:
-    """The ASGI app and its key ring (whose `run()` the caller schedules, to follow the registry's keys)."""
+                     scraper: Scraper | None = None,
+                     on_request: Callable[[str], None] | None = None) -> tuple[ASGIApp, KeyRing]:
+    """The ASGI app and its key ring (whose `run()` the caller schedules, to follow the registry's keys).
+    `on_request(request_id)` runs in each request's context before anything else."""
     keys = KeyStore(store.engine)
     ring = KeyRing(config_records(config.api_keys, config.admin_api_keys), keys, config.keys_refresh_s)
     public = build_app(router, max_request_bytes=config.max_request_bytes, keys=ring,
@@ -33,5 +37,5 @@ def build_server_app(config: ServerConfig, store: RegistryStore, router: ModelRo
     admin_app = build_admin_app(admin, max_request_bytes=config.max_request_bytes, ring=ring,
                                 key_admin=KeyAdmin(keys, ring))
     app = RequestMiddleware(AdminSwitch(public, admin_app), access_log_enabled=config.access_log,
-                            metrics_enabled=config.metrics)
+                            metrics_enabled=config.metrics, on_request=on_request)
     return app, ring

@@ -8,6 +8,8 @@ from ray import serve
 from serving.clients import GenerationChunk, GenerationRequest
 from serving.config import ModelConfig
 from serving.deployments.common import load_backend
+from serving.metrics.models import observe_generation
+from serving.deployments.observability import model_replica
 from serving.services.engine_process import EngineProcess
 from serving.services.llm import LLMService
 
@@ -32,11 +34,12 @@ class ChatDeployment:
         else:
             engine = EngineProcess(build_engine, (spec, data_dir))
         self.service = LLMService(engine)
+        model_replica(self.model.name)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
         """Streams lists of chunks (all those ready at once: one Ray stream item each); when the caller goes away
         Ray cancels this generator and the service aborts the request, freeing its KV slot within one step."""
-        async for chunks in self.service.generate_batches(request):
+        async for chunks in observe_generation(self.model.name, self.service.generate_batches(request)):
             yield chunks
 
     def check_health(self) -> None:

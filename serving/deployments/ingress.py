@@ -18,7 +18,7 @@ from serving.api.server import build_server_app
 from serving.config import ModelConfig, ServerConfig
 from serving.deployments.handle_clients import HANDLE_CLIENTS
 from serving.logs import configure_logging
-from serving.metrics.ray_setup import ingress_scraper
+from serving.deployments.observability import ingress_scraper, tag_serve_request
 from serving.registry.routes import RegistryRoutes
 from serving.registry.store import RegistryStore
 from serving.router import ModelRouter
@@ -61,7 +61,7 @@ class Ingress:
 
         admin = RegistryAdmin(store, notify, refresh=self._routes.refresh)
         scraper = ingress_scraper(store) if config.metrics else None
-        app, keys = build_server_app(config, store, router, admin, scraper)
+        app, keys = build_server_app(config, store, router, admin, scraper, on_request=tag_serve_request)
         self._keys = loop.create_task(keys.run())
         self._server = http_server(app, config.host, config.port)
         self._serving = loop.create_task(_serve(self._server))

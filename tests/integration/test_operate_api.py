@@ -236,6 +236,8 @@ async def test_ready_names_the_deployed_models_not_yet_routed_and_health_is_alwa
                                                                               {"late-model": "deploying"})
         assert (await http.get("/ready", params={"model": "late-model"})).status_code == 503
         assert (await http.get("/ready", params={"model": "nope"})).status_code == 404
+        stack.store.set_status("late-model", "ready")  # the registry says ready; this ingress does not route it yet
+        assert (await http.get("/ready")).json()["models"] == {"late-model": "routing"}
         late = ServedModel(ModelCard("late-model", "embedding", 0), FakeEmbeddingClient())
         stack.router.replace([*(ServedModel(card, None) for card in stack.router.cards()), late])  # now routed
         r = await http.get("/ready")
