@@ -243,4 +243,4 @@ async def test_ready_names_the_deployed_models_not_yet_routed_and_health_is_alwa
         r = await http.get("/ready")
         assert (r.status_code, r.json()) == (200, {"status": "ready", "models": {"late-model": "ready"}})
         text = (await http.get("/metrics")).text
-    assert scrape(text)[("openserve:model_status", (("model", "late-model"), ("status", "deploying")))] == 1
+    assert scrape(text)[("openserve:model_status", (("model", "late-model"), ("status", "ready")))] == 1
