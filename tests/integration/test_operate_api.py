@@ -244,3 +244,21 @@ async def test_ready_names_the_deployed_models_not_yet_routed_and_health_is_alwa
         assert (r.status_code, r.json()) == (200, {"status": "ready", "models": {"late-model": "ready"}})
         text = (await http.get("/metrics")).text
     assert scrape(text)[("openserve:model_status", (("model", "late-model"), ("status", "ready")))] == 1
+
+
+async def test_a_scrape_does_not_wait_for_a_busy_model(tmp_path):
+    """/metrics never calls a model client: it answers while every embedding call is held."""
+    gated = GatedEmbeddings()
+    stack = Stack(tmp_path, Fakes(embed=gated))
+    held = asyncio.create_task(embed(stack.oai()))
+    deadline = time.monotonic() + 10
+    while gated.arrived < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    async with stack.http() as http:
+        r = await asyncio.wait_for(http.get("/metrics"), 5)
+        ready = await asyncio.wait_for(http.get("/ready"), 5)
+    assert r.status_code == 200 and "# TYPE openserve:model_status gauge" in r.text and ready.status_code == 200
+    assert gated.arrived == 1 and not held.done()
+    gated.gate.set()
+    await held
+    stack.store.close()
