@@ -2,11 +2,14 @@
 tagged with the id of the request it belongs to (X-Request-Id), if any."""
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextvars
 import json
 import logging
 import sys
 import time
+from typing import IO
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("openserve_request_id", default=None)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
@@ -21,22 +24,63 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def json_line(created: float, level: str, logger: str, request_id: str | None, message: str,
+              fields: dict | None = None) -> str:
+    """One JSON object: time (UTC, ISO 8601, ms), level, logger, request_id, message, then `fields`."""
+    line = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z",
+        "level": level, "logger": logger, "request_id": request_id, "message": message,
+    }
+    line.update(fields or {})
+    return json.dumps(line, default=str)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, request_id, message, the access log's fields
-    (record.fields) and the exception, if any."""
+    """One JSON object per line (json_line), with the exception, if any."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "request_id": getattr(record, "request_id", None) if getattr(record, "request_id", "-") != "-" else None,
-            "message": record.getMessage(),
-        }
-        line.update(getattr(record, "fields", {}))
+        request_id = getattr(record, "request_id", "-")
+        fields = dict(getattr(record, "fields", {}))
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+            fields["exception"] = self.formatException(record.exc_info)
+        return json_line(record.created, record.levelname, record.name, None if request_id == "-" else request_id,
+                         record.getMessage(), fields)
+
+
+class AccessLog:
+    """The access log: one line per request, in the same text or JSON layout as the `serving` loggers, formatted
+    directly and written in batches at most `flush_s` apart, from the event loop. Through `logging`, with a flush
+    per line, the line cost more than the request's metrics, key check and id together (cProfile of the ingress
+    app in-process, docs/operations.md)."""
+
+    name = "serving.access"
+
+    def __init__(self, log_format: str = "text", stream: IO[str] | None = None, flush_s: float = 0.2):
+        self.json = log_format == "json"
+        self.stream = stream  # None: sys.stderr at the time of writing
+        self.flush_s = flush_s
+        self._lines: list[str] = []
+        atexit.register(self.flush)
+
+    def write(self, request_id: str, message: str, fields: dict) -> None:
+        now = time.time()
+        if self.json:
+            line = json_line(now, "INFO", self.name, request_id, message, fields)
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+            line = f"{stamp} INFO {self.name} [{request_id}] {message}"
+        self._lines.append(line + "\n")
+        if self.flush_s <= 0:
+            self.flush()
+        elif len(self._lines) == 1:
+            asyncio.get_running_loop().call_later(self.flush_s, self.flush)
+
+    def flush(self) -> None:
+        if self._lines:
+            text, self._lines = "".join(self._lines), []
+            stream = self.stream or sys.stderr
+            stream.write(text)
+            stream.flush()
 
 
 def formatter(log_format: str) -> logging.Formatter:

@@ -2,7 +2,6 @@
 API keys (scope, allow-list, limits); the request-body size limit."""
 from __future__ import annotations
 
-import logging
 import time
 from typing import Callable
 
@@ -13,11 +12,10 @@ from serving.api.errors import error_response
 from serving.errors import (AuthenticationError, PermissionDeniedError, RateLimitExceededError,
                             RequestTooLargeError)
 from serving.keys.ring import KeyRing
-from serving.logs import REQUEST_ID
+from serving.logs import REQUEST_ID, AccessLog
 from serving.metrics import definitions as m
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})  # reachable without an API key (probes, Prometheus)
-access_log = logging.getLogger("serving.access")
 _REQUESTS = m.LabelCache(m.REQUESTS)
 _LATENCY = m.LabelCache(m.E2E_LATENCY)
 
@@ -27,10 +25,10 @@ class RequestMiddleware:
     and set for every log line of the request; then counts it in the metrics and writes its access-log line (one
     per request, after its last byte; probes and scrapes are counted but not logged)."""
 
-    def __init__(self, app: ASGIApp, *, access_log_enabled: bool = True, metrics_enabled: bool = True,
+    def __init__(self, app: ASGIApp, *, access_log: AccessLog | None = None, metrics_enabled: bool = True,
                  on_request: Callable[[str], None] | None = None):
         self.app = app
-        self.access_log_enabled = access_log_enabled
+        self.access_log = access_log  # None: no access log
         self.metrics_enabled = metrics_enabled
         self.on_request = on_request  # e.g. hand the id on to the model replicas' log lines
 
@@ -64,11 +62,11 @@ class RequestMiddleware:
         if self.metrics_enabled:
             _REQUESTS(info.model, info.endpoint, str(status)).inc()
             _LATENCY(info.model, info.endpoint).observe(latency_s)
-        if self.access_log_enabled and info.path not in QUIET_PATHS:
-            _log_access(info, status, latency_s, scope)
+        if self.access_log is not None and info.path not in QUIET_PATHS:
+            _log_access(self.access_log, info, status, latency_s, scope)
 
 
-def _log_access(info: RequestInfo, status: int, latency_s: float, scope: Scope) -> None:
+def _log_access(log: AccessLog, info: RequestInfo, status: int, latency_s: float, scope: Scope) -> None:
     """One line: method, path, status, latency, model, key id (never the key), what the request used."""
     fields = {"method": info.method, "path": info.path, "status": status, "latency_ms": round(latency_s * 1e3, 2),
               "model": info.model or None, "key_id": info.key.id if info.key else None,
@@ -76,10 +74,10 @@ def _log_access(info: RequestInfo, status: int, latency_s: float, scope: Scope) 
     used = {"prompt_tokens": info.prompt_tokens, "completion_tokens": info.completion_tokens,
             "images": info.images, "characters": info.characters}
     fields.update({k: v for k, v in used.items() if v})
-    extra = " ".join(f"{k}={v}" for k, v in used.items() if v)
-    access_log.info("%s %s %d %.1fms model=%s key=%s%s", info.method, info.path, status, latency_s * 1e3,
-                    info.model or "-", fields["key_id"] or "-", " " + extra if extra else "",
-                    extra={"fields": fields, "request_id": info.request_id})
+    extra = "".join(f" {k}={v}" for k, v in used.items() if v)
+    message = (f"{info.method} {info.path} {status} {latency_s * 1e3:.1f}ms model={info.model or '-'} "
+               f"key={fields['key_id'] or '-'}{extra}")
+    log.write(info.request_id, message, fields)
 
 
 class KeyAuthMiddleware:

@@ -20,6 +20,7 @@ from serving.config import ServerConfig
 from serving.keys.records import config_records
 from serving.keys.ring import KeyRing
 from serving.keys.store import KeyStore
+from serving.logs import AccessLog
 from serving.metrics.scrape import Scraper
 from serving.registry.store import RegistryStore
 from serving.router import ModelRouter
@@ -36,6 +37,7 @@ def build_server_app(config: ServerConfig, store: RegistryStore, router: ModelRo
                        readiness=RegistryReadiness(store, router), scraper=scraper if config.metrics else None)
     admin_app = build_admin_app(admin, max_request_bytes=config.max_request_bytes, ring=ring,
                                 key_admin=KeyAdmin(keys, ring))
-    app = RequestMiddleware(AdminSwitch(public, admin_app), access_log_enabled=config.access_log,
-                            metrics_enabled=config.metrics, on_request=on_request)
+    access_log = AccessLog(config.log_format) if config.access_log else None
+    app = RequestMiddleware(AdminSwitch(public, admin_app), access_log=access_log, metrics_enabled=config.metrics,
+                            on_request=on_request)
     return app, ring

@@ -2,7 +2,6 @@
 fake model clients, driven by the official openai client."""
 import asyncio
 import json
-import logging
 import time
 
 import httpx
@@ -14,7 +13,6 @@ from serving.admin.service import RegistryAdmin
 from serving.api.server import build_server_app
 from serving.clients import ModelCard
 from serving.config import ModelConfig, ServerConfig
-from serving.logs import JsonFormatter
 from serving.metrics.scrape import Scraper, model_state_families
 from serving.registry.store import RegistryStore
 from serving.router import ServedModel
@@ -180,22 +178,36 @@ async def test_the_openai_client_retries_after_the_time_the_server_says(stack):
     assert time.monotonic() - started >= 0.5 * waited
 
 
-async def test_request_ids_are_echoed_and_on_the_access_log_line(stack, caplog):
-    caplog.set_level(logging.INFO, logger="serving.access")
+async def test_request_ids_are_echoed_and_on_the_access_log_line(tmp_path, capsys):
+    stack = Stack(tmp_path, log_format="json")
     async with stack.http() as http:
         given = await http.post("/v1/embeddings", json={"model": EMBED, "input": "a b"},
                                 headers={"x-request-id": "trace-123"})
         made = await http.get("/v1/models")
         bad = await http.get("/v1/models", headers={"x-request-id": "bad id\nwith newline"})
+        await http.get("/health")  # a probe: not logged
     assert given.headers["x-request-id"] == "trace-123"
     assert len(made.headers["x-request-id"]) == 24 and bad.headers["x-request-id"] != "bad id\nwith newline"
-    line = next(r for r in caplog.records if r.fields["path"] == "/v1/embeddings")
-    assert line.request_id == "trace-123"
-    assert (line.fields["status"], line.fields["model"], line.fields["prompt_tokens"]) == (200, EMBED, 2)
-    logged = json.loads(JsonFormatter().format(line))
-    assert (logged["request_id"], logged["method"], logged["status"], logged["key_id"]) == ("trace-123", "POST",
-                                                                                           200, None)
-    assert "latency_ms" in logged and logged["message"].startswith("POST /v1/embeddings 200")
+    stack.app.access_log.flush()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["path"] for line in lines] == ["/v1/embeddings", "/v1/models", "/v1/models"]
+    line = lines[0]
+    assert (line["request_id"], line["logger"], line["method"], line["status"], line["model"]) == (
+        "trace-123", "serving.access", "POST", 200, EMBED)
+    assert (line["prompt_tokens"], line["key_id"], line["client"]) == (2, None, "127.0.0.1")
+    assert line["latency_ms"] > 0 and line["message"].startswith("POST /v1/embeddings 200 ")
+    stack.store.close()
+
+
+async def test_text_access_lines_carry_the_request_id_and_the_key_id(tmp_path, capsys):
+    stack = Stack(tmp_path)
+    key = await stack.create_key()
+    await embed(stack.oai(key["key"]))
+    stack.app.access_log.flush()
+    line = [ln for ln in capsys.readouterr().err.splitlines() if "/v1/embeddings" in ln][0]
+    assert " INFO serving.access [" in line and f"key={key['id']}" in line and key["key"] not in line
+    assert line.split("[")[1].split("]")[0] != "-"  # the generated request id
+    stack.store.close()
 
 
 def scrape(text: str) -> dict:
