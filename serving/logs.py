@@ -3,7 +3,6 @@ tagged with the id of the request it belongs to (X-Request-Id), if any."""
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextvars
 import json
 import logging
@@ -59,8 +58,7 @@ class AccessLog:
         self.json = log_format == "json"
         self.stream = stream  # None: sys.stderr at the time of writing
         self.flush_s = flush_s
-        self._lines: list[str] = []
-        atexit.register(self.flush)
+        self._lines: list[str] = []  # written within flush_s; lost if the process dies first
 
     def write(self, request_id: str, message: str, fields: dict) -> None:
         now = time.time()
