@@ -12,6 +12,8 @@ from models.factory import build_backend
 from models.sources import fetch_source
 from serving.config import ModelConfig
 from serving.deployments.merge import BatchMerger
+from serving.deployments.observability import model_replica
+from serving.metrics.models import watch_merger
 
 log = logging.getLogger("serving.deployments")
 
@@ -65,8 +67,11 @@ def batch_merger(batch_method, model: ModelConfig, run: Callable[[list], list]) 
     @serve.batch method forms batches at once, since the merger applies the wait (see merge.py)."""
     batch_method.set_max_batch_size(model.batching.max_batch_size)
     batch_method.set_batch_wait_timeout_s(0.0)
-    return BatchMerger(lambda items: run_batch_isolated(run, items), model.batching.max_batch_size,
-                       wait_s=model.batching.batch_wait_timeout_s)
+    merger = BatchMerger(lambda items: run_batch_isolated(run, items), model.batching.max_batch_size,
+                         wait_s=model.batching.batch_wait_timeout_s)
+    merger.on_pass = watch_merger(model.name, merger)  # metrics: requests per pass, requests waiting
+    model_replica(model.name)
+    return merger
 
 
 @dataclass

@@ -35,10 +35,12 @@ class BatchMerger:
     `max_items` unless one batch alone is larger) into the next run. `run` must return one result per item; if it
     raises, every batch merged into that run gets the exception."""
 
-    def __init__(self, run: Callable[[list], list], max_items: int, wait_s: float = 0.0):
+    def __init__(self, run: Callable[[list], list], max_items: int, wait_s: float = 0.0,
+                 on_pass: Callable[[int], None] | None = None):
         self.run = run
         self.max_items = max_items
         self.wait_s = wait_s  # after a pass of several items, wait up to this long for the next pass to fill
+        self.on_pass = on_pass  # told each pass' item count (the batch-size metric)
         self.last_pass_items = 0
         self._pending: list[tuple[list, asyncio.Future]] = []
         self._arrived = asyncio.Event()
@@ -61,6 +63,8 @@ class BatchMerger:
                 taken = self._take()
                 merged = [item for items, _ in taken for item in items]
                 self.last_pass_items = len(merged)
+                if self.on_pass is not None:
+                    self.on_pass(len(merged))
                 try:
                     results = await asyncio.to_thread(self.run, merged)
                     if len(results) != len(merged):
@@ -90,6 +94,10 @@ class BatchMerger:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 return
+
+    def queued(self) -> int:
+        """Items waiting for a pass (the queue-depth metric)."""
+        return sum(len(items) for items, _ in self._pending)
 
     def _take(self) -> list[tuple[list, asyncio.Future]]:
         taken = [self._pending.pop(0)]
