@@ -53,6 +53,14 @@ class EngineLoad:
     kv_cache_usage: float = 0.0
 
 
+def engine_load(stats: Any) -> EngineLoad:
+    """An EngineLoad from an engine's stats snapshot (models.llm.types.EngineStats: running, waiting, KV slots used
+    and total); no snapshot yet (an engine process that has not reported): nothing running."""
+    if stats is None:
+        return EngineLoad()
+    return EngineLoad(stats.running, stats.waiting, stats.kv_slots_used / max(1, stats.kv_slots_total))
+
+
 def watch_engine(model: str, load: Callable[[], EngineLoad]) -> None:
     """Engine gauges for `model`, read from `load()` whenever this process' metrics are collected."""
     m.RUNNING.labels(model).set_function(lambda: load().running)

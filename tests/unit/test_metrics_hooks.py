@@ -6,7 +6,7 @@ import threading
 from serving.clients import GenerationChunk
 from serving.deployments.merge import BatchMerger
 from serving.metrics.definitions import REGISTRY
-from serving.metrics.models import EngineLoad, observe_generation, watch_engine, watch_merger
+from serving.metrics.models import EngineLoad, engine_load, observe_generation, watch_engine, watch_merger
 
 
 def value(name: str, **labels) -> float:
@@ -90,3 +90,11 @@ def test_engine_gauges_read_the_engine_when_collected():
     assert (value("openserve:num_requests_running", model="hook-e"),
             value("openserve:num_requests_waiting", model="hook-e"),
             value("openserve:kv_cache_usage_perc", model="hook-e")) == (3, 2, 0.25)
+
+
+def test_engine_load_from_an_engine_stats_snapshot():
+    class Stats:  # the fields of models.llm.types.EngineStats that the gauges read
+        running, waiting, kv_slots_used, kv_slots_total = 4, 1, 4, 16
+
+    assert engine_load(Stats()) == EngineLoad(running=4, waiting=1, kv_cache_usage=0.25)
+    assert engine_load(None) == EngineLoad()
