@@ -194,11 +194,9 @@ def test_keys_scopes_allow_list_and_revocation_through_the_openai_client(server)
     with pytest.raises(openai.PermissionDeniedError):
         oai(server, admin["key"]).embeddings.create(model=EMBED, input="hi")
     assert keys_cli(server, "list", admin_key=user["key"]).returncode == 1  # 403: no admin scope
-    started = time.monotonic()
     assert keys_cli(server, "revoke", user["id"], admin_key=admin["key"]).returncode == 0
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.AuthenticationError):  # the very next request: the ring dropped the key at once
         oai(server, user["key"]).embeddings.create(model=EMBED, input="hi")
-    assert time.monotonic() - started < 5  # includes starting the CLI's Python; the ring drops the key at once
     listed = keys_cli(server, "list", "--json", admin_key=admin["key"])
     assert {k["id"]: bool(k["revoked_at"]) for k in json.loads(listed.stdout)} == {user["id"]: True,
                                                                                    admin["id"]: False}
@@ -208,28 +206,22 @@ def test_keys_scopes_allow_list_and_revocation_through_the_openai_client(server)
 def test_n_per_minute_gives_exactly_n_of_3n_concurrent_and_the_client_retries_after_waiting(server):
     limited = create_key(server, "limited", "--rpm", "5", admin_key=ADMIN["key"])
     client = oai(server, limited["key"])
-
-    def one(_):
-        try:
-            return client.embeddings.create(model=EMBED, input="hi")
-        except openai.RateLimitError as e:
-            return e
-
     with ThreadPoolExecutor(15) as pool:
-        results = list(pool.map(one, range(15)))
+        results = list(pool.map(lambda _: one_of(client), range(15)))
     refused = [r for r in results if isinstance(r, openai.RateLimitError)]
     assert len(refused) == 10 and len(results) - len(refused) == 5
     assert all(r.body["code"] == "rate_limit_exceeded" and int(r.response.headers["retry-after"]) >= 1
                for r in refused)
     bursty = create_key(server, "bursty", "--rpm", "20", admin_key=ADMIN["key"])  # a burst of 20, one more every 3 s
     client = oai(server, bursty["key"])
-    wait_for(lambda: isinstance(one_of(client), openai.RateLimitError), 60, "the burst of 60 is used up")
+    wait_for(lambda: isinstance(one_of(client), openai.RateLimitError), 60, "the burst of 20 is used up")
     started = time.monotonic()
     assert len(oai(server, bursty["key"], retries=3).embeddings.create(model=EMBED, input="hi").data) == 1
     assert time.monotonic() - started > 0.2  # it waited for the bucket, as told by retry-after-ms
 
 
 def one_of(client):
+    """An embedding, or the RateLimitError that refused it."""
     try:
         return client.embeddings.create(model=EMBED, input="hi")
     except openai.RateLimitError as e:

@@ -1,8 +1,10 @@
 """API keys: stored as hashes only, revoked for good, reloaded by generation; the YAML's keys (plain or hashed);
 the safe default for non-loopback hosts; check-config never prints a key."""
 import argparse
+import asyncio
 import json
 import sqlite3
+import time
 
 import pytest
 
@@ -13,6 +15,7 @@ from serving.keys.records import KeyLimits, config_records, hash_key
 from serving.keys.ring import KeyRing
 from serving.keys.store import KeyStore
 from serving.registry.store import RegistryStore
+from tests.fixtures.clock import until
 
 
 @pytest.fixture
@@ -60,6 +63,22 @@ async def test_the_ring_follows_the_registry_and_keeps_the_yaml_keys(db):
     keys.revoke(record.id)
     await ring.refresh()
     assert ring.authenticate(secret) is None and ring.authenticate("plain-key-1") is not None
+
+
+async def test_a_key_revoked_elsewhere_is_refused_here_within_a_second(db):
+    """Another ingress (or another process) revokes through the registry: this ring's poll drops the key."""
+    _, keys = db
+    ring = KeyRing([], keys, refresh_s=0.5)
+    record, secret = keys.create("bot", ("inference",), None, KeyLimits(), actor="a")
+    polling = asyncio.create_task(ring.run())
+    try:
+        await until(lambda: ring.authenticate(secret) is not None, timeout_s=5)
+        keys.revoke(record.id)
+        revoked_at = time.monotonic()
+        await until(lambda: ring.authenticate(secret) is None, timeout_s=5)
+        assert time.monotonic() - revoked_at < 1.0
+    finally:
+        polling.cancel()
 
 
 def test_the_ring_says_when_keys_are_required():

@@ -7,6 +7,7 @@ from serving.clients import GenerationChunk
 from serving.deployments.merge import BatchMerger
 from serving.metrics.definitions import REGISTRY
 from serving.metrics.models import EngineLoad, engine_load, observe_generation, watch_engine, watch_merger
+from tests.fixtures.clock import until
 
 
 def value(name: str, **labels) -> float:
@@ -53,13 +54,6 @@ async def test_a_stream_cut_short_is_an_abort_and_one_refused_before_its_first_t
         pass
     assert value("openserve:time_to_first_token_seconds_count", model="hook-c") == 0
     assert value("openserve:prompt_tokens_total", model="hook-c") == 0
-
-
-async def until(predicate, timeout_s: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.005)
 
 
 async def test_a_merger_reports_each_pass_and_what_waits_for_the_next():
