@@ -101,7 +101,7 @@ async def test_a_revoked_key_is_refused_by_the_next_request(stack):
     client = stack.oai(key["key"])
     await embed(client)
     async with stack.http() as http:
-        r = await http.post(f"/admin/keys/{key['id']}/revoke")
+        r = await http.post(f"/admin/keys/{key['id']}/revoke", json={})  # a JSON POST, as the CLI sends
     assert r.status_code == 200 and r.json()["revoked_at"] is not None
     with pytest.raises(openai.AuthenticationError):
         await embed(client)
