@@ -133,9 +133,6 @@ def _start_ray(config: AppConfig, address: str | None) -> None:
 
 
 def up(config: AppConfig, args: argparse.Namespace) -> int:
-    from ray import serve
-
-    from serving.application import APP_NAME, build_application
     from serving.registry import startup
 
     global _JSON_LINES
@@ -148,6 +145,10 @@ def up(config: AppConfig, args: argparse.Namespace) -> int:
         store.close()
         print(f"openserve up: {problem}", file=sys.stderr)
         return 2
+    from ray import serve  # only now: refusing to start must not wait for Ray's import
+
+    from serving.application import APP_NAME, build_application
+
     _start_ray(config, args.address)
     _install_signal_handlers()  # again: ray.init installs its own SIGTERM handler, which aborts the process
     try:
