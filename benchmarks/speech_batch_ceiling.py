@@ -3,9 +3,9 @@ padded batch (the graph takes [B, T] phoneme ids), in this process, no server. P
 
     python -m benchmarks.speech_batch_ceiling [--voice PATH.onnx] [--utterances 8] [--repeat 5]
 
-The server's speech deployment batches requests with @serve.batch but synthesises a batch's texts one after another
-(piper-tts has no batch API). If the padded batch is not faster than one at a time here, no batching in the
-server can be either: measured on 2 CPU cores, 4.4-4.7 utterances/s one at a time and 4.3 as one batch of 8
+The server's speech deployment batches requests (serving/deployments/merge.py) but synthesises a batch's texts one
+after another (piper-tts has no batch API). If the padded batch is not faster than one at a time here, no batching in
+the server can be either: measured on 2 CPU cores, 4.4-4.7 utterances/s one at a time and 4.3 as one batch of 8
 (0.92-0.98x). The other way to run a batch, its utterances spread over single-threaded sessions run in parallel
 threads (one per core), is measured too. With the three ways alternating (5 rounds, two runs): padded batch
 0.99x and 0.94x of one at a time, parallel sessions 1.05x and 1.05x: one utterance alone already uses both cores.

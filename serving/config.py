@@ -20,7 +20,8 @@ class StrictModel(BaseModel):
 
 
 class BatchingConfig(StrictModel):
-    """Ray `@serve.batch` limits: a batch runs when full or when the oldest call has waited this long."""
+    """Per-replica batching (serving/deployments/merge.py): calls per forward pass, and how long the next pass waits
+    for more after a pass of several (embedding, image and speech models)."""
 
     max_batch_size: int = Field(8, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)

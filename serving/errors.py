@@ -49,8 +49,9 @@ class ModelNotFoundError(ServingError):
     status_code = 404
     error_type = "invalid_request_error"
 
-    def __init__(self, message: str, param: str | None = "model", code: str | None = "model_not_found"):
-        super().__init__(message, param, code)
+    def __init__(self, message: str, param: str | None = "model", code: str | None = "model_not_found",
+                 retry_after: float | None = None):
+        super().__init__(message, param, code, retry_after)  # the four args, so that it pickles across Ray
 
 
 class NotFoundError(ServingError):
@@ -101,12 +102,27 @@ class RateLimitExceededError(ServingError):
 
     status_code = 429
 
-    def __init__(self, message: str, kind: str, retry_after: float, limit_headers: dict[str, str] | None = None):
-        super().__init__(message, None, "rate_limit_exceeded", retry_after)
-        self.args = (message, kind, retry_after, limit_headers)
+    def __init__(self, message: str, param: str | None = None, code: str | None = "rate_limit_exceeded",
+                 retry_after: float | None = 1.0, kind: str = "requests", limit_headers: dict[str, str] | None = None):
+        super().__init__(message, param, code, retry_after)
+        self.args = (message, param, code, retry_after, kind, limit_headers)
         self.error_type = kind  # "requests" or "tokens", as OpenAI says
         self.limit_headers = dict(limit_headers or {})
 
     def headers(self) -> dict[str, str]:
         ms = max(1, math.ceil(1000 * self.retry_after))
         return {**super().headers(), "retry-after-ms": str(ms), **self.limit_headers}
+
+
+class RegistryUnavailableError(ModelUnavailableError):
+    """The model registry's database cannot be used now (locked, unreachable, unreadable): retry later (503)."""
+
+    default_retry_after = 2.0
+
+
+class ModelExecutionError(ServingError):
+    """The model failed on this request for a reason other than its input (500); the replica logged it once."""
+
+
+class RegistryEntryInvalidError(ServingError):
+    """A registry row this release cannot read (edited by hand, damaged): the server's data, not the request (500)."""

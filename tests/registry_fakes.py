@@ -59,8 +59,9 @@ class AdminStack:
     app: AdminSwitch
 
 
-def admin_stack(db_path: str, admin_api_keys: list[str] = (), api_keys: list[str] = ()) -> AdminStack:
-    store = RegistryStore.open(f"sqlite:///{db_path}")
+def admin_stack(db_path: str, admin_api_keys: list[str] = (), api_keys: list[str] = (),
+                registry_timeout_s: float = 5.0) -> AdminStack:
+    store = RegistryStore.open(f"sqlite:///{db_path}", timeout_s=registry_timeout_s)
     ops = FakeServeOps()
     controller = ModelController(store, ops, FAST)
     router = ModelRouter()

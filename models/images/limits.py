@@ -4,9 +4,13 @@ from __future__ import annotations
 from models.errors import ModelInputError
 from models.images.types import ImageParams
 
+# What a torch.Generator takes (manual_seed raises outside it): int64 seeds, plus seed + i for a request's n images.
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
+
 
 def check_request(prompt: str, params: ImageParams, size_multiple: int, max_pixels: int, max_steps: int) -> None:
-    """Raise ModelInputError (param "prompt", "size", "num_inference_steps" or "guidance_scale") for a bad request."""
+    """Raise ModelInputError (param "prompt", "size", "num_inference_steps", "guidance_scale" or "seed") for a bad
+    request."""
     if not prompt or not prompt.strip():
         raise ModelInputError("prompt must be a non-empty string", param="prompt")
     w, h = params.width, params.height
@@ -20,3 +24,5 @@ def check_request(prompt: str, params: ImageParams, size_multiple: int, max_pixe
         raise ModelInputError(f"num_inference_steps must be in 1..{max_steps}", param="num_inference_steps")
     if params.guidance_scale < 0:
         raise ModelInputError("guidance_scale must be >= 0", param="guidance_scale")
+    if params.seed is not None and not MIN_SEED <= params.seed <= MAX_SEED:
+        raise ModelInputError(f"seed must be an integer in {MIN_SEED}..{MAX_SEED}", param="seed")

@@ -168,11 +168,14 @@ def _print_table(entries: list[dict]) -> None:
 def _run(client: AdminClient, args: argparse.Namespace) -> dict | None:
     """Do the action; returns the entry to wait on (None when there is nothing to wait for)."""
     if args.action == "list":
-        data = client.request("GET")["data"]
+        listing = client.request("GET")
         if args.json:
-            print(json.dumps(data, indent=2))
+            print(json.dumps(listing["data"], indent=2))
         else:
-            _print_table(data)
+            _print_table(listing["data"])
+        for bad in listing.get("invalid", []):
+            print(f"{bad['name']}: this registry entry cannot be read ({bad['error']}); "
+                  f"`openserve models rm {bad['name']}` removes it", file=sys.stderr)
         return None
     if args.action == "show":
         print(json.dumps(client.request("GET", args.name), indent=2))

@@ -16,8 +16,8 @@ async def get_admin(request: Request) -> RegistryAdmin:
 
 @router.get("")
 async def list_models(admin: RegistryAdmin = Depends(get_admin)) -> RegistryModelList:
-    """Every registered model, whatever its status."""
-    return RegistryModelList(data=[RegistryModel.of(e) for e in await admin.list()])
+    """Every registered model, whatever its status; rows that cannot be read are listed apart, with the reason."""
+    return RegistryModelList.of(await admin.list())
 
 
 @router.post("", status_code=201)
@@ -65,5 +65,4 @@ async def delete_model(
     name: str, admin: RegistryAdmin = Depends(get_admin), actor: str = Depends(admin_actor)
 ) -> DeletedModel:
     """Remove the model from the registry; if it was deployed, it is drained and removed from Ray Serve."""
-    entry = await admin.delete(name, actor)
-    return DeletedModel(id=entry.name)
+    return DeletedModel(id=await admin.delete(name, actor))

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.config import AutoscalingConfig, Device, DType, ModelConfig
 from serving.registry.entry import STATUSES, ModelEntry, Status, epoch
+from serving.registry.store import RegistryListing
 
 
 class ModelRegistration(ModelConfig):
@@ -88,9 +89,23 @@ class RegistryModel(BaseModel):
         )
 
 
+class InvalidRegistryModel(BaseModel):
+    """A registry row the server cannot read (edited by hand, damaged): not served; DELETE removes it."""
+
+    object: Literal["registry.invalid_model"] = "registry.invalid_model"
+    name: str
+    error: str = Field(description="why the row cannot be read, e.g. the field that fails validation")
+
+
 class RegistryModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[RegistryModel]
+    invalid: list[InvalidRegistryModel] = Field(default_factory=list, description="rows that cannot be read")
+
+    @classmethod
+    def of(cls, listing: RegistryListing) -> RegistryModelList:
+        return cls(data=[RegistryModel.of(e) for e in listing.entries],
+                   invalid=[InvalidRegistryModel(name=e.name, error=e.error) for e in listing.invalid])
 
 
 class DeletedModel(BaseModel):

@@ -13,11 +13,11 @@ from pydantic import ValidationError
 
 from serving.admin.schemas import ModelUpdate
 from serving.config import ModelConfig
-from serving.errors import InvalidRequestError
+from serving.errors import InvalidRequestError, RegistryUnavailableError
 from serving.registry.checks import source_problem
 from serving.registry.controller import ROUTED_STATUSES
 from serving.registry.entry import ModelEntry
-from serving.registry.store import RegistryStore
+from serving.registry.store import RegistryListing, RegistryStore
 
 log = logging.getLogger("serving.admin")
 
@@ -40,8 +40,9 @@ class RegistryAdmin:
         self.refresh = refresh  # reload this ingress' routes now rather than at its next poll
         self.check_source = check_source
 
-    async def list(self) -> list[ModelEntry]:
-        return await asyncio.to_thread(self.store.list)
+    async def list(self) -> RegistryListing:
+        """Every entry, and the rows that cannot be read (reported, not fatal)."""
+        return await asyncio.to_thread(self.store.listing)
 
     async def get(self, name: str) -> ModelEntry:
         entry = await asyncio.to_thread(self.store.get, name)
@@ -89,12 +90,13 @@ class RegistryAdmin:
         await self.notify(name)
         return entry
 
-    async def delete(self, name: str, actor: str) -> ModelEntry:
-        entry = await asyncio.to_thread(self.store.delete, name)
+    async def delete(self, name: str, actor: str) -> str:
+        """Delete the entry (even one whose row cannot be read); returns its name."""
+        await asyncio.to_thread(self.store.delete, name)
         log.info("registry: %s deleted by %s", name, actor)
         await self._sync_routes()
         await self.notify(name)
-        return entry
+        return name
 
     async def _check_source(self, spec: ModelConfig) -> None:
         problem = await asyncio.to_thread(self.check_source, spec)
@@ -102,5 +104,9 @@ class RegistryAdmin:
             raise InvalidRequestError(f"source: {problem}", param="source", code="invalid_source")
 
     async def _sync_routes(self) -> None:
+        """Reload this ingress' routes now; if the registry cannot be read just now, its next poll will."""
         if self.refresh is not None:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except RegistryUnavailableError as e:  # the change itself is committed: do not report it as failed
+                log.warning("routes not reloaded after an admin change: %s", e)

@@ -72,7 +72,11 @@ async def ready(request: Request, model: str | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=503 if waiting else 200)
 
 
-@router.get("/metrics")
+_PROMETHEUS_TEXT = {200: {"description": "Prometheus text exposition format",
+                          "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}}
+
+
+@router.get("/metrics", response_class=Response, responses=_PROMETHEUS_TEXT)
 async def metrics(request: Request) -> Response:
     """Prometheus text format: the whole server's numbers (see serving/metrics)."""
     scraper = request.app.state.scraper

@@ -13,6 +13,7 @@ from models.sources import fetch_source
 from serving.config import ModelConfig
 from serving.deployments.merge import BatchMerger
 from serving.deployments.observability import model_replica
+from serving.errors import ModelExecutionError, ModelUnavailableError, ServingError
 from serving.metrics.models import watch_merger
 
 log = logging.getLogger("serving.deployments")
@@ -46,13 +47,9 @@ def tune_for_compute() -> None:
     OpenMP threads spin briefly between parallel regions. Must run before torch is imported (libgomp reads its
     environment once, when it loads).
 
-    Ray starts its workers at nice 15. Left there with passive OpenMP waits (each parallel region wakes a sleeping
-    thread), small-op models lose much of their speed; with spinning waits at nice 15 they collapse when Ray's
-    other workers want the same core. At nice 0 with a bounded spin, measured through the server on 2 cores
-    (MiniLM, default batching; before -> after): 16 x 32 sentences 441 -> 567 sentences/s, 64 concurrent
-    one-sentence requests 79 -> 167/s, one at a time 36 -> 45/s; SmolLM2 one stream 15.0 -> 21.0 tok/s and 16
-    streams 156 -> 188. An operator's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins; without the right to lower the
-    niceness the process stays where it is."""
+    Ray starts its workers at nice 15; there, with passive or spinning OpenMP waits alike, small-op models lost much
+    of their speed (measurements: docs/batching.md). An operator's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins;
+    without the right to lower the niceness the process stays where it is."""
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
     try:
@@ -62,12 +59,9 @@ def tune_for_compute() -> None:
         log.info("model process stays at nice %d (no permission to lower it)", os.getpriority(os.PRIO_PROCESS, 0))
 
 
-def batch_merger(batch_method, model: ModelConfig, run: Callable[[list], list]) -> BatchMerger:
-    """The replica's BatchMerger for `run` (bad items failing alone), with the model's batching limits; its
-    @serve.batch method forms batches at once, since the merger applies the wait (see merge.py)."""
-    batch_method.set_max_batch_size(model.batching.max_batch_size)
-    batch_method.set_batch_wait_timeout_s(0.0)
-    merger = BatchMerger(lambda items: run_batch_isolated(run, items), model.batching.max_batch_size,
+def batch_merger(model: ModelConfig, run: Callable[[list], list]) -> BatchMerger:
+    """The replica's BatchMerger for `run` with the model's batching limits; an item that fails fails alone."""
+    merger = BatchMerger(lambda items: run_batch_isolated(run, items, model.name), model.batching.max_batch_size,
                          wait_s=model.batching.batch_wait_timeout_s)
     merger.on_pass = watch_merger(model.name, merger)  # metrics: requests per pass, requests waiting
     model_replica(model.name)
@@ -76,29 +70,50 @@ def batch_merger(batch_method, model: ModelConfig, run: Callable[[list], list]) 
 
 @dataclass
 class ItemError:
-    """A batch item's own input error, returned in its slot so that its batch-mates still get their results."""
+    """A batch item's own failure, returned in its slot so that its batch-mates still get their results."""
 
-    error: ModelInputError
+    error: Exception  # a ModelInputError (the caller's input: 400) or a ServingError (500 / 503)
 
 
-def run_batch_isolated(run: Callable[[list], list], items: list) -> list:
-    """run(items); if the batch fails on one item's input, rerun item by item so only the bad items fail."""
+def run_batch_isolated(run: Callable[[list], list], items: list, model: str = "model") -> list:
+    """run(items); if that raises, rerun item by item so that only the failing items fail. An item's
+    ModelInputError is its own (400); any other exception becomes a typed 500 (503 when out of memory), logged once
+    per pass for each distinct failure."""
     try:
         return run(items)
-    except ModelInputError as e:
+    except Exception as error:  # noqa: BLE001 - whatever one item does, its batch-mates still get answers
         if len(items) == 1:
-            return [ItemError(e)]
+            return [ItemError(_typed(error, model, set()))]
+    logged: set[tuple[str, str]] = set()
     results = []
     for item in items:
         try:
             results.append(run([item])[0])
-        except ModelInputError as e:
-            results.append(ItemError(e))
+        except Exception as error:  # noqa: BLE001
+            results.append(ItemError(_typed(error, model, logged)))
     return results
 
 
+def _typed(error: Exception, model: str, logged: set[tuple[str, str]]) -> Exception:
+    """The error a caller gets for its item: its own input error, else a typed 500/503 (logged, once per kind)."""
+    if isinstance(error, (ModelInputError, ServingError)):
+        return error
+    key = (type(error).__name__, str(error))
+    if key not in logged:
+        logged.add(key)
+        log.error("model %s failed on a request", model, exc_info=error)
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":  # torch's, without torch
+        return ModelUnavailableError(f"The model `{model}` ran out of memory on this request; retry later.",
+                                     code="model_out_of_memory")
+    return ModelExecutionError(
+        f"The model `{model}` failed on this request ({type(error).__name__}); the server log has the details.",
+        code="model_error",
+    )
+
+
 def item_result(result):
-    """The caller's side of run_batch_isolated: raise its own input error (the error map makes it a 400)."""
+    """The caller's side of run_batch_isolated: its own error raised (ModelInputError itself: the one error map in
+    serving/api/errors.py makes it a 400), else its result."""
     if isinstance(result, ItemError):
         raise result.error
     return result

@@ -1,4 +1,4 @@
-"""An embedding model: calls from many HTTP requests are batched into one encode by @serve.batch."""
+"""An embedding model: calls from many HTTP requests are merged into one encode (serving/deployments/merge.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,6 @@ from ray import serve
 from models.embeddings.types import EmbeddingBackend
 from serving.clients import EmbeddingResult
 from serving.deployments.common import batch_merger, item_result, load_backend
-from serving.deployments.merge import IN_FLIGHT_BATCHES
 
 
 def embed_calls(backend: EmbeddingBackend, calls: list[list]) -> list[EmbeddingResult]:
@@ -34,11 +33,7 @@ class EmbeddingDeployment:
     def __init__(self, spec: dict, data_dir: str):
         self.model, self.backend = load_backend(spec, data_dir)
         run = lambda calls: embed_calls(self.backend, calls)  # noqa: E731
-        self._merger = batch_merger(self._embed_batch, self.model, run)
+        self._merger = batch_merger(self.model, run)
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
-        return item_result(await self._embed_batch(list(inputs)))
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=IN_FLIGHT_BATCHES)
-    async def _embed_batch(self, calls: list[list]) -> list:
-        return await self._merger(calls)
+        return item_result(await self._merger.submit(list(inputs)))

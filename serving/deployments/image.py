@@ -9,7 +9,6 @@ from ray import serve
 
 from models.images.types import ImageBackend, ImageParams
 from serving.deployments.common import batch_merger, item_result, load_backend
-from serving.deployments.merge import IN_FLIGHT_BATCHES
 
 
 def to_png(image) -> bytes:
@@ -28,14 +27,10 @@ class ImageDeployment:
     def __init__(self, spec: dict, data_dir: str):
         self.model, self.backend = load_backend(spec, data_dir)
         run = lambda items: generate_pngs(self.backend, items)  # noqa: E731
-        self._merger = batch_merger(self._generate_batch, self.model, run)
+        self._merger = batch_merger(self.model, run)
 
     async def generate(self, prompt: str, params: ImageParams, n: int) -> list[bytes]:
         """n PNGs; image i uses seed + i when a seed is given."""
         per_image = [replace(params, seed=None if params.seed is None else params.seed + i) for i in range(n)]
-        results = await asyncio.gather(*[self._generate_batch((prompt, p)) for p in per_image])
+        results = await asyncio.gather(*[self._merger.submit((prompt, p)) for p in per_image])
         return [item_result(r) for r in results]
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, max_concurrent_batches=IN_FLIGHT_BATCHES)
-    async def _generate_batch(self, items: list[tuple[str, ImageParams]]) -> list:
-        return await self._merger(items)

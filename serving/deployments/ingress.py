@@ -32,9 +32,10 @@ def handle_client(model: ModelConfig):
 
 def http_server(app, host: str, port: int) -> uvicorn.Server:
     """uvicorn for the ingress replica: no access log (one line per request costs CPU on small machines), no
-    lifespan (the app has no start-up hooks), keep-alive as uvicorn's default."""
+    lifespan (the app has no start-up hooks), keep-alive as uvicorn's default, and no proxy headers: the client
+    address is the socket's (/admin trusts loopback clients; X-Forwarded-For must not make one)."""
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                         lifespan="off", server_header=False))
+                                         lifespan="off", server_header=False, proxy_headers=False))
 
 
 async def _serve(server: uvicorn.Server) -> None:

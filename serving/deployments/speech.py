@@ -1,4 +1,4 @@
-"""A text-to-speech model: synthesis batched with @serve.batch, encoding done per call."""
+"""A text-to-speech model: synthesis merged across calls (serving/deployments/merge.py), encoding done per call."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +9,6 @@ from models.speech.encoding import SUPPORTED_FORMATS, encode_audio
 from models.speech.types import SpeechParams
 from serving.clients import EncodedAudio
 from serving.deployments.common import batch_merger, item_result, load_backend
-from serving.deployments.merge import IN_FLIGHT_BATCHES
 from serving.errors import InvalidRequestError
 
 
@@ -18,7 +17,7 @@ class SpeechDeployment:
     def __init__(self, spec: dict, data_dir: str):
         self.model, self.backend = load_backend(spec, data_dir)
         run = lambda items: self.backend.synthesize([t for t, _ in items], [p for _, p in items])  # noqa: E731
-        self._merger = batch_merger(self._synthesize_batch, self.model, run)
+        self._merger = batch_merger(self.model, run)
 
     async def synthesize(self, text: str, params: SpeechParams, response_format: str) -> EncodedAudio:
         if response_format not in SUPPORTED_FORMATS:  # before synthesis: don't spend compute on a doomed call
@@ -26,10 +25,6 @@ class SpeechDeployment:
                 f"response_format `{response_format}` is not supported here; use one of: {', '.join(SUPPORTED_FORMATS)}",
                 param="response_format",
             )
-        samples = item_result(await self._synthesize_batch((text, params)))
+        samples = item_result(await self._merger.submit((text, params)))
         data, media_type = await asyncio.to_thread(encode_audio, samples, self.backend.sample_rate, response_format)
         return EncodedAudio(data, media_type)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=IN_FLIGHT_BATCHES)
-    async def _synthesize_batch(self, items: list[tuple[str, SpeechParams]]) -> list:
-        return await self._merger(items)

@@ -74,20 +74,21 @@ class KeyLimiter:
         if self.limits.max_concurrent is not None and self.in_flight >= self.limits.max_concurrent:
             raise RateLimitExceededError(
                 f"Rate limit reached: this key may have {self.limits.max_concurrent} requests in flight at once; "
-                "retry when one has finished.", "requests", 1.0, self.headers(),
+                "retry when one has finished.", retry_after=1.0, kind="requests", limit_headers=self.headers(),
             )
         if self.tokens is not None and self.tokens.level < 1:
             wait = self.tokens.wait_for(1)
             raise RateLimitExceededError(
                 f"Rate limit reached for tokens per min (TPM): Limit {self.limits.tokens_per_minute}. "
-                f"Please try again in {duration(wait)}.", "tokens", wait, self.headers(),
+                f"Please try again in {duration(wait)}.", retry_after=wait, kind="tokens", limit_headers=self.headers(),
             )
         if self.requests is not None:
             wait = self.requests.wait_for(1)
             if wait > 0:
                 raise RateLimitExceededError(
                     f"Rate limit reached for requests per min (RPM): Limit {self.limits.requests_per_minute}. "
-                    f"Please try again in {duration(wait)}.", "requests", wait, self.headers(),
+                    f"Please try again in {duration(wait)}.", retry_after=wait, kind="requests",
+                    limit_headers=self.headers(),
                 )
             self.requests.level -= 1
         self.in_flight += 1

@@ -15,7 +15,7 @@ from serving.errors import NotFoundError
 from serving.keys.records import KeyLimits, KeyRecord, hash_key, new_key_id, new_secret
 from serving.registry import schema
 from serving.registry.entry import utcnow
-from serving.registry.store import _WRITE  # SQLite: take the write lock at BEGIN (see store._sqlite_begin)
+from serving.registry.database import DEFAULT_TIMEOUT_S, WRITE, bounded  # WRITE: SQLite locks at BEGIN
 
 
 def _record(row) -> KeyRecord:
@@ -26,21 +26,24 @@ def _record(row) -> KeyRecord:
 
 
 class KeyStore:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.engine = engine
+        self.timeout_s = timeout_s  # the longest one call waits for the database before answering 503
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
-            with conn.execution_options(**{_WRITE: True}).begin():
+            with conn.execution_options(**{WRITE: True}).begin():
                 yield conn
                 state = schema.api_keys_state
                 conn.execute(update(state).values(generation=state.c.generation + 1))
 
+    @bounded
     def generation(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(schema.api_keys_state.c.generation)).scalar_one()
 
+    @bounded
     def create(self, name: str, scopes: tuple[str, ...], models: tuple[str, ...] | None, limits: KeyLimits,
                actor: str) -> tuple[KeyRecord, str]:
         """A new key: (its record, the secret). The secret is returned here once and stored only as a hash."""
@@ -55,6 +58,7 @@ class KeyStore:
             conn.execute(insert(schema.api_keys).values(**values))
             return self._get(conn, values["id"]), secret
 
+    @bounded
     def list(self, include_revoked: bool = True) -> list[KeyRecord]:
         """Every key, oldest first (revoked ones too, for the record, unless include_revoked is False)."""
         k = schema.api_keys
@@ -64,10 +68,12 @@ class KeyStore:
         with self.engine.connect() as conn:
             return [_record(row) for row in conn.execute(query).all()]
 
+    @bounded
     def get(self, key_id: str) -> KeyRecord:
         with self.engine.connect() as conn:
             return self._get(conn, key_id)
 
+    @bounded
     def revoke(self, key_id: str) -> KeyRecord:
         """Mark the key revoked (kept for the record); revoking twice keeps the first time."""
         k = schema.api_keys

@@ -69,6 +69,6 @@ def watch_engine(model: str, load: Callable[[], EngineLoad]) -> None:
 
 
 def watch_merger(model: str, merger: Any) -> Callable[[int], None]:
-    """Queue depth of a BatchMerger (`merger.queued()`), and the callback it calls with each pass' request count."""
-    m.BATCH_QUEUE.labels(model).set_function(merger.queued)
+    """Queue depth of a BatchMerger (`merger.pending()`), and the callback it calls with each pass' request count."""
+    m.BATCH_QUEUE.labels(model).set_function(merger.pending)
     return m.BATCH_SIZE.labels(model).observe

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from serving.clients import ModelCard
 from serving.config import ModelConfig
+from serving.errors import RegistryUnavailableError
 from serving.registry.controller import ROUTED_STATUSES
 from serving.registry.entry import ModelEntry, epoch
 from serving.registry.store import RegistryStore
@@ -81,6 +82,8 @@ class RegistryRoutes:
         while True:
             try:
                 await self.refresh()
-            except Exception:  # a database hiccup: keep the current routes, try again
+            except RegistryUnavailableError as e:  # locked or unreachable: keep the current routes, try again
+                log.warning("routes not refreshed: %s", e)
+            except Exception:  # a bug: keep the current routes, say where, try again
                 log.exception("refreshing the routes from the registry failed")
             await asyncio.sleep(self.interval_s)

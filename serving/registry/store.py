@@ -1,55 +1,50 @@
 """RegistryStore: the registry's SQL database (SQLite by default, any SQLAlchemy URL), one transaction per call.
 
 Thread-safe and synchronous; async callers use asyncio.to_thread. Every write bumps `registry_state.generation`,
-so readers (the ingress' routes) reload only when something changed.
+so readers (the ingress' routes) reload only when something changed. Every call is bounded (serving/registry/
+database.py): a locked or unreachable database is a RegistryUnavailableError (503) within `timeout_s`. A row this
+release cannot read is reported (InvalidEntry, logged once) and the others are still served.
 """
 from __future__ import annotations
 
-import os
+import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from sqlalchemy import create_engine, delete, event, insert, select, update
-from sqlalchemy.engine import Connection, Engine, make_url
+from pydantic import ValidationError
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from serving.config import ModelConfig
-from serving.errors import ConflictError, ModelNotFoundError
+from serving.errors import ConflictError, ModelNotFoundError, RegistryEntryInvalidError
 from serving.registry import schema
+from serving.registry.database import DEFAULT_TIMEOUT_S, WRITE, bounded, create_registry_engine
 from serving.registry.entry import ModelEntry, utcnow
+
+__all__ = ["InvalidEntry", "RegistryListing", "RegistryStore", "create_registry_engine"]
+
+log = logging.getLogger("serving.registry")
 
 _SPEC_COLUMNS = (
     "task", "source", "revision", "dtype", "device", "num_replicas", "max_ongoing_requests", "torch_threads",
     "options", "description",
 )
-_WRITE = "openserve_registry_write"  # execution option: this connection's transaction writes
 
 
-def create_registry_engine(url: str) -> Engine:
-    """An Engine for `url`; SQLite files get WAL, foreign keys, a busy timeout and writers that lock up front."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
-    engine = create_engine(url)
-    event.listen(engine, "connect", _sqlite_connect)
-    event.listen(engine, "begin", _sqlite_begin)
-    return engine
+@dataclass(frozen=True)
+class InvalidEntry:
+    """A row this release cannot read (edited by hand, written by another release, damaged): its name and why."""
+
+    name: str
+    error: str
 
 
-def _sqlite_connect(dbapi_conn, _record) -> None:
-    dbapi_conn.isolation_level = None  # pysqlite must not BEGIN on its own: _sqlite_begin does
-    cursor = dbapi_conn.cursor()
-    for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=30000"):
-        cursor.execute("PRAGMA " + pragma)
-    cursor.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    # A deferred transaction that reads and then writes fails at once (SQLITE_BUSY, no waiting) when another
-    # writer committed in between; taking the write lock at BEGIN makes writers queue on the busy timeout instead.
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+@dataclass(frozen=True)
+class RegistryListing:
+    entries: list[ModelEntry]  # the readable entries, by name
+    invalid: list[InvalidEntry]  # the others, by name
 
 
 def _row_values(spec: ModelConfig) -> dict:
@@ -88,25 +83,31 @@ def _entry(row, aliases: list[str]) -> ModelEntry:
 
 
 class RegistryStore:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.engine = engine
+        self.timeout_s = timeout_s  # the longest one call waits for the database before answering 503
+        self._reported: set[InvalidEntry] = set()  # unreadable rows already logged
 
     @classmethod
-    def open(cls, url: str) -> RegistryStore:
+    def open(cls, url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> RegistryStore:
         """Connect to `url` and migrate its schema to this release's version."""
-        store = cls(create_registry_engine(url))
-        with store._transaction() as conn:
-            schema.migrate(conn)
+        store = cls(create_registry_engine(url, timeout_s), timeout_s)
+        store._migrate()
         return store
 
     def close(self) -> None:
         self.engine.dispose()
 
+    @bounded
+    def _migrate(self) -> None:
+        with self._transaction() as conn:
+            schema.migrate(conn)
+
     @contextmanager
     def _transaction(self, write: bool = True) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             if write:
-                conn = conn.execution_options(**{_WRITE: True})
+                conn = conn.execution_options(**{WRITE: True})
             with conn.begin():
                 yield conn
 
@@ -122,44 +123,87 @@ class RegistryStore:
 
     # --- reads -------------------------------------------------------------------------------------------------
 
+    @bounded
     def generation(self) -> int:
         with self._transaction(write=False) as conn:
             return conn.execute(select(schema.registry_state.c.generation)).scalar_one()
 
+    @bounded
     def list(self) -> list[ModelEntry]:
-        """Every entry, by name."""
+        """Every readable entry, by name (a row that cannot be read is logged and left out: see `listing`)."""
         with self._transaction(write=False) as conn:
-            return self._select(conn)
+            return self._scan(conn).entries
 
+    @bounded
+    def listing(self) -> RegistryListing:
+        """Every entry, by name: the readable ones, and the rows that cannot be read with the reason."""
+        with self._transaction(write=False) as conn:
+            return self._scan(conn)
+
+    @bounded
     def get(self, name: str) -> ModelEntry:
-        """The entry named `name` (not an alias); ModelNotFoundError if none."""
+        """The entry named `name` (not an alias); ModelNotFoundError if none, RegistryEntryInvalidError if its row
+        cannot be read."""
         with self._transaction(write=False) as conn:
             return self._get(conn, name)
 
-    def _select(self, conn: Connection, name: str | None = None) -> list[ModelEntry]:
+    def _scan(self, conn: Connection, name: str | None = None) -> RegistryListing:
         m, n = schema.models, schema.model_names
-        rows = conn.execute(select(m).where(m.c.name == name) if name else select(m).order_by(m.c.name)).all()
-        names = conn.execute(select(n).where(n.c.model == name) if name else select(n)).all()
         aliases: dict[str, list[str]] = {}
-        for alias, model in sorted(names):
+        for alias, model in sorted(conn.execute(select(n).where(n.c.model == name) if name else select(n)).all()):
             if alias != model:
                 aliases.setdefault(model, []).append(alias)
-        return [_entry(row, aliases.get(row.name, [])) for row in rows]
+        only = (m.c.name == name,) if name else ()
+        try:
+            rows = conn.execute(select(m).where(*only).order_by(m.c.name)).all()
+            reads = [(row.name, lambda row=row: _entry(row, aliases.get(row.name, []))) for row in rows]
+        except (ValueError, TypeError):  # a value its column type cannot decode (bad JSON, a bad date): row by row
+            names = conn.execute(select(m.c.name).where(*only).order_by(m.c.name)).scalars().all()
+            reads = [(key, lambda key=key: _entry(conn.execute(select(m).where(m.c.name == key)).one(),
+                                                  aliases.get(key, []))) for key in names]
+        entries, invalid = [], []
+        for key, read in reads:
+            try:
+                entries.append(read())
+            except (ValueError, TypeError, KeyError) as e:  # pydantic's ValidationError is a ValueError
+                invalid.append(self._invalid(key, e))
+        return RegistryListing(entries, invalid)
+
+    def _invalid(self, name: str, error: Exception) -> InvalidEntry:
+        """The report of an unreadable row, logged the first time it is seen."""
+        if isinstance(error, ValidationError):
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            reason = f"{where}: {first['msg']}" if where else first["msg"]
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        found = InvalidEntry(name, reason[:500])
+        if found not in self._reported:
+            self._reported.add(found)
+            log.error("registry entry %s cannot be read, it is left out: %s", name, found.error)
+        return found
 
     def _get(self, conn: Connection, name: str) -> ModelEntry:
-        found = self._select(conn, name)
-        if not found:
+        found = self._scan(conn, name)
+        if found.invalid:
+            raise RegistryEntryInvalidError(
+                f"The registry entry `{name}` cannot be read ({found.invalid[0].error}); delete it and register "
+                "the model again.", param="name", code="registry_entry_invalid",
+            )
+        if not found.entries:
             raise ModelNotFoundError(f"The model `{name}` is not in the registry.", param="name")
-        return found[0]
+        return found.entries[0]
 
     # --- writes ------------------------------------------------------------------------------------------------
 
+    @bounded
     def create(self, spec: ModelConfig, *, deployed: bool, actor: str) -> ModelEntry:
         """Add a model; ConflictError when its name or an alias is taken."""
         with self._write() as conn:
             self._insert(conn, spec, deployed=deployed, actor=actor)
             return self._get(conn, spec.name)
 
+    @bounded
     def update(self, spec: ModelConfig, *, actor: str, status: str | None = None) -> ModelEntry:
         """Replace the configuration of the model `spec.name` (its version goes up by one); `status`, if given,
         replaces the status too (and clears the error)."""
@@ -168,6 +212,7 @@ class RegistryStore:
             self._replace(conn, spec, self._get(conn, spec.name).version, actor=actor, **state)
             return self._get(conn, spec.name)
 
+    @bounded
     def set_deployed(self, name: str, deployed: bool, *, actor: str) -> ModelEntry:
         """Record what the operator wants; the status becomes deploying or stopping until the controller acts."""
         m = schema.models
@@ -182,6 +227,7 @@ class RegistryStore:
             )
             return self._get(conn, name)
 
+    @bounded
     def set_status(
         self, name: str, status: str, error: str | None = None, *, version: int | None = None,
         deployed: bool | None = None,
@@ -197,13 +243,18 @@ class RegistryStore:
             result = conn.execute(update(m).where(*where).values(status=status, error=error, status_at=utcnow()))
             return result.rowcount == 1
 
-    def delete(self, name: str) -> ModelEntry:
+    @bounded
+    def delete(self, name: str) -> str:
+        """Remove the model (readable or not) and its aliases; returns its name. ModelNotFoundError if none."""
+        m = schema.models
         with self._write() as conn:
-            entry = self._get(conn, name)
+            if conn.execute(select(m.c.name).where(m.c.name == name)).first() is None:
+                raise ModelNotFoundError(f"The model `{name}` is not in the registry.", param="name")
             conn.execute(delete(schema.model_names).where(schema.model_names.c.model == name))
-            conn.execute(delete(schema.models).where(schema.models.c.name == name))
-            return entry
+            conn.execute(delete(m).where(m.c.name == name))
+            return name
 
+    @bounded
     def reset_runtime_statuses(self) -> None:
         """At server start nothing is deployed yet: wanted models are `deploying`, the others at rest."""
         m = schema.models
@@ -213,6 +264,7 @@ class RegistryStore:
             moving = m.c.status.in_(("deploying", "ready", "updating", "stopping"))
             conn.execute(update(m).where(m.c.deployed.is_(False), moving).values(status="stopped", status_at=now))
 
+    @bounded
     def seed(self, specs: Iterable[ModelConfig], *, actor: str, replace: bool = False) -> list[str]:
         """Add the configuration's models, once: on the registry's first start, or every time with replace=True
         (then they overwrite same-named entries and are marked deployed). Returns the names written."""

@@ -47,9 +47,12 @@ def servers(data_dir):
         server.cleanup(remove_data=False)
 
 
+JSON = {"content-type": "application/json"}  # the admin API refuses writes without it (a body or not)
+
+
 @pytest.fixture
 def admin(servers):
-    with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60) as client:
+    with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60, headers=JSON) as client:
         yield client
 
 
@@ -202,42 +205,63 @@ def test_admin_refuses_a_non_loopback_client_without_an_admin_key(servers):
     assert httpx.get(f"http://{ip}:{servers[-1].port}/v1/models", timeout=30).status_code == 200
 
 
-def _register_until_killed(base_url: str, acknowledged: list[str], stop: threading.Event) -> None:
-    with httpx.Client(base_url=base_url + "/admin", timeout=10) as admin:
+WRITERS = 20
+KILL_AFTER = 40  # registrations acknowledged before the kill: the writers are in full swing by then
+
+
+def _register_until_killed(base_url: str, writer: int, sent: dict[str, dict], acknowledged: list[str],
+                           enough: threading.Event, stop: threading.Event) -> None:
+    with httpx.Client(base_url=base_url + "/admin", timeout=10, headers=JSON) as admin:
         for i in range(10_000):
             if stop.is_set():
                 return
+            name = f"crash-{writer}-{i}"
+            sent[name] = {"name": name, "task": "chat", "source": "fake:", "deploy": False,
+                          "aliases": [f"{name}-alias"], "description": f"written by {writer}"}
             try:
-                r = admin.post("/models", json={"name": f"crash-{i}", "task": "chat", "source": "fake:",
-                                                "deploy": False})
+                r = admin.post("/models", json=sent[name])
             except httpx.HTTPError:
                 return  # the server is gone
             if r.status_code == 201:
-                acknowledged.append(f"crash-{i}")
+                acknowledged.append(name)
+                if len(acknowledged) >= KILL_AFTER:
+                    enough.set()
 
 
-def test_kill_9_mid_registration_then_a_restart_brings_back_the_registry_and_the_deployed_models(servers, data_dir):
-    with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60) as admin:
+def test_kill_9_during_20_concurrent_registrations_then_a_restart_brings_back_the_registry_intact(servers, data_dir):
+    with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60, headers=JSON) as admin:
         assert admin.post("/models", json=SPEECH).status_code == 201
         assert wait_status(admin, "fake-speech", ("ready", "failed"))["status"] == "ready"
         before = {e["name"]: e for e in admin.get("/models").json()["data"]}
+    sent: dict[str, dict] = {}
     acknowledged: list[str] = []
-    stop = threading.Event()
-    writer = threading.Thread(target=_register_until_killed, args=(servers[-1].base_url, acknowledged, stop))
-    writer.start()
-    while len(acknowledged) < 10:
-        time.sleep(0.05)
-    servers[-1].kill()  # kill -9 of every process, mid-registration: one request is almost always in flight
+    enough, stop = threading.Event(), threading.Event()
+    writers = [threading.Thread(target=_register_until_killed,
+                                args=(servers[-1].base_url, w, sent, acknowledged, enough, stop))
+               for w in range(WRITERS)]
+    for w in writers:
+        w.start()
+    assert enough.wait(120), f"only {len(acknowledged)} registrations in 120 s"
+    servers[-1].kill()  # kill -9 of every process while 20 registrations are in flight
     stop.set()
-    writer.join()
+    for w in writers:
+        w.join(30)
     with sqlite3.connect(os.path.join(data_dir, "registry.db")) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        names = dict(conn.execute("SELECT name, model FROM model_names WHERE model LIKE 'crash-%'").fetchall())
 
     servers.append(ServerProcess(CONFIG, data_dir=data_dir, extra_args=OPEN))
     with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60) as admin:
-        after = {e["name"]: e for e in admin.get("/models").json()["data"]}
+        listing = admin.get("/models").json()
+        after = {e["name"]: e for e in listing["data"]}
     crashed = {n for n in after if n.startswith("crash-")}
-    assert set(acknowledged) <= crashed <= set(acknowledged) | {f"crash-{len(acknowledged)}"}  # + the one in flight
+    assert set(acknowledged) <= crashed <= set(sent)  # acknowledged: there; in flight: there or not
+    for name in crashed:  # each one whole: its configuration and its alias, or nothing of it
+        config, wanted = after[name]["config"], sent[name]
+        assert (config["aliases"], config["description"], after[name]["status"]) == (
+            wanted["aliases"], wanted["description"], "registered")
+    assert names == {**{n: n for n in crashed}, **{f"{n}-alias": n for n in crashed}}
+    assert listing["invalid"] == []
     assert {n: e["config"] for n, e in after.items() if n not in crashed} == {n: e["config"] for n, e in before.items()}
     assert {n for n, e in after.items() if e["status"] == "ready"} == {"fake-embed", "fake-speech"}
     assert after["fake-embed"]["config"]["batching"]["max_batch_size"] == 4  # the registry won over the YAML

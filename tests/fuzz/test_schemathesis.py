@@ -12,6 +12,7 @@ import schemathesis
 from schemathesis import GenerationMode
 
 from serving.api.app import build_app
+from serving.metrics.scrape import Scraper
 from serving.router import ModelRouter, ServedModel
 from tests.api_fakes import CHAT, EMBED, IMAGE, SPEECH, FakeChatClient, Fakes
 from tests.fuzz.openapi_fuzz import MODES, cases, fuzz, model_names, one_of, operations, with_properties
@@ -31,7 +32,7 @@ def public_app(fakes: Fakes):
         ServedModel(cards[EMBED], fakes.embed),
         ServedModel(cards[IMAGE], fakes.image),
         ServedModel(cards[SPEECH], fakes.speech),
-    ]))
+    ]), scraper=Scraper())  # /metrics on: this process' own numbers
 
 
 def public_schema(fakes: Fakes):

@@ -9,9 +9,12 @@ from tests.registry_fakes import admin_stack
 CHAT = {"name": "org/tiny-chat", "task": "chat", "source": "fake:", "aliases": ["tiny"]}
 
 
-def client_for(app, host: str = "127.0.0.1", **headers) -> httpx.AsyncClient:
+def client_for(app, host: str = "127.0.0.1", base_url: str = "http://127.0.0.1:8000", **headers) -> httpx.AsyncClient:
+    """A client at address `host`; every request says Content-Type: application/json, as the admin API requires of
+    writes."""
     transport = httpx.ASGITransport(app=app, client=(host, 50000))
-    return httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers)
+    return httpx.AsyncClient(transport=transport, base_url=base_url,
+                             headers={"content-type": "application/json", **headers})
 
 
 @pytest.fixture
@@ -137,10 +140,11 @@ async def test_undeploy_stops_routing_at_once_then_delete(stack, http):
 
 async def test_without_admin_keys_only_loopback_clients_get_in(stack):
     async with client_for(stack.app, host="10.1.2.3") as remote:
-        assert_error(await remote.get("/admin/models"), 403, code="admin_loopback_only")
-        assert (await remote.get("/admin/openapi.json")).status_code == 200
-    async with client_for(stack.app, host="::1") as local:
+        for path in ("/admin/models", "/admin/openapi.json", "/admin/docs"):
+            assert_error(await remote.get(path), 403, code="admin_loopback_only")
+    async with client_for(stack.app, host="::1", base_url="http://[::1]:8000") as local:
         assert (await local.get("/admin/models")).status_code == 200
+        assert (await local.get("/admin/docs")).status_code == 200
 
 
 async def test_admin_keys_are_required_and_api_keys_do_not_count(tmp_path):
@@ -160,3 +164,85 @@ async def test_openapi_documents_every_admin_route(http):
     assert set(paths) == {"/admin/models", "/admin/models/{name}", "/admin/models/{name}/deploy",
                           "/admin/models/{name}/undeploy"}
     assert set(paths["/admin/models/{name}"]) == {"get", "patch", "delete"}
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST:8000", "127.0.0.1", "127.0.0.1:1", "[::1]", "[::1]:8000"])
+async def test_a_loopback_host_header_is_accepted(stack, host):
+    async with client_for(stack.app) as c:
+        assert (await c.get("/admin/models", headers={"host": host})).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["evil.example:8000", "localhost.evil.example", "10.0.0.5:8000", "0.0.0.0:8000", ""])
+async def test_without_admin_keys_a_host_header_that_is_not_loopback_is_refused(stack, host):
+    """DNS rebinding: a page's own name, re-pointed at 127.0.0.1, reaches us as a same-origin request."""
+    async with client_for(stack.app) as c:
+        for path in ("/admin/models", "/admin/openapi.json", "/admin/docs"):
+            r = await c.get(path, headers={"host": host})
+            assert_error(r, 403, code="admin_host_not_loopback")
+            assert "Host header" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("headers", [
+    {"origin": "https://evil.example"}, {"origin": "null"}, {"origin": "http://[::1"},
+    {"origin": "file://"}, {"sec-fetch-site": "cross-site"},
+])
+async def test_without_admin_keys_a_cross_site_request_is_refused(stack, http, headers):
+    await http.post("/admin/models", json={**CHAT, "deploy": False})
+    for method, path in [("GET", "/admin/models"), ("POST", f"/admin/models/{CHAT['name']}/deploy"),
+                         ("DELETE", f"/admin/models/{CHAT['name']}")]:
+        r = await http.request(method, path, headers=headers)
+        assert_error(r, 403, code="admin_cross_site")
+        assert "cross-site" in r.json()["error"]["message"]
+    assert (await http.get(f"/admin/models/{CHAT['name']}")).json()["status"] == "registered"  # nothing happened
+
+
+async def test_a_same_machine_origin_is_accepted(http):
+    for headers in ({"origin": "http://localhost:3000"}, {"origin": "http://127.0.0.1:8000"},
+                    {"sec-fetch-site": "same-origin"}, {"sec-fetch-site": "none"}):
+        assert (await http.get("/admin/models", headers=headers)).status_code == 200
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x"])
+async def test_every_write_needs_a_json_content_type(stack, content_type, tmp_path):
+    """What a page may send cross-origin without a preflight (a "simple request") is refused, with keys or not."""
+    keyed = admin_stack(str(tmp_path / "keyed.db"), admin_api_keys=["adm"])
+    headers = {"content-type": content_type} if content_type else {}
+    for app, auth in ((stack.app, {}), (keyed.app, {"authorization": "Bearer adm"})):
+        async with client_for(app) as c:
+            await c.post("/admin/models", json={**CHAT, "deploy": False}, headers=auth)
+            for method, path, body in [("POST", "/admin/models", b'{"name": "x", "task": "chat", "source": "fake:"}'),
+                                       ("POST", f"/admin/models/{CHAT['name']}/deploy", b""),
+                                       ("PATCH", f"/admin/models/{CHAT['name']}", b'{"description": "x"}'),
+                                       ("DELETE", f"/admin/models/{CHAT['name']}", b"")]:
+                request = c.build_request(method, path, content=body, headers=auth)
+                if content_type is None:
+                    del request.headers["content-type"]
+                else:
+                    request.headers["content-type"] = content_type
+                r = await c.send(request)
+                assert_error(r, 403, code="admin_json_required")
+                assert "Content-Type: application/json" in r.json()["error"]["message"]
+            entry = (await c.get(f"/admin/models/{CHAT['name']}", headers=auth)).json()
+            assert (entry["status"], entry["config"]["description"]) == ("registered", None)
+    keyed.store.close()
+
+
+async def test_json_with_a_charset_is_json(stack, http):
+    r = await http.post("/admin/models", content=b'{"name": "e", "task": "embedding", "source": "fake:"}',
+                        headers={"content-type": "Application/JSON; charset=utf-8"})
+    assert r.status_code == 201, r.text
+    r = await http.post("/admin/models/e/undeploy", headers={"content-type": "application/json"})
+    assert r.status_code == 202, r.text
+
+
+async def test_with_admin_keys_the_host_and_origin_do_not_matter(tmp_path):
+    """A key is not sent by a browser on its own, so a page cannot forge a keyed request."""
+    stack = admin_stack(str(tmp_path / "r.db"), admin_api_keys=["adm"])
+    async with client_for(stack.app, host="10.1.2.3", base_url="http://gpu-box.example:8000",
+                          authorization="Bearer adm", origin="https://dashboard.example") as c:
+        assert (await c.get("/admin/models")).status_code == 200
+        assert (await c.get("/admin/openapi.json")).status_code == 200
+    async with client_for(stack.app, host="10.1.2.3") as c:
+        assert_error(await c.get("/admin/openapi.json"), 401, code="invalid_api_key")
+    stack.store.close()

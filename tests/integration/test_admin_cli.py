@@ -1,30 +1,43 @@
 """`openserve models ...` against the in-process admin stack served by uvicorn."""
 import json
-import sys
 import threading
 import time
-import types
+import urllib.request
+from contextlib import contextmanager
 
 import pytest
-import uvicorn
 
 from serving.cli import main
+from serving.deployments.ingress import http_server
 from tests.e2e.server_process import free_port
 from tests.registry_fakes import admin_stack
+
+START_DEADLINE_S = 30
+
+
+@contextmanager
+def served(app):
+    """`app` behind the ingress' own uvicorn settings (serving.deployments.ingress.http_server), on a free port."""
+    port = free_port()
+    server = http_server(app, "127.0.0.1", port)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_DEADLINE_S
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)  # polling a predicate under a deadline: uvicorn offers no event to wait on
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     stack = admin_stack(str(tmp_path_factory.mktemp("cli") / "registry.db"), admin_api_keys=["adm"])
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(stack.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served(stack.app) as base:
+        yield base
     stack.store.close()
 
 
@@ -68,3 +81,25 @@ def test_errors_are_reported_with_the_servers_message(capsys, url):
 def test_a_failed_deploy_exits_1_with_the_reason(capsys, url):
     code, out, _ = run(capsys, url, "add", "big", "--task", "chat", "--source", "fake:", "--num-gpus", "2")
     assert code == 1 and "big: failed: one replica needs 2 GPU" in out
+
+
+def test_the_ingress_server_ignores_proxy_headers(tmp_path):
+    """X-Forwarded-For must not change who the client is: loopback trust would follow it."""
+    stack = admin_stack(str(tmp_path / "registry.db"))
+    with served(stack.app) as base:
+        request = urllib.request.Request(base + "/admin/models",
+                                         headers={"X-Forwarded-For": "203.0.113.9", "X-Real-IP": "203.0.113.9"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200  # still the loopback client it is (with proxy headers on: 403)
+    stack.store.close()
+
+
+def test_deploy_and_undeploy_without_a_body_pass_the_json_rule_in_loopback_mode(capsys, tmp_path):
+    """The CLI sends Content-Type: application/json on every request, a body or not."""
+    stack = admin_stack(str(tmp_path / "registry.db"))
+    with served(stack.app) as base:
+        assert run(capsys, base, "add", "m", "--task", "chat", "--source", "fake:", "--no-deploy", key=None)[0] == 0
+        assert run(capsys, base, "deploy", "m", key=None)[1].splitlines()[-1] == "m: ready"
+        assert run(capsys, base, "undeploy", "m", key=None)[1].splitlines()[-1] == "m: stopped"
+        assert run(capsys, base, "rm", "m", key=None)[1].strip() == "m: deleted"
+    stack.store.close()

@@ -35,11 +35,11 @@ class Stack:
 
     def http(self, **headers) -> httpx.AsyncClient:
         transport = httpx.ASGITransport(app=self.app, client=("127.0.0.1", 50000))
-        return httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers)
+        return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=headers)
 
     def oai(self, key: str = "unused", max_retries: int = 0) -> openai.AsyncOpenAI:
-        http = openai_httpx.AsyncClient(transport=openai_httpx.ASGITransport(app=self.app), base_url="http://test")
-        return openai.AsyncOpenAI(base_url="http://test/v1", api_key=key, http_client=http, max_retries=max_retries)
+        http = openai_httpx.AsyncClient(transport=openai_httpx.ASGITransport(app=self.app), base_url="http://127.0.0.1")
+        return openai.AsyncOpenAI(base_url="http://127.0.0.1/v1", api_key=key, http_client=http, max_retries=max_retries)
 
     async def create_key(self, admin_key: str | None = None, **body) -> dict:
         headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}

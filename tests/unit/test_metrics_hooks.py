@@ -66,10 +66,10 @@ async def test_a_merger_reports_each_pass_and_what_waits_for_the_next():
 
     merger = BatchMerger(run, max_items=8)
     merger.on_pass = watch_merger("hook-d", merger)
-    first = asyncio.create_task(merger([1]))
+    first = asyncio.create_task(merger.submit(1))
     await until(entered.is_set)  # the first pass is running: the next calls wait for it
-    waiting = [asyncio.create_task(merger([i, i])) for i in range(3)]
-    await until(lambda: merger.queued() == 6)
+    waiting = [asyncio.create_task(merger.submit(i)) for i in range(6)]
+    await until(lambda: merger.pending() == 6)
     assert value("openserve:batch_queue_depth", model="hook-d") == 6
     release.set()
     await asyncio.gather(first, *waiting)

@@ -89,7 +89,7 @@ def test_set_status_only_for_the_expected_version_and_desire(store):
 
 def test_delete_frees_the_name_and_aliases(store):
     store.create(spec("m", aliases=["x"]), deployed=True, actor="a")
-    assert store.delete("m").name == "m"
+    assert store.delete("m") == "m"
     store.create(spec("x", aliases=["m"]), deployed=True, actor="a")
 
 
