@@ -5,8 +5,11 @@
                  backend called in-process: what the HTTP layer costs
   ray-full       `openserve up` on benchmarks/configs/noop.yaml: HTTP served by the ingress replica ->
                  model replica (batching off): what the Ray hops add
+  ray-quiet      the same with metrics and the access log off and no API key
+  ray-operated   the same with metrics, the access log and an API key with limits (checked, counted) on
 
     python -m benchmarks overhead --concurrency 1,32
+    python -m benchmarks overhead --stacks ray-quiet,ray-operated --concurrency 32 --repeat 3   # what operating costs
 """
 from __future__ import annotations
 
@@ -14,7 +17,11 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
+import urllib.request
+
+import yaml
 
 from benchmarks import report, runner
 from benchmarks.loadgen import LoadSpec
@@ -83,6 +90,33 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def config_variant(server: dict) -> str:
+    """noop.yaml with `server` settings over its own, as a temporary file."""
+    with open(NOOP_CONFIG) as f:
+        config = yaml.safe_load(f)
+    config["server"] = {**config.get("server", {}), **server}
+    handle, path = tempfile.mkstemp(prefix="noop-", suffix=".yaml")
+    with os.fdopen(handle, "w") as f:
+        yaml.safe_dump(config, f)
+    return path
+
+
+BENCH_KEY: dict[str, str] = {}  # the secret of the key made on ray-operated (loopback admin: no admin key)
+
+
+def start_operated(cwd: str):
+    """ray-operated: metrics, access log, and a registry key with limits far above the load, so that every request
+    is authenticated, admitted by its limiter and charged its tokens."""
+    server = start_openserve(config_variant({"metrics": True, "access_log": True}), cwd=cwd)
+    body = {"name": "bench", "limits": {"requests_per_minute": 10**9, "tokens_per_minute": 10**12,
+                                        "max_concurrent": 10**6}}
+    request = urllib.request.Request(server.base_url + "/admin/keys", data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        BENCH_KEY["key"] = json.load(response)["key"]
+    return server
+
+
 def start_stacks(names: list[str], ray_env: dict[str, str]) -> list[tuple[str, object]]:
     """(name, ServerProcess) for each requested stack, started one after the other. "STACK@DIR" serves the
     project's source tree in DIR instead of this one (e.g. a clone of the previous commit, to compare versions)."""
@@ -91,6 +125,8 @@ def start_stacks(names: list[str], ray_env: dict[str, str]) -> list[tuple[str, o
         "api-no-ray": lambda cwd: start_uvicorn("benchmarks.overhead:api_app", factory=True, cwd=cwd),
         "ray-full": lambda cwd: start_openserve(NOOP_CONFIG, cwd=cwd),
         "ray-tuned": lambda cwd: start_openserve(NOOP_CONFIG, env=ray_env, cwd=cwd),
+        "ray-quiet": lambda cwd: start_openserve(config_variant({"metrics": False, "access_log": False}), cwd=cwd),
+        "ray-operated": start_operated,
     }
     if ray_env:
         names = names + ["ray-tuned"]
@@ -129,11 +165,13 @@ def summary(runs: list[dict]) -> dict:
         out[level] = {name: {key: round(statistics.median(m.get(key, 0.0) for m in ms), 2)
                              for key in ("request_throughput", "median_e2el_ms", "server_cpu_ms_per_request")}
                       for name, ms in stacks.items()}
-        floor = out[level].get("bare-uvicorn")
+        floor, quiet = out[level].get("bare-uvicorn"), out[level].get("ray-quiet")
         for name, figures in out[level].items():
             if floor and name != "bare-uvicorn":
                 figures["throughput_vs_bare"] = round(figures["request_throughput"] / floor["request_throughput"], 3)
                 figures["added_p50_ms"] = round(figures["median_e2el_ms"] - floor["median_e2el_ms"], 2)
+            if quiet and name == "ray-operated":  # the cost of metrics + access log + keys (target: >= 0.95)
+                figures["throughput_vs_quiet"] = round(figures["request_throughput"] / quiet["request_throughput"], 3)
     return out
 
 
@@ -144,8 +182,9 @@ def run(args) -> int:
     try:
         targets = [Target(name, server.base_url, pid=server.proc.pid) for name, server in servers]
         levels = [int(v) for v in args.concurrency.split(",")]
+        # Every stack gets the bench key (one without keys ignores it), so the requests are the same bytes.
         runs, records = runner.run_all(targets, scenarios(levels, args.duration), progress=not args.no_progress,
-                                        repeat=args.repeat)
+                                        repeat=args.repeat, api_key=BENCH_KEY.get("key"))
     finally:
         for _, server in servers:
             server.stop()

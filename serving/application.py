@@ -10,6 +10,7 @@ from ray.serve import Application
 from serving.config import ServerConfig
 from serving.deployments.controller import RegistryController
 from serving.deployments.ingress import Ingress
+from serving.keys.records import stored_form
 
 APP_NAME = "openserve"
 
@@ -17,6 +18,8 @@ APP_NAME = "openserve"
 def build_application(server: ServerConfig) -> Application:
     """Bind the ingress (which calls the controller) and the controller (one replica: the only deployer)."""
     settings = server.model_dump()
+    for field in ("api_keys", "admin_api_keys"):  # keys leave this process only as hashes (what the ingress needs)
+        settings[field] = [stored_form(k) for k in settings[field]]
     controller = RegistryController.options(
         name="registry-controller", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
     ).bind(settings)

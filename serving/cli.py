@@ -4,16 +4,19 @@ have their own entry point (`openserve-bench`, `python -m benchmarks`): the prod
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import os
 import signal
 import sys
 import time
 
-from serving.config import DEFAULT_CONFIG, AppConfig, ConfigError, load_config
+from serving.config import DEFAULT_CONFIG, AppConfig, ConfigError, ServerConfig, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
     from serving.admin import cli as admin_cli
+    from serving.admin import keys_cli
 
     p = argparse.ArgumentParser(prog="openserve", description="OpenAI-compatible model server on Ray Serve")
     sub = p.add_subparsers(dest="command", required=True)
@@ -29,20 +32,82 @@ def _parser() -> argparse.ArgumentParser:
         help="write the configuration's models into the registry (over same-named entries) and deploy them; "
         "without it they only seed an empty registry",
     )
-    check = sub.add_parser("check-config", help="validate a configuration and print it")
+    up.add_argument("--log-format", choices=["text", "json"], help="the server's own log lines (default: text)")
+    up.add_argument(
+        "--allow-unauthenticated", action="store_true",
+        help="serve on a non-loopback address with no API key: anyone who reaches the port may use every model",
+    )
+    check = sub.add_parser("check-config", help="validate a configuration and print it (keys as their hashes)")
     check.add_argument("--config")
     admin_cli.add_parser(sub)
+    keys_cli.add_parser(sub)
     return p
 
 
 def _with_overrides(config: AppConfig, args: argparse.Namespace) -> AppConfig:
-    values = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "registry_url": args.registry_url}
+    values = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "registry_url": args.registry_url,
+              "log_format": args.log_format}
     server = {k: v for k, v in values.items() if v}
     return config.model_copy(update={"server": config.server.model_copy(update=server)})
 
 
-def _say(message: str) -> None:
-    print(f"[openserve {time.strftime('%H:%M:%S')}] {message}", flush=True)
+_JSON_LINES = False  # --log-format json: the CLI's own lines are JSON objects too
+
+
+def _say(message: str, level: str = "INFO") -> None:
+    if _JSON_LINES:
+        now = time.gmtime()
+        print(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", now), "level": level,
+                          "logger": "openserve", "message": message}), flush=True)
+    else:
+        print(f"[openserve {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback addresses; any other name or address (0.0.0.0 included) is reachable from
+    elsewhere, or may be."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problem(server: ServerConfig, registry_has_inference_key: bool, allowed: bool) -> str | None:
+    """Why `up` must not start: a non-loopback address with no inference key anywhere and no
+    --allow-unauthenticated. None when it may."""
+    if is_loopback_host(server.host) or server.api_keys or registry_has_inference_key or allowed:
+        return None
+    return (f"refusing to serve on {server.host}: no API key is set, so anyone who can reach this address could use "
+            "every model. Set server.api_keys (or create a key with `openserve keys create` on a loopback start), "
+            "or pass --allow-unauthenticated to serve it open on purpose.")
+
+
+def _check_exposure(config: AppConfig, store, args: argparse.Namespace) -> str | None:
+    """The refusal (see exposure_problem), or None after warning loudly when the server is open on purpose."""
+    from serving.keys.store import KeyStore
+
+    has_key = any(k.allows("inference") for k in KeyStore(store.engine).list())  # revoked too: auth stays on
+    problem = exposure_problem(config.server, has_key, args.allow_unauthenticated)
+    if problem:
+        return problem
+    if not (is_loopback_host(config.server.host) or config.server.api_keys or has_key):
+        for line in ("*" * 78, f"WARNING: serving on {config.server.host} with NO API KEY "
+                     "(--allow-unauthenticated):", "anyone who can reach this address can use every model.",
+                     "*" * 78):
+            _say(line, level="WARNING")
+    return None
+
+
+def redacted(config: AppConfig) -> dict:
+    """The configuration with every API key replaced by its stored form (sha256:<hex>), for printing."""
+    from serving.keys.records import stored_form
+
+    data = config.model_dump(mode="json")
+    for field in ("api_keys", "admin_api_keys"):
+        data["server"][field] = [stored_form(k) for k in data["server"][field]]
+    return data
 
 
 def _start_ray(config: AppConfig, address: str | None) -> None:
@@ -68,14 +133,22 @@ def _start_ray(config: AppConfig, address: str | None) -> None:
 
 
 def up(config: AppConfig, args: argparse.Namespace) -> int:
-    from ray import serve
-
-    from serving.application import APP_NAME, build_application
     from serving.registry import startup
 
+    global _JSON_LINES
+    _JSON_LINES = config.server.log_format == "json"
     started = time.perf_counter()
     _install_signal_handlers()
     store = startup.open_registry(config, args.config or DEFAULT_CONFIG, args.apply_config, _say)
+    problem = _check_exposure(config, store, args)
+    if problem:
+        store.close()
+        print(f"openserve up: {problem}", file=sys.stderr)
+        return 2
+    from ray import serve  # only now: refusing to start must not wait for Ray's import
+
+    from serving.application import APP_NAME, build_application
+
     _start_ray(config, args.address)
     _install_signal_handlers()  # again: ray.init installs its own SIGTERM handler, which aborts the process
     try:
@@ -119,10 +192,21 @@ def _shutdown() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
     try:
+        _kill_metrics_hub()
         serve.shutdown()
     finally:
         ray.shutdown()
         _say("stopped")
+
+
+def _kill_metrics_hub() -> None:
+    """The metrics hub is detached (it outlives an ingress restart); on a shared cluster it must not outlive us."""
+    try:
+        from serving.metrics.hub import kill_hub
+
+        kill_hub()
+    except Exception as e:  # noqa: BLE001 - shutting down anyway; Ray's own shutdown removes it on a local cluster
+        _say(f"could not remove the metrics hub: {e!r}", level="WARNING")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,13 +216,17 @@ def main(argv: list[str] | None = None) -> int:
         from serving.admin import cli as admin_cli
 
         return admin_cli.run(args)
+    if args.command == "keys":
+        from serving.admin import keys_cli
+
+        return keys_cli.run(args)
     try:
         config = load_config(args.config)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(config.model_dump_json(indent=2))
+        print(json.dumps(redacted(config), indent=2))
         return 0
     try:
         return up(_with_overrides(config, args), args)

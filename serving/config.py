@@ -114,11 +114,14 @@ class ServerConfig(StrictModel):
     port: int = Field(8000, ge=1, le=65535)
     data_dir: str = Field("~/.cache/openserve", description="caches (converted GGUF, built pipelines), Ray files")
     max_request_bytes: int = Field(10 * 2**20, ge=1024)
-    api_keys: list[str] = Field(default_factory=list, description="when set, requests need `Bearer <key>`")
+    api_keys: list[str] = Field(
+        default_factory=list, description="when set, requests need `Bearer <key>`; a key or its `sha256:<hex>`"
+    )
     ray_num_cpus: int | None = Field(None, ge=1, description="default: the machine's cores")
     ray_object_store_mb: int = Field(200, ge=64)
     admin_api_keys: list[str] = Field(
-        default_factory=list, description="keys for /admin (Bearer); when empty, /admin answers loopback clients only"
+        default_factory=list, description="keys for /admin (Bearer), or their `sha256:<hex>`; when there is no admin "
+        "key at all, /admin answers loopback clients only"
     )
     registry_url: str | None = Field(
         None, description="SQLAlchemy URL of the model registry; default sqlite:///<data_dir>/registry.db"
@@ -131,6 +134,12 @@ class ServerConfig(StrictModel):
         True, description="fail a deploy at once when no Ray node has the resources one replica asks for"
     )
     routes_refresh_s: float = Field(1.0, gt=0, le=60, description="how often the ingress re-reads the registry")
+    keys_refresh_s: float = Field(
+        0.5, gt=0, le=60, description="how often the ingress re-reads the registry's API keys (revocation delay)"
+    )
+    metrics: bool = Field(True, description="Prometheus metrics at /metrics")
+    access_log: bool = Field(True, description="one log line per request")
+    log_format: Literal["text", "json"] = Field("text", description="the server's own log lines")
 
     @property
     def resolved_data_dir(self) -> str:

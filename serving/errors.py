@@ -95,6 +95,25 @@ class DeadlineExceededError(ServingError):
     default_retry_after = 5.0
 
 
+class RateLimitExceededError(ServingError):
+    """An API key is over one of its limits (429, OpenAI's body: type `requests` or `tokens`, code
+    `rate_limit_exceeded`). Carries OpenAI's x-ratelimit-* headers and `retry-after-ms`, which the openai client
+    reads before Retry-After, so its own retry waits exactly as long as needed."""
+
+    status_code = 429
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = "rate_limit_exceeded",
+                 retry_after: float | None = 1.0, kind: str = "requests", limit_headers: dict[str, str] | None = None):
+        super().__init__(message, param, code, retry_after)
+        self.args = (message, param, code, retry_after, kind, limit_headers)
+        self.error_type = kind  # "requests" or "tokens", as OpenAI says
+        self.limit_headers = dict(limit_headers or {})
+
+    def headers(self) -> dict[str, str]:
+        ms = max(1, math.ceil(1000 * self.retry_after))
+        return {**super().headers(), "retry-after-ms": str(ms), **self.limit_headers}
+
+
 class RegistryUnavailableError(ModelUnavailableError):
     """The model registry's database cannot be used now (locked, unreachable, unreadable): retry later (503)."""
 

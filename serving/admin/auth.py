@@ -1,7 +1,8 @@
-"""Who may use /admin (its docs included): holders of server.admin_api_keys; with no admin keys set, loopback
-clients only, and then only requests a web page cannot forge.
+"""Who may use /admin (its docs included): holders of an admin key (server.admin_api_keys, or a key with the admin
+scope made with /admin/keys); with no admin key anywhere, loopback clients only, and then only requests a web page
+cannot forge.
 
-Separate from server.api_keys (an API key never grants admin). Checked in an ASGI middleware, before any body is
+Scopes keep them apart: an inference key never grants admin. Checked in an ASGI middleware, before any body is
 read. With no admin keys, a browser on the same machine is a loopback client: the Host header must name loopback
 (else a DNS-rebound name reaches us as "same origin"), a cross-site request is refused (Origin not loopback, or
 Sec-Fetch-Site: cross-site), and every POST / PATCH / DELETE must say Content-Type: application/json, which a page
@@ -10,8 +11,6 @@ registry's created_by / updated_by: the X-Openserve-User header (informational) 
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import re
 from urllib.parse import urlsplit
@@ -22,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.api.errors import error_response
 from serving.errors import AuthenticationError, PermissionDeniedError
+from serving.keys.ring import KeyRing
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -92,24 +92,26 @@ def _bearer(headers: Headers) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def credential(scope: Scope, keys: list[bytes]) -> str:
-    """How the caller got in ("key:<hash prefix>" or "loopback"); raises AuthenticationError (401) or
-    PermissionDeniedError (403: not loopback, or a request a web page could have forged)."""
-    if keys:
+def credential(scope: Scope, ring: KeyRing) -> str:
+    """How the caller got in ("key:<key id>" or "loopback"); raises AuthenticationError (401) or
+    PermissionDeniedError (403: not loopback, or a request a web page could have forged). While any admin key exists
+    (the YAML's admin_api_keys, or a registry key with the admin scope), /admin needs one, from anywhere; with none,
+    loopback clients only."""
+    if ring.admin_required:
         token = _bearer(Headers(scope=scope))
         if token is None:
             raise AuthenticationError("Missing admin key: send it as 'Authorization: Bearer <key>'.",
                                       code="invalid_api_key")
-        valid = False
-        for key in keys:  # no early exit: the time taken says nothing about which key nearly matched
-            valid |= hmac.compare_digest(key, token.encode())
-        if not valid:
+        record = ring.authenticate(token)
+        if record is None:
             raise AuthenticationError("Incorrect admin key provided.", code="invalid_api_key")
-        return "key:" + hashlib.sha256(token.encode()).hexdigest()[:8]
+        if not record.allows("admin"):
+            raise PermissionDeniedError("This API key does not have the `admin` scope.", code="insufficient_scope")
+        return "key:" + record.id
     client = scope.get("client")
     if not is_loopback(client[0] if client else None):
         raise PermissionDeniedError(
-            "The admin API answers loopback clients only, unless server.admin_api_keys is set.",
+            "The admin API answers loopback clients only, unless an admin key is set.",
             code="admin_loopback_only",
         )
     refuse_browser_forgery(Headers(scope=scope))
@@ -120,16 +122,16 @@ class AdminAuthMiddleware:
     """401 / 403 before the request reaches a route (the docs included); the route reads the caller's name with
     `admin_actor`."""
 
-    def __init__(self, app: ASGIApp, admin_api_keys: list[str]):
+    def __init__(self, app: ASGIApp, ring: KeyRing):
         self.app = app
-        self._keys = [key.encode() for key in admin_api_keys]
+        self.ring = ring
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         try:
-            how = credential(scope, self._keys)
+            how = credential(scope, self.ring)
             require_json(scope)
         except (AuthenticationError, PermissionDeniedError) as error:
             await error_response(error)(scope, receive, send)

@@ -27,10 +27,10 @@ class AdminError(Exception):
 
 
 class AdminClient:
-    """JSON over HTTP to /admin/models (stdlib only)."""
+    """JSON over HTTP to /admin/models, or another admin collection (`path`) (stdlib only)."""
 
-    def __init__(self, url: str, admin_key: str | None = None, timeout_s: float = 60):
-        self.base = url.rstrip("/") + "/admin/models"
+    def __init__(self, url: str, admin_key: str | None = None, timeout_s: float = 60, path: str = "/admin/models"):
+        self.base = url.rstrip("/") + path
         self.admin_key = admin_key
         self.timeout_s = timeout_s
 
@@ -116,12 +116,18 @@ def _spec_from_flags(args: argparse.Namespace) -> dict:
     return spec
 
 
-def add_parser(sub) -> None:
+def connection_flags() -> argparse.ArgumentParser:
+    """--url and --admin-key, shared by `openserve models` and `openserve keys`."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=os.environ.get("OPENSERVE_URL", "http://127.0.0.1:8000"),
                         help="the server (default: $OPENSERVE_URL or http://127.0.0.1:8000)")
     common.add_argument("--admin-key", default=os.environ.get("OPENSERVE_ADMIN_KEY"),
-                        help="one of server.admin_api_keys (default: $OPENSERVE_ADMIN_KEY)")
+                        help="an admin key (default: $OPENSERVE_ADMIN_KEY)")
+    return common
+
+
+def add_parser(sub) -> None:
+    common = connection_flags()
     waiting = argparse.ArgumentParser(add_help=False)
     waiting.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for the outcome")
     waiting.add_argument("--timeout", type=float, default=1800, help="seconds to wait (default 1800)")

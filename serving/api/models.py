@@ -1,4 +1,4 @@
-"""GET /v1/models, GET /v1/models/{model_id} (ids may contain "/"), and GET /health."""
+"""GET /v1/models, GET /v1/models/{model_id} (ids may contain "/")."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
@@ -19,8 +19,3 @@ async def list_models(models: ModelRouter = Depends(get_router)) -> ModelList:
 async def retrieve_model(model_id: str, models: ModelRouter = Depends(get_router)) -> ModelObject:
     """The model's card; 404 model_not_found if no such model is served."""
     return ModelObject.from_card(models.card(model_id))
-
-
-@router.get("/health")
-async def health() -> dict:
-    return {"status": "ok"}

@@ -8,6 +8,8 @@ from ray import serve
 from serving.clients import GenerationChunk, GenerationRequest
 from serving.config import ModelConfig
 from serving.deployments.chat_engine import build_engine
+from serving.deployments.observability import model_replica
+from serving.metrics.models import observe_generation
 from serving.services.engine_process import EngineProcess
 from serving.services.llm import LLMService
 
@@ -24,11 +26,12 @@ class ChatDeployment:
     def __init__(self, spec: dict, data_dir: str):
         self.model = ModelConfig.model_validate(spec)
         self.service = LLMService(lambda: EngineProcess(build_engine, (spec, data_dir)))
+        model_replica(self.model.name)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
         """Streams lists of chunks (all those ready at once: one Ray stream item each); when the caller goes away
         Ray cancels this generator and the service aborts the request, freeing its KV slot within one step."""
-        async for chunks in self.service.generate_batches(request):
+        async for chunks in observe_generation(self.model.name, self.service.generate_batches(request)):
             yield chunks
 
     def check_health(self) -> None:

@@ -12,7 +12,9 @@ from models.factory import build_backend
 from models.sources import fetch_source
 from serving.config import ModelConfig
 from serving.deployments.merge import BatchMerger
+from serving.deployments.observability import model_replica
 from serving.errors import ModelExecutionError, ModelUnavailableError, ServingError
+from serving.metrics.models import watch_merger
 
 log = logging.getLogger("serving.deployments")
 
@@ -60,8 +62,11 @@ def tune_for_compute() -> None:
 
 def batch_merger(model: ModelConfig, run: Callable[[list], list]) -> BatchMerger:
     """The replica's BatchMerger for `run` with the model's batching limits; an item that fails fails alone."""
-    return BatchMerger(lambda items: run_batch_isolated(run, items, model.name), model.batching.max_batch_size,
-                       wait_s=model.batching.batch_wait_timeout_s)
+    merger = BatchMerger(lambda items: run_batch_isolated(run, items, model.name), model.batching.max_batch_size,
+                         wait_s=model.batching.batch_wait_timeout_s)
+    merger.on_pass = watch_merger(model.name, merger)  # metrics: requests per pass, requests waiting
+    model_replica(model.name)
+    return merger
 
 
 @dataclass

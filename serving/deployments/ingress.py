@@ -13,11 +13,12 @@ import asyncio
 import uvicorn
 from ray import serve
 
-from serving.admin.app import AdminSwitch, build_admin_app
 from serving.admin.service import RegistryAdmin
-from serving.api.app import build_app
+from serving.api.server import build_server_app
 from serving.config import ModelConfig, ServerConfig
 from serving.deployments.handle_clients import HANDLE_CLIENTS
+from serving.logs import configure_logging
+from serving.deployments.observability import ingress_scraper, tag_serve_request
 from serving.registry.routes import RegistryRoutes
 from serving.registry.store import RegistryStore
 from serving.router import ModelRouter
@@ -48,6 +49,7 @@ async def _serve(server: uvicorn.Server) -> None:
 class Ingress:
     def __init__(self, server: dict, controller):
         config = ServerConfig.model_validate(server)
+        configure_logging(config.log_format)
         store = RegistryStore.open(config.resolved_registry_url)
         router = ModelRouter()
         self._routes = RegistryRoutes(store, router, handle_client, interval_s=config.routes_refresh_s)
@@ -59,11 +61,10 @@ class Ingress:
             await controller.notify.remote(name)
 
         admin = RegistryAdmin(store, notify, refresh=self._routes.refresh)
-        public = build_app(router, max_request_bytes=config.max_request_bytes, api_keys=config.api_keys)
-        admin_app = build_admin_app(
-            admin, admin_api_keys=config.admin_api_keys, max_request_bytes=config.max_request_bytes
-        )
-        self._server = http_server(AdminSwitch(public, admin_app), config.host, config.port)
+        scraper = ingress_scraper(store) if config.metrics else None
+        app, keys = build_server_app(config, store, router, admin, scraper, on_request=tag_serve_request)
+        self._keys = loop.create_task(keys.run())
+        self._server = http_server(app, config.host, config.port)
         self._serving = loop.create_task(_serve(self._server))
 
     async def check_health(self) -> None:

@@ -22,10 +22,12 @@ class BatchMerger:
     `run` raises, every caller of that run gets the exception. A caller that left (its `submit` was cancelled, as
     Serve does when the client hung up) is dropped before its run starts."""
 
-    def __init__(self, run: Callable[[list], list], max_items: int, wait_s: float = 0.0):
+    def __init__(self, run: Callable[[list], list], max_items: int, wait_s: float = 0.0,
+                 on_pass: Callable[[int], None] | None = None):
         self.run = run
         self.max_items = max_items
         self.wait_s = wait_s
+        self.on_pass = on_pass  # told each pass' item count (the batch-size metric)
         self.last_pass_items = 0
         self._pending: deque[tuple[Any, asyncio.Future]] = deque()
         self._arrived = asyncio.Event()
@@ -63,6 +65,8 @@ class BatchMerger:
         """One pass over `taken`; each caller gets its result, or the pass's exception."""
         items = [item for item, _ in taken]
         self.last_pass_items = len(items)
+        if self.on_pass is not None:
+            self.on_pass(len(items))
         try:
             results = await asyncio.to_thread(self.run, items)
             if len(results) != len(items):

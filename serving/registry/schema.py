@@ -72,15 +72,48 @@ def _v1(conn: Connection) -> None:
     conn.execute(insert(frozen.tables["registry_state"]).values(id=1, generation=0, seeded_at=None))
 
 
-Migration = Callable[[Connection], None]
-MIGRATIONS: list[Migration] = [_v1]  # MIGRATIONS[i] takes a database from version i to i + 1
+def _key_tables(metadata: MetaData) -> None:
+    """API keys as version 2 made them (frozen, like _model_tables). The secret itself is never stored."""
+    Table(
+        "api_keys", metadata,
+        Column("id", String(32), primary_key=True),  # public handle: key_<hex>
+        Column("name", String(128), nullable=False),
+        Column("key_hash", String(80), nullable=False, unique=True),  # sha256:<hex> of the secret
+        Column("scopes", JSON, nullable=False),  # ["inference"], ["admin"] or both
+        Column("models", JSON),  # allow-list of model names; null: every model
+        Column("requests_per_minute", Integer),
+        Column("tokens_per_minute", Integer),
+        Column("max_concurrent", Integer),
+        Column("created_at", DateTime, nullable=False),  # UTC
+        Column("created_by", String(256), nullable=False),
+        Column("revoked_at", DateTime),  # set once; a revoked key never works again
+    )
+    Table(
+        "api_keys_state", metadata,
+        Column("id", Integer, primary_key=True),
+        Column("generation", Integer, nullable=False),  # +1 on every key write: ingresses reload when it moved
+    )
 
-# The tables as this release reads and writes them (today: version 1).
+
+def _v2(conn: Connection) -> None:
+    frozen = MetaData()
+    _key_tables(frozen)
+    frozen.create_all(conn)
+    conn.execute(insert(frozen.tables["api_keys_state"]).values(id=1, generation=0))
+
+
+Migration = Callable[[Connection], None]
+MIGRATIONS: list[Migration] = [_v1, _v2]  # MIGRATIONS[i] takes a database from version i to i + 1
+
+# The tables as this release reads and writes them (today: version 2).
 metadata = MetaData()
 _model_tables(metadata)
+_key_tables(metadata)
 models = metadata.tables["models"]
 model_names = metadata.tables["model_names"]
 registry_state = metadata.tables["registry_state"]
+api_keys = metadata.tables["api_keys"]
+api_keys_state = metadata.tables["api_keys_state"]
 schema_version = Table("schema_version", MetaData(), Column("version", Integer, nullable=False))
 
 

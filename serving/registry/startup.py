@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from typing import Callable
 
@@ -53,19 +54,20 @@ def wait_for_models(store: RegistryStore, server: ServerConfig, say: Say, poll_s
 
 
 def _wait_routed(server: ServerConfig, names: set[str], timeout_s: float = 30.0) -> None:
-    """Until GET /v1/models lists `names` (the ingress re-reads the registry every routes_refresh_s)."""
+    """Until GET /ready says each of `names` is ready, i.e. routed by the ingress (which re-reads the registry every
+    routes_refresh_s). /ready needs no key: the YAML may hold only hashes of the keys."""
     host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
     host = f"[{host}]" if ":" in host else host
-    request = urllib.request.Request(f"http://{host}:{server.port}/v1/models")
-    if server.api_keys:
-        request.add_header("Authorization", f"Bearer {server.api_keys[0]}")
+    url = f"http://{host}:{server.port}/ready"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                listed = {m["id"] for m in json.load(response)["data"]}
-            if names <= listed:
-                return
-        except OSError:
-            pass
+            with urllib.request.urlopen(url, timeout=5) as response:
+                models = json.load(response)["models"]
+        except urllib.error.HTTPError as e:  # 503 until every deployed model is ready: the body says which are
+            models = json.load(e)["models"]
+        except (OSError, ValueError, KeyError):
+            models = {}
+        if all(models.get(name) == "ready" for name in names):
+            return
         time.sleep(0.2)

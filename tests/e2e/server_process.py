@@ -26,13 +26,14 @@ class ServerProcess:
     """One server on a free port with its own short data dir (Ray's socket paths must stay < 108 bytes)."""
 
     def __init__(self, config: str | None = None, ready_timeout_s: float = 600, data_dir: str | None = None,
-                 port: int | None = None):
+                 port: int | None = None, extra_args: tuple[str, ...] = ()):
         self.port = port or free_port()
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="osv-", dir="/tmp")  # pass one to restart on its state
         self.lines: list[str] = []
         args = [sys.executable, "-m", "serving.cli", "up", "--port", str(self.port), "--data-dir", self.data_dir]
         if config:
             args += ["--config", config]
+        args += list(extra_args)
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(

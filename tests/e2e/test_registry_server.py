@@ -23,6 +23,7 @@ from tests.fixtures.tiny_llm import build_tiny_llm
 pytestmark = pytest.mark.ray
 
 CONFIG = os.path.join(REPO, "tests", "e2e", "registry_models.yaml")
+OPEN = ("--allow-unauthenticated",)  # the config listens on 0.0.0.0 without keys, on purpose
 TINY = {"name": "tiny/llama", "task": "chat", "aliases": ["tiny"], "resources": {"num_cpus": 0.1},
         "options": {"max_model_len": 256}}
 SLOW_CHAT = {"name": "slow-chat", "task": "chat", "source": "fake:", "resources": {"num_cpus": 0.1},
@@ -40,7 +41,7 @@ def data_dir():
 @pytest.fixture(scope="module")
 def servers(data_dir):
     """The servers started on `data_dir`, newest last (the restart tests add theirs)."""
-    started = [ServerProcess(CONFIG, data_dir=data_dir)]
+    started = [ServerProcess(CONFIG, data_dir=data_dir, extra_args=OPEN)]
     yield started
     for server in started:
         server.cleanup(remove_data=False)
@@ -249,7 +250,7 @@ def test_kill_9_during_20_concurrent_registrations_then_a_restart_brings_back_th
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         names = dict(conn.execute("SELECT name, model FROM model_names WHERE model LIKE 'crash-%'").fetchall())
 
-    servers.append(ServerProcess(CONFIG, data_dir=data_dir))
+    servers.append(ServerProcess(CONFIG, data_dir=data_dir, extra_args=OPEN))
     with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60) as admin:
         listing = admin.get("/models").json()
         after = {e["name"]: e for e in listing["data"]}

@@ -45,6 +45,14 @@ def test_overhead_summary_relates_each_stack_to_the_bare_floor():
     assert s["ray-full"]["added_p50_ms"] == pytest.approx(16.0)
 
 
+def test_overhead_summary_gives_what_operating_costs_against_the_quiet_stack():
+    runs = [run("ray-quiet", "c=32", request_throughput=500.0, median_e2el_ms=60.0),
+            run("ray-operated", "c=32", request_throughput=480.0, median_e2el_ms=62.0)]
+    s = overhead.summary(runs)["c=32"]
+    assert s["ray-operated"]["throughput_vs_quiet"] == pytest.approx(0.96)
+    assert "throughput_vs_quiet" not in s["ray-quiet"]
+
+
 def test_table_has_a_row_per_run_and_flags_a_bound_client():
     runs = [run("server", "c=1 x1", request_throughput=10.0, input_throughput=10.0, median_e2el_ms=5.0,
                 p90_e2el_ms=6.0, p99_e2el_ms=7.0),

@@ -18,22 +18,38 @@ def test_a_new_database_gets_the_latest_version(tmp_path):
     RegistryStore.open(f"sqlite:///{tmp_path}/r.db").close()  # opening again migrates nothing
 
 
-def _v2_adds_owner(conn):
+def _next_adds_owner(conn):
     conn.execute(text("ALTER TABLE models ADD COLUMN owner VARCHAR(64) NOT NULL DEFAULT 'nobody'"))
 
 
 def test_an_older_file_is_upgraded_in_place_keeping_its_rows(tmp_path):
     url = f"sqlite:///{tmp_path}/r.db"
-    old = RegistryStore.open(url)  # written by "this release" (version 1)
+    old = RegistryStore.open(url)  # written by "this release"
     old.create(ModelConfig(name="m", task="chat", source="fake:", aliases=["x"]), deployed=True, actor="a")
     old.close()
     engine = create_registry_engine(url)
+    latest = len(schema.MIGRATIONS) + 1
     with engine.begin() as conn:  # "the next release" adds a step
-        assert migrate(conn, [*schema.MIGRATIONS, _v2_adds_owner]) == 2
+        assert migrate(conn, [*schema.MIGRATIONS, _next_adds_owner]) == latest
     with engine.connect() as conn:
         assert conn.execute(text("SELECT name, owner FROM models")).all() == [("m", "nobody")]
-        assert database_version(conn) == 2
+        assert database_version(conn) == latest
     engine.dispose()
+
+
+def test_a_version_1_file_gets_the_key_tables_and_keeps_its_models(tmp_path):
+    url = f"sqlite:///{tmp_path}/r.db"
+    engine = create_registry_engine(url)
+    with engine.begin() as conn:  # a registry written before API keys existed
+        assert migrate(conn, schema.MIGRATIONS[:1]) == 1
+    engine.dispose()
+    store = RegistryStore.open(url)
+    store.create(ModelConfig(name="m", task="chat", source="fake:"), deployed=False, actor="a")
+    with store.engine.connect() as conn:
+        assert database_version(conn) == len(schema.MIGRATIONS)
+        assert conn.execute(text("SELECT count(*) FROM api_keys")).scalar_one() == 0
+        assert conn.execute(text("SELECT generation FROM api_keys_state")).scalar_one() == 0
+    store.close()
 
 
 def test_a_newer_file_is_refused_with_a_clear_error(tmp_path):
@@ -58,6 +74,6 @@ def test_a_failing_step_leaves_the_old_version_intact(tmp_path):
         with engine.begin() as conn:
             migrate(conn, [*schema.MIGRATIONS, broken])
     with engine.connect() as conn:
-        assert database_version(conn) == 1
+        assert database_version(conn) == len(schema.MIGRATIONS)
         assert not conn.execute(text("SELECT name FROM sqlite_master WHERE name = 'half_done'")).all()
     engine.dispose()
