@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serving.upstream.config import UpstreamConfig
+
 Task = Literal["chat", "embedding", "image", "speech"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -52,6 +54,7 @@ class AutoscalingConfig(StrictModel):
 
 MODEL_ID = r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}"
 MODEL_APP_PREFIX = "model:"
+UPSTREAM_SOURCE = "upstream"  # the source of a model that a remote server serves (see `upstream`)
 
 
 def deployment_name(model: str) -> str:
@@ -63,7 +66,9 @@ def deployment_name(model: str) -> str:
 class ModelConfig(StrictModel):
     name: str = Field(..., description="the OpenAI `model` id clients send")
     task: Task
-    source: str = Field(..., description="package:, builtin:, fake:, hf:, a hub id, or a local path")
+    source: str | None = Field(
+        None, description="package:, builtin:, fake:, hf:, a hub id, or a local path; none for an upstream model"
+    )
     revision: str | None = Field(None, description="a Hub branch, tag or commit (Hub sources only)")
     dtype: DType = "auto"
     device: Device = "auto"
@@ -76,6 +81,10 @@ class ModelConfig(StrictModel):
     options: dict[str, Any] = Field(default_factory=dict, description="backend-specific settings")
     description: str | None = None
     aliases: list[str] = Field(default_factory=list, description="other `model` ids that reach this model")
+    upstream: UpstreamConfig | None = Field(None, description="served by this remote server, not by a replica")
+    fallbacks: list[str] = Field(
+        default_factory=list, description="models that answer, in order, while this one is unavailable or overloaded"
+    )
 
     @field_validator("name")
     @classmethod
@@ -84,7 +93,7 @@ class ModelConfig(StrictModel):
             raise ValueError("model names use letters, digits and . _ : / - (at most 128 characters)")
         return v
 
-    @field_validator("aliases")
+    @field_validator("aliases", "fallbacks")
     @classmethod
     def _aliases_are_ids(cls, v: list[str]) -> list[str]:
         bad = [a for a in v if not re.fullmatch(MODEL_ID, a)]
@@ -98,6 +107,25 @@ class ModelConfig(StrictModel):
     def _alias_is_not_the_name(self) -> "ModelConfig":
         if self.name in self.aliases:
             raise ValueError("a model's aliases must differ from its name")
+        if {self.name, *self.aliases} & set(self.fallbacks):
+            raise ValueError("a model cannot be its own fallback")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upstream_source(cls, data: Any) -> Any:
+        """An upstream model's source reads `upstream` (the column is never empty)."""
+        if isinstance(data, dict) and data.get("upstream") is not None and data.get("source") is None:
+            return {**data, "source": UPSTREAM_SOURCE}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        """A model has a source (a replica loads it) or an upstream (a remote server serves it), not both."""
+        if self.source is None:
+            raise ValueError("source: Field required (or give `upstream` for a model a remote server serves)")
+        if (self.upstream is not None) != (self.source == UPSTREAM_SOURCE):
+            raise ValueError("an upstream model has no source, and `source: upstream` needs an `upstream` section")
         return self
 
     @property
@@ -106,7 +134,7 @@ class ModelConfig(StrictModel):
 
     def deployment_spec(self) -> dict:
         """What the model's replicas are built from: every field but those that only the router reads."""
-        return self.model_dump(exclude={"aliases", "description"})
+        return self.model_dump(exclude={"aliases", "description", "fallbacks"})
 
 
 class ServerConfig(StrictModel):

@@ -50,6 +50,10 @@ class ModelUpdate(_Partial):
     options: dict[str, Any] | None = None
     description: str | None = None
     aliases: list[str] | None = None
+    upstream: dict[str, Any] | None = Field(
+        None, description="fields of the upstream section; they merge into an upstream model's current ones"
+    )
+    fallbacks: list[str] | None = None
 
     def apply(self, current: ModelConfig) -> dict:
         """`current` with these changes, as a dict still to be validated as a ModelConfig."""
@@ -59,6 +63,8 @@ class ModelUpdate(_Partial):
                 merged.pop(key, None)
             elif key in ("batching", "resources"):
                 merged[key].update({k: v for k, v in value.items() if v is not None})
+            elif key == "upstream" and merged.get("upstream"):
+                merged[key] = {**merged[key], **value}
             else:
                 merged[key] = value
         return merged

@@ -22,12 +22,27 @@ from serving.deployments.observability import ingress_scraper, tag_serve_request
 from serving.registry.routes import RegistryRoutes
 from serving.registry.store import RegistryStore
 from serving.router import ModelRouter
+from serving.upstream.pool import UpstreamPool
 
 
 def handle_client(model: ModelConfig):
     """A client over the model's own Serve application (same name for the app and its one deployment)."""
     handle = serve.get_deployment_handle(model.deployment_name, model.deployment_name)
     return HANDLE_CLIENTS[model.task](handle)
+
+
+class IngressClients:
+    """How this ingress reaches a model: a Ray handle to its replicas, or for an upstream model, the remote server
+    itself (no replica, no Ray hop: the gateway adds one HTTP call)."""
+
+    def __init__(self, upstreams: UpstreamPool):
+        self.upstreams = upstreams
+
+    def make(self, spec: ModelConfig):
+        return self.upstreams.client(spec) if spec.upstream is not None else handle_client(spec)
+
+    def drop(self, client) -> None:
+        self.upstreams.drop(client)  # a handle client needs no clean-up; the pool ignores what it did not make
 
 
 def http_server(app, host: str, port: int) -> uvicorn.Server:
@@ -52,17 +67,20 @@ class Ingress:
         configure_logging(config.log_format)
         store = RegistryStore.open(config.resolved_registry_url)
         router = ModelRouter()
-        self._routes = RegistryRoutes(store, router, handle_client, interval_s=config.routes_refresh_s)
+        upstreams = UpstreamPool()
+        self._routes = RegistryRoutes(store, router, IngressClients(upstreams), interval_s=config.routes_refresh_s)
         # Serve runs the constructor on the replica's event loop; the tasks below live on it.
         loop = asyncio.get_running_loop()
         self._poll = loop.create_task(self._routes.run())
+        self._health = loop.create_task(upstreams.run())
 
         async def notify(name: str) -> None:
             await controller.notify.remote(name)
 
         admin = RegistryAdmin(store, notify, refresh=self._routes.refresh)
         scraper = ingress_scraper(store) if config.metrics else None
-        app, keys = build_server_app(config, store, router, admin, scraper, on_request=tag_serve_request)
+        app, keys = build_server_app(config, store, router, admin, scraper, on_request=tag_serve_request,
+                                     upstreams=upstreams)
         self._keys = loop.create_task(keys.run())
         self._server = http_server(app, config.host, config.port)
         self._serving = loop.create_task(_serve(self._server))

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 from models.sources import SourceError, check_source
 from serving.config import ModelConfig
+from serving.upstream.config import key_problem
 
 
 def source_problem(spec: ModelConfig) -> str | None:
-    """Why `spec.source` cannot be served from here (unresolvable, or offline and not cached), or None."""
+    """Why `spec.source` cannot be served from here (unresolvable, or offline and not cached), or None. An upstream
+    model's remote is not called here (it may be down now; its circuit breaker handles that): only its key is
+    checked."""
+    if spec.upstream is not None:
+        return key_problem(spec.upstream)
     try:
         check_source(spec.source, spec.revision)
     except SourceError as e:

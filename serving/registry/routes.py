@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Any, Protocol
 
 from serving.clients import ModelCard
 from serving.config import ModelConfig
@@ -24,9 +24,23 @@ CARD_OPTIONS = ("default_size", "default_steps", "default_guidance_scale", "size
                 "max_model_len")
 
 
+class ClientFactory(Protocol):
+    """Makes the client that reaches a model, and hears when the routes stop using one."""
+
+    def make(self, spec: ModelConfig) -> Any: ...  # may run in a worker thread
+    def drop(self, client: Any) -> None: ...  # on the event loop
+
+
+def client_key(spec: ModelConfig) -> tuple:
+    """What a model's client depends on: a client is kept across reloads while this stays the same."""
+    return spec.name, spec.task, spec.upstream.model_dump_json() if spec.upstream else None
+
+
 def model_card(entry: ModelEntry) -> ModelCard:
     model = entry.spec
     metadata = {"source": model.source, **{k: v for k, v in model.options.items() if k in CARD_OPTIONS}}
+    if model.upstream is not None:
+        metadata["upstream"] = model.upstream.base_url
     if model.description:
         metadata["description"] = model.description
     return ModelCard(
@@ -35,16 +49,13 @@ def model_card(entry: ModelEntry) -> ModelCard:
 
 
 class RegistryRoutes:
-    def __init__(
-        self, store: RegistryStore, router: ModelRouter, make_client: Callable[[ModelConfig], Any],
-        interval_s: float = 1.0,
-    ):
+    def __init__(self, store: RegistryStore, router: ModelRouter, clients: ClientFactory, interval_s: float = 1.0):
         self.store = store
         self.router = router
-        self.make_client = make_client  # a client for the model's application (a Ray handle client in the ingress)
+        self.clients = clients  # in the ingress: Ray handle clients, and upstream clients that call remotes directly
         self.interval_s = interval_s
         self._generation: int | None = None
-        self._clients: dict[tuple[str, str], Any] = {}  # (name, task) -> client, kept across reloads
+        self._clients: dict[tuple, Any] = {}  # client_key -> client, kept across reloads
         self._lock = asyncio.Lock()
 
     async def refresh(self) -> None:
@@ -54,8 +65,11 @@ class RegistryRoutes:
             if loaded is not None:
                 generation, served, clients = loaded
                 self.router.replace(served)
+                dropped = [c for key, c in self._clients.items() if clients.get(key) is not c]
                 self._clients = clients
                 self._generation = generation
+                for client in dropped:
+                    self.clients.drop(client)
 
     def _load(self) -> tuple[int | None, list[ServedModel], dict] | None:
         """(generation, served models, clients), or None when nothing changed. Runs in a thread: creating a
@@ -67,14 +81,15 @@ class RegistryRoutes:
         for entry in self.store.list():
             if entry.status not in ROUTED_STATUSES:
                 continue
-            key = (entry.name, entry.spec.task)
+            key = client_key(entry.spec)
             try:
-                clients[key] = self._clients.get(key) or self.make_client(entry.spec)
+                clients[key] = self._clients.get(key) or self.clients.make(entry.spec)
             except Exception as e:  # e.g. its application is being deleted: retry on the next poll
                 log.warning("no route to %s yet: %r", entry.name, e)
                 generation = None
                 continue
-            served.append(ServedModel(model_card(entry), clients[key], tuple(entry.spec.aliases)))
+            spec = entry.spec
+            served.append(ServedModel(model_card(entry), clients[key], tuple(spec.aliases), tuple(spec.fallbacks)))
         return generation, served, clients
 
     async def run(self) -> None:

@@ -55,6 +55,8 @@ def _row_values(spec: ModelConfig) -> dict:
         max_batch_size=spec.batching.max_batch_size,
         batch_wait_timeout_s=spec.batching.batch_wait_timeout_s,
         autoscaling=spec.autoscaling.model_dump() if spec.autoscaling else None,
+        upstream=spec.upstream.model_dump() if spec.upstream else None,
+        fallbacks=list(spec.fallbacks),
     )
     return values
 
@@ -67,6 +69,8 @@ def _entry(row, aliases: list[str]) -> ModelEntry:
         batching={"max_batch_size": row.max_batch_size, "batch_wait_timeout_s": row.batch_wait_timeout_s},
         autoscaling=row.autoscaling,
         aliases=aliases,
+        upstream=row.upstream,
+        fallbacks=row.fallbacks or [],
     )
     return ModelEntry(
         spec=ModelConfig.model_validate(data),

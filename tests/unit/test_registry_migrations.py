@@ -77,3 +77,26 @@ def test_a_failing_step_leaves_the_old_version_intact(tmp_path):
         assert database_version(conn) == len(schema.MIGRATIONS)
         assert not conn.execute(text("SELECT name FROM sqlite_master WHERE name = 'half_done'")).all()
     engine.dispose()
+
+
+def test_a_version_1_file_gains_upstream_and_fallbacks_and_its_models_read_as_local(tmp_path):
+    url = f"sqlite:///{tmp_path}/r.db"
+    engine = create_registry_engine(url)
+    with engine.begin() as conn:
+        migrate(conn, schema.MIGRATIONS[:1])
+        conn.execute(text(
+            "INSERT INTO models (name, task, source, dtype, device, num_replicas, max_ongoing_requests, num_cpus, "
+            "num_gpus, max_batch_size, batch_wait_timeout_s, options, deployed, status, version, created_at, "
+            "updated_at, status_at, created_by, updated_by) VALUES ('m', 'chat', 'fake:', 'auto', 'auto', 1, 64, "
+            "0.5, 0, 8, 0.01, '{}', 1, 'ready', 1, '2026-01-01', '2026-01-01', '2026-01-01', 'a', 'a')"
+        ))
+        conn.execute(text("INSERT INTO model_names (name, model) VALUES ('m', 'm')"))
+    engine.dispose()
+    store = RegistryStore.open(url)
+    entry = store.get("m")
+    assert (entry.spec.upstream, entry.spec.fallbacks, entry.spec.source) == (None, [], "fake:")
+    upstream = ModelConfig(name="u", task="chat", upstream={"base_url": "http://remote:8000/v1", "model": "big"},
+                           fallbacks=["m"])
+    store.create(upstream, deployed=True, actor="a")
+    assert store.get("u").spec == upstream
+    store.close()
