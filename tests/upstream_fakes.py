@@ -4,7 +4,6 @@ makes connections to its port refused; starting it again on the same port is the
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -14,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api.app import build_app
 from tests.api_fakes import Fakes
+from tests.e2e.server_process import free_port
 
 
 @dataclass
@@ -73,12 +73,6 @@ def _cutting(send: Send, after: int) -> Send:
         await send(message)
 
     return cut
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Upstream:

@@ -7,6 +7,7 @@ import json
 
 import httpx
 import numpy as np
+import ollama
 import openai
 import pytest
 import soundfile
@@ -205,6 +206,29 @@ def test_client_leaving_mid_stream_does_not_hurt_the_server(client):
         model=CHAT, messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=16
     )
     assert "Paris" in r.choices[0].message.content
+
+
+def test_ollama_client_lists_chats_generates_embeds_and_shows(server, client):
+    """The official ollama client, unchanged, on the same port (OLLAMA_HOST would point it here)."""
+    o = ollama.Client(host=server.base_url, timeout=120)
+    assert {m.model for m in o.list().models} == {f"{CHAT}:latest", f"{EMBED}:latest"}
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = o.chat(model=CHAT, messages=question, options={"temperature": 0, "num_predict": 32})
+    assert "Paris" in reply.message.content and reply.done and reply.eval_count <= 32
+    parts = list(o.chat(model=f"{CHAT}:latest", messages=question, options={"temperature": 0, "num_predict": 32},
+                        stream=True))
+    assert "".join(p.message.content for p in parts) == reply.message.content and len(parts) > 5
+    generated = o.generate(model=CHAT, prompt="What is the capital of France?", options={"temperature": 0,
+                                                                                        "num_predict": 32})
+    assert "Paris" in generated.response
+    texts = ["A man is playing a guitar.", "The stock market fell sharply today."]
+    vectors = np.array(o.embed(model=EMBED, input=texts).embeddings)
+    direct = np.array([d.embedding for d in client.embeddings.create(model=EMBED, input=texts).data])
+    np.testing.assert_allclose(vectors, direct, atol=1e-4)
+    assert o.show(CHAT).capabilities == ["completion"] and o.show(EMBED).capabilities == ["embedding"]
+    with pytest.raises(ollama.ResponseError) as missing:
+        o.chat(model="llama3", messages=question)
+    assert missing.value.status_code == 404
 
 
 def test_health(server):
