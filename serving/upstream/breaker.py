@@ -68,9 +68,8 @@ class CircuitBreaker:
             self._probes += 1
             return Permit(True, self._generation)
         wait = self.retry_after() if state == OPEN else self.settings.open_s
-        raise CircuitOpenError(
-            f"the upstream is failing (circuit {state.replace('_', '-')}; last error: {self.last_failure})",
-            retry_after=max(1.0, wait),
+        raise CircuitOpenError(  # its last failure is in /admin/upstreams, not in what callers read
+            f"the upstream is failing: its circuit is {state.replace('_', '-')}", retry_after=max(1.0, wait)
         )
 
     def success(self, permit: Permit) -> None:

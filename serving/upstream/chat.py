@@ -12,7 +12,7 @@ from aiohttp.http_exceptions import LineTooLong
 from models.llm.types import SamplingParams, TokenLogprob
 from serving.clients import GenerationChunk, GenerationRequest
 from serving.errors import UpstreamError
-from serving.upstream.transport import UpstreamTransport
+from serving.upstream.transport import RemoteReply, UpstreamTransport
 
 MAX_EVENT_BYTES = 1 << 20  # one server-sent event line; longer is a broken upstream
 
@@ -123,7 +123,8 @@ async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict]:
             return
         event = json.loads(payload)
         if isinstance(event, dict) and "error" in event:  # an error after the stream started
-            raise UpstreamError(f"the upstream failed mid-stream: {json.dumps(event['error'])[:500]}")
+            said = RemoteReply(json.dumps(event["error"])[:1000])
+            raise UpstreamError("the upstream failed mid-stream", code="upstream_error") from said
         yield event
 
 

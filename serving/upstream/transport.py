@@ -72,11 +72,18 @@ class UpstreamTransport:
         verdict = False
         try:
             response = await self._send(method, path, body)
+            completed = False
             try:
                 await self._check_status(response)
                 yield response
+                completed = True
             finally:
-                response.release()
+                # A reply left unread (the caller left mid-stream, or failed) closes its connection: the remote
+                # sees the hang-up and can stop generating; a finished one goes back to the pool.
+                if completed:
+                    response.release()
+                else:
+                    response.close()
             verdict = True
             self.breaker.success(permit)
         except ServingError as e:
@@ -85,9 +92,9 @@ class UpstreamTransport:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:  # while the caller read the body
             verdict = True
-            error = _body_error(e)
-            self.breaker.failure(permit, str(error))
-            raise error from None
+            error = self._body_error(e)
+            self.breaker.failure(permit, _detail(error, e))
+            raise error from e
         finally:
             self.in_flight -= 1
             if not verdict:  # the caller left (cancelled, closed the stream): nothing learnt about the remote
@@ -115,9 +122,9 @@ class UpstreamTransport:
                 return await self.session().request(method, url, data=data, headers=headers)
             except _RETRIED as e:
                 if attempt == self.config.retries:
-                    raise ModelUnavailableError(f"cannot reach the upstream of `{self.name}`: {_describe(e)}") from None
+                    raise ModelUnavailableError(f"the upstream of `{self.name}` cannot be reached") from e
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                raise _body_error(e) from None
+                raise self._body_error(e) from e
             if self.breaker.state == OPEN:  # other calls opened it meanwhile: do not keep knocking
                 raise CircuitOpenError(f"the upstream of `{self.name}` is failing", retry_after=self.breaker.retry_after())
             await self._sleep(self._uniform(0.0, self.config.retry_backoff_s * 2 ** (attempt + 1)))
@@ -126,28 +133,46 @@ class UpstreamTransport:
     async def _check_status(self, response: aiohttp.ClientResponse) -> None:
         if response.status < 300:
             return
+        """Raise the typed error for a remote's error status. Only a 4xx that is the caller's (a bad input) passes the
+        remote's own message on; the others say what happened, and the remote's words go to the breaker's
+        last_failure (in /admin), not to callers."""
         message, param, code = _error_detail(await read_body(response, MAX_ERROR_BYTES, truncate=True))
         status, where = response.status, f"the upstream of `{self.name}`"
         retry_after = _retry_after(response.headers.get("Retry-After"))
+        said = RemoteReply(f"{status}: {message}")
         if status == 429:
-            raise ServerOverloadedError(f"{where} is overloaded: {message}", retry_after=retry_after)
+            raise ServerOverloadedError(f"{where} is overloaded", retry_after=retry_after) from said
         if status == 503:
-            raise ModelUnavailableError(f"{where} is unavailable: {message}", retry_after=retry_after)
+            raise ModelUnavailableError(f"{where} is unavailable", retry_after=retry_after) from said
         if status in (401, 403):
-            raise UpstreamError(f"{where} refused the API key ({status}): {message}", code="upstream_auth")
+            raise UpstreamError(f"{where} refused the API key ({status})", code="upstream_auth") from said
         if status == 404:
-            raise UpstreamError(f"{where} answered 404: {message}", code="upstream_not_found")
+            raise UpstreamError(f"{where} answered 404 (is upstream.model right?)", code="upstream_not_found") from said
         if 400 <= status < 500:
             raise InvalidRequestError(message, param=param, code=code)
-        raise UpstreamError(f"{where} answered {status}: {message}", code="upstream_error")
+        raise UpstreamError(f"{where} answered {status}", code="upstream_error") from said
 
     def _judge(self, permit: Permit, error: ServingError) -> None:
         if isinstance(error, CircuitOpenError):
             self.breaker.release(permit)
         elif isinstance(error, _UPSTREAM_FAULTS):
-            self.breaker.failure(permit, str(error))
+            self.breaker.failure(permit, _detail(error, error.__cause__))
         else:  # a 4xx or 429: the remote is up and answering
             self.breaker.success(permit)
+
+    def _body_error(self, error: BaseException) -> ServingError:
+        """The typed error for a failure once the remote had answered (or was silent too long)."""
+        where = f"the upstream of `{self.name}`"
+        if isinstance(error, asyncio.TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
+            return DeadlineExceededError(f"{where} sent nothing for {self.config.read_timeout_s:g} s "
+                                         "(upstream.read_timeout_s)")
+        if isinstance(error, ValueError):
+            return UpstreamError(f"{where} sent a malformed reply", code="upstream_error")
+        return UpstreamError(f"{where}'s reply was cut off", code="upstream_error")
+
+
+class RemoteReply(Exception):
+    """What the remote said with an error status: the cause of the typed error, kept for the breaker's record."""
 
 
 async def read_body(response: aiohttp.ClientResponse, limit: int = MAX_BODY_BYTES, truncate: bool = False) -> bytes:
@@ -167,13 +192,9 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def _body_error(error: BaseException) -> ServingError:
-    """The typed error for a failure once the remote had answered (or was silent too long)."""
-    if isinstance(error, asyncio.TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
-        return DeadlineExceededError("the upstream sent nothing for its read timeout (upstream.read_timeout_s)")
-    if isinstance(error, ValueError):
-        return UpstreamError(f"the upstream sent a malformed reply: {error}", code="upstream_error")
-    return UpstreamError(f"the upstream's reply was cut off: {_describe(error)}", code="upstream_error")
+def _detail(error: BaseException, cause: BaseException | None) -> str:
+    """The breaker's record of a failure: the typed error and what caused it (the remote's words, the socket's)."""
+    return str(error) if cause is None else f"{error}: {_describe(cause)}"
 
 
 def _error_detail(raw: bytes) -> tuple[str, str | None, str | None]:

@@ -4,6 +4,7 @@ hangs, a slow first byte, a stream cut in the middle) open the circuit after the
 get 503 + Retry-After at once, the fallback answers, and the circuit closes when the upstream is back."""
 import asyncio
 import base64
+import json
 import time
 
 import numpy as np
@@ -15,7 +16,7 @@ from serving.config import ModelConfig
 from serving.router import ModelRouter, ServedModel
 from serving.upstream.pool import UpstreamPool
 from tests.api_fakes import CHAT, EMBED, IMAGE, SPEECH, Fakes, asgi_client
-from tests.integration.test_api_chat import sse_events
+from tests.integration.test_api_chat import _scope, sse_events
 from tests.upstream_fakes import Upstream, upstream  # noqa: F401
 
 USER = [{"role": "user", "content": "hello there"}]  # the fake engine answers with it
@@ -173,6 +174,33 @@ async def test_the_upstreams_4xx_reaches_the_caller_and_a_wrong_remote_model_is_
     missing = await post(via, "/v1/chat/completions", chat_body("remote-missing"))
     assert missing.status_code == 502 and missing.json()["error"]["code"] == "upstream_not_found"
     assert gateway.circuit("remote-speech") == "closed"  # the remote answered: no failure
+
+
+async def test_a_caller_leaving_mid_stream_hangs_up_on_the_upstream_which_aborts(gateway, upstream):
+    upstream.fakes.chat.engine.hold_after(5)  # the reply cannot finish before the caller leaves
+    text = "a reply far longer than five tokens"
+    body = json.dumps({"model": "remote-chat", "messages": [{"role": "user", "content": text}],
+                       "stream": True}).encode()
+    sent, gone, bodies = False, asyncio.Event(), []
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+            if len(bodies) == 3:
+                gone.set()
+
+    await asyncio.wait_for(gateway.app(_scope(body, "2.3"), receive, send), CALL_DEADLINE_S)
+    aborted = await upstream.fakes.chat.wait_aborted(1)
+    assert aborted == [f"{upstream.fakes.chat.requests[-1].request_id}-0"]
+    assert next(s for s in gateway.pool.states() if s["name"] == "remote-chat")["in_flight"] == 0
 
 
 # --- faults --------------------------------------------------------------------------------------------------------
