@@ -15,8 +15,8 @@ from serving.clients import ModelCard
 from serving.config import ModelConfig
 from serving.router import ModelRouter, ServedModel
 from serving.upstream.pool import UpstreamPool
-from tests.api_fakes import CHAT, EMBED, IMAGE, SPEECH, Fakes, asgi_client
-from tests.integration.test_api_chat import _scope, sse_events
+from tests.api_fakes import CHAT, EMBED, IMAGE, SPEECH, Fakes, asgi_client, leave_mid_stream
+from tests.integration.test_api_chat import sse_events
 from tests.upstream_fakes import Upstream, upstream  # noqa: F401
 
 USER = [{"role": "user", "content": "hello there"}]  # the fake engine answers with it
@@ -181,23 +181,7 @@ async def test_a_caller_leaving_mid_stream_hangs_up_on_the_upstream_which_aborts
     text = "a reply far longer than five tokens"
     body = json.dumps({"model": "remote-chat", "messages": [{"role": "user", "content": text}],
                        "stream": True}).encode()
-    sent, gone, bodies = False, asyncio.Event(), []
-
-    async def receive():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        if message["type"] == "http.response.body":
-            bodies.append(message["body"])
-            if len(bodies) == 3:
-                gone.set()
-
-    await asyncio.wait_for(gateway.app(_scope(body, "2.3"), receive, send), CALL_DEADLINE_S)
+    await leave_mid_stream(gateway.app, "/v1/chat/completions", body, timeout_s=CALL_DEADLINE_S)
     aborted = await upstream.fakes.chat.wait_aborted(1)
     assert aborted == [f"{upstream.fakes.chat.requests[-1].request_id}-0"]
     assert next(s for s in gateway.pool.states() if s["name"] == "remote-chat")["in_flight"] == 0
