@@ -9,6 +9,7 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 from fastapi import APIRouter, Depends, Response
+from fastapi.responses import PlainTextResponse
 
 from serving.api.common import context_size, get_router, json_response
 from serving.api.generation import collect, open_generation
@@ -173,3 +174,9 @@ async def show_model(body: OllamaShowRequest, models: ModelRouter = Depends(get_
 @router.get("/api/version")
 async def version() -> dict:
     return {"version": OLLAMA_API_VERSION}
+
+
+@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+async def root() -> str:
+    """What Ollama answers at its root: tools probe it to find an Ollama server."""
+    return "Ollama is running"

@@ -103,6 +103,7 @@ async def test_show_and_version(client, http):
     assert (await client.show(f"{EMBED}:latest")).capabilities == ["embedding"]
     assert (await http.post("/api/show", json={"name": EMBED})).status_code == 200  # the field's older name
     assert (await http.get("/api/version")).json()["version"].count(".") == 2
+    assert (await http.get("/")).text == "Ollama is running" and (await http.head("/")).status_code == 200
 
 
 def assert_ollama_error(r: httpx.Response, status: int, needle: str) -> None:
