@@ -27,6 +27,15 @@ from serving.router import ModelRouter
 router = APIRouter(tags=["ollama"])
 
 
+def _answers(model: type[OllamaResponse]) -> dict:
+    """OpenAPI `responses` of a generation route: one object, or with stream (the default) NDJSON lines of them."""
+    lines = {"schema": {"anyOf": [{"$ref": f"#/components/schemas/{model.__name__}"},
+                                  {"$ref": "#/components/schemas/OllamaError"}]}}
+    return {200: {"model": model, "content": {"application/x-ndjson": lines},
+                  "description": f"one {model.__name__}, or with stream (the default) one per line, the last with "
+                                 "done: true; an error after the first line is one OllamaError line"}}
+
+
 def resolve(models: ModelRouter, name: str) -> ModelCard:
     """The model named `name`, or `name` without Ollama's default tag `:latest` (what /api/tags lists)."""
     try:
@@ -108,19 +117,19 @@ async def _lines(stream: MergedStream, body: OllamaChatRequest | OllamaGenerateR
     yield reply(body.model, timestamp(), True, "", done_reason=done_reason, **clock.stats(prompt, completion)).json_line()
 
 
-@router.post("/api/chat")
+@router.post("/api/chat", responses=_answers(OllamaChatResponse))
 async def chat(body: OllamaChatRequest, models: ModelRouter = Depends(get_router)) -> Response:
     """A chat reply: NDJSON objects with message deltas ending in one with `done: true`, or one object."""
     return await _generation(models, body, _chat_reply, empty=not body.messages)
 
 
-@router.post("/api/generate")
+@router.post("/api/generate", responses=_answers(OllamaGenerateResponse))
 async def generate(body: OllamaGenerateRequest, models: ModelRouter = Depends(get_router)) -> Response:
     """A completion of `prompt` (in the chat template, or raw): as /api/chat, with `response` deltas."""
     return await _generation(models, body, _generate_reply, empty=not body.prompt)
 
 
-@router.post("/api/embed")
+@router.post("/api/embed", response_model=OllamaEmbedResponse)
 async def embed(body: OllamaEmbedRequest, models: ModelRouter = Depends(get_router)) -> Response:
     """Unit-length vectors, one per input."""
     card = resolve(models, body.model)
@@ -176,7 +185,7 @@ async def version() -> dict:
     return {"version": OLLAMA_API_VERSION}
 
 
-@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse, include_in_schema=False)
 async def root() -> str:
     """What Ollama answers at its root: tools probe it to find an Ollama server."""
     return "Ollama is running"
