@@ -12,6 +12,7 @@ from aiohttp.http_exceptions import LineTooLong
 from models.llm.types import SamplingParams, TokenLogprob
 from serving.clients import GenerationChunk, GenerationRequest
 from serving.errors import UpstreamError
+from serving.metrics.models import observe_generation
 from serving.upstream.transport import RemoteReply, UpstreamTransport
 
 MAX_EVENT_BYTES = 1 << 20  # one server-sent event line; longer is a broken upstream
@@ -136,11 +137,22 @@ class UpstreamChatClient:
         self.remote_model = remote_model
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """The chunks, counted as a local model's replica counts them (tokens, time to first token, finish
+        reasons); the time runs from the ingress' call, the remote's network included."""
+        batches = observe_generation(self.transport.name, self._batches(request))
+        try:
+            async for batch in batches:
+                for chunk in batch:
+                    yield chunk
+        finally:
+            await batches.aclose()
+
+    async def _batches(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
         path, body = request_body(request, self.remote_model)
         assembler = ChunkAssembler(request.n, chat=request.messages is not None)
         async with self.transport.request("POST", path, body) as response:
             async for event in sse_events(response):
-                for chunk in assembler.add(event):
-                    yield chunk
-            for chunk in assembler.finish():
-                yield chunk
+                chunks = assembler.add(event)
+                if chunks:
+                    yield chunks
+            yield assembler.finish()

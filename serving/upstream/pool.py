@@ -9,7 +9,8 @@ import time
 from typing import Any, Callable, Mapping
 
 from serving.config import ModelConfig
-from serving.upstream.breaker import CircuitBreaker
+from serving.metrics import definitions as m
+from serving.upstream.breaker import OPEN, STATES, CircuitBreaker
 from serving.upstream.clients import UPSTREAM_CLIENTS
 from serving.upstream.config import key_problem
 from serving.upstream.transport import UpstreamTransport
@@ -35,12 +36,26 @@ class UpstreamModel:
         self.listener = listener
         self.next_check = clock()
         self.health: dict[str, Any] = {"ok": None, "checked_at": None, "error": None}
+        self._show(self.breaker.state)
 
     def _changed(self, old: str, new: str) -> None:
         log.warning("upstream %s (%s): circuit %s -> %s; last failure: %s", self.spec.name,
                     self.spec.upstream.base_url, old, new, self.breaker.last_failure)
+        self._show(new)
+        if new == OPEN:
+            m.UPSTREAM_OPENED.labels(self.spec.name).inc()
         if self.listener is not None:
             self.listener(self.spec.name, old, new)
+
+    def _show(self, state: str) -> None:
+        """openserve:upstream_circuit_state: 1 for `state`, 0 for the others."""
+        for each in STATES:
+            m.UPSTREAM_CIRCUIT.labels(self.spec.name, each).set(1 if each == state else 0)
+
+    def forget_metrics(self) -> None:
+        """The model is no longer routed here: its circuit's series go (a counter's total stays in Prometheus)."""
+        for each in STATES:
+            m.UPSTREAM_CIRCUIT.remove(self.spec.name, each)
 
     def due(self) -> bool:
         return self.spec.upstream.health_check_s > 0 and self.clock() >= self.next_check
@@ -83,6 +98,8 @@ class UpstreamPool:
         model = self._live.pop(id(client), None)
         if model is not None:
             self._retired.append(model)
+            if all(other.spec.name != model.spec.name for other in self._live.values()):
+                model.forget_metrics()  # not when a changed configuration's new client replaced it
 
     def models(self) -> list[UpstreamModel]:
         return list(self._live.values())

@@ -13,6 +13,8 @@ import pytest
 from serving.api.app import build_app
 from serving.clients import ModelCard
 from serving.config import ModelConfig
+from serving.metrics.definitions import REGISTRY
+from serving.metrics.scrape import Scraper
 from serving.router import ModelRouter, ServedModel
 from serving.upstream.pool import UpstreamPool
 from tests.api_fakes import CHAT, EMBED, IMAGE, SPEECH, Fakes, asgi_client, leave_mid_stream
@@ -62,7 +64,7 @@ class Gateway:
         guarded = upstream_spec("guarded-chat", CHAT, "chat", upstream.base_url, fallbacks=["local-chat"])
         served.append(ServedModel(ModelCard("guarded-chat", "chat", 0), self.pool.client(guarded), (),
                                   tuple(guarded.fallbacks)))
-        self.app = build_app(ModelRouter(served))
+        self.app = build_app(ModelRouter(served), scraper=Scraper())  # /metrics: this process' numbers
 
     def circuit(self, name: str) -> str:
         return next(s for s in self.pool.states() if s["name"] == name)["circuit"]["state"]
@@ -100,6 +102,10 @@ async def post(client, path: str, body: dict):
     return await asyncio.wait_for(client.post(path, json=body), CALL_DEADLINE_S)
 
 
+def sample(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def without_ids(body: dict) -> dict:
     return {k: v for k, v in body.items() if k not in ("id", "created", "model")}
 
@@ -107,12 +113,17 @@ def without_ids(body: dict) -> dict:
 # --- through the gateway, exactly as direct -----------------------------------------------------------------------
 
 
-async def test_chat_equals_a_direct_call(via, direct):
+async def test_chat_equals_a_direct_call_and_its_tokens_are_counted(via, direct):
+    before = [sample(f"openserve:{kind}_tokens_total", model="remote-chat") for kind in ("prompt", "generation")]
     ours = await post(via, "/v1/chat/completions", chat_body("remote-chat", n=2, seed=3, temperature=1.0))
     theirs = await post(direct, "/v1/chat/completions", chat_body(CHAT, n=2, seed=3, temperature=1.0))
     assert ours.status_code == theirs.status_code == 200
     assert without_ids(ours.json()) == without_ids(theirs.json())
     assert ours.json()["model"] == "remote-chat"
+    usage = ours.json()["usage"]  # no replica counts an upstream model's tokens: the ingress does
+    after = [sample(f"openserve:{kind}_tokens_total", model="remote-chat") for kind in ("prompt", "generation")]
+    assert [b - a for a, b in zip(before, after)] == [usage["prompt_tokens"], usage["completion_tokens"]]
+    assert sample("openserve:request_success_total", model="remote-chat", finished_reason="stop") >= 2
 
 
 async def test_streamed_chat_equals_a_direct_stream(via, direct):
@@ -231,6 +242,9 @@ async def test_fault_opens_the_circuit_then_503_fallback_and_recovery(via, upstr
     assert r.status_code == 503 and r.json()["error"]["code"] == "circuit_open", r.text
     assert 1 <= int(r.headers["retry-after"]) <= OPEN_S
     assert len(upstream.faults.calls) == calls
+    metrics = (await via.get("/metrics")).text  # the state shows in /metrics (and /admin/upstreams)
+    assert 'openserve:upstream_circuit_state{model="remote-chat",state="open"} 1.0' in metrics
+    assert 'openserve:upstream_circuit_state{model="remote-chat",state="closed"} 0.0' in metrics
 
     for _ in range(FAILURES):  # 3. the guarded model's own circuit opens the same way ...
         await post(via, "/v1/chat/completions", chat_body("guarded-chat"))
@@ -246,6 +260,7 @@ async def test_fault_opens_the_circuit_then_503_fallback_and_recovery(via, upstr
     r = await post(via, "/v1/chat/completions", chat_body("remote-chat"))
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "hello there"
     assert gateway.circuit("remote-chat") == "closed"
+    assert sample("openserve:upstream_circuit_state", model="remote-chat", state="closed") == 1
 
 
 async def test_a_stream_cut_in_the_middle_ends_with_an_error_event_and_counts_as_a_failure(via, upstream, gateway):

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from serving.metrics.definitions import REGISTRY
 from tests.api_fakes import CHAT
 from tests.integration.test_admin_api import client_for
 from tests.registry_fakes import admin_stack
@@ -81,9 +82,12 @@ async def test_a_change_makes_a_new_client_and_delete_drops_it(stack, http, upst
     entry = await settled(stack, http, "gpt")
     assert (entry["status"], entry["version"], entry["config"]["upstream"]["read_timeout_s"]) == ("ready", 2, 30)
     assert stack.clients.dropped == [old] and stack.routes.router.client("gpt", "chat") is not old
+    circuit = {"model": "gpt", "state": "closed"}
+    assert REGISTRY.get_sample_value("openserve:upstream_circuit_state", circuit) == 1  # the new client's
     assert (await http.delete("/admin/models/gpt")).status_code == 200
     await stack.routes.refresh()
     assert (await http.get("/admin/upstreams")).json()["data"] == []
+    assert REGISTRY.get_sample_value("openserve:upstream_circuit_state", circuit) is None  # no stale series
     assert (await http.get("/admin/upstreams/gpt")).status_code == 404
 
 
