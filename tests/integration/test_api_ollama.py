@@ -161,3 +161,31 @@ async def test_auth_and_body_limit_errors_take_the_routes_shape(fakes):
     async with ollama.AsyncClient(host="http://test", transport=httpx.ASGITransport(app=guarded),
                                   headers={"Authorization": "Bearer k"}) as c:
         assert len((await c.list()).models) == 2
+
+
+async def test_keys_limits_and_metrics_apply_to_the_ollama_api(tmp_path):
+    """The whole ingress app: an API key's model allow-list and limits, and the request metrics, as for /v1."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.integration.test_operate_api import Stack
+
+    stack = Stack(tmp_path)
+    try:
+        key = await stack.create_key(models=[EMBED], limits={"requests_per_minute": 3})  # every request counts
+        async with stack.http(authorization=f"Bearer {key['key']}") as h:
+            assert [m["model"] for m in (await h.get("/api/tags")).json()["models"]] == [f"{EMBED}:latest"]
+            assert_ollama_error(await h.post("/api/chat", json={"model": CHAT, "messages": USER}), 404, "not found")
+            assert (await h.post("/api/embed", json={"model": EMBED, "input": "a"})).status_code == 200
+            limited = await h.post("/api/embed", json={"model": EMBED, "input": "b"})
+            assert_ollama_error(limited, 429, "")
+            assert int(limited.headers["retry-after"]) >= 1
+        async with stack.http() as h:
+            assert_ollama_error(await h.get("/api/tags"), 401, "API key")
+            metrics = (await h.get("/metrics")).text
+        counted = {(s.labels["endpoint"], s.labels["model"], s.labels["status"]): s.value
+                   for family in text_string_to_metric_families(metrics) if family.name == "openserve:requests"
+                   for s in family.samples if s.name == "openserve:requests_total"}
+        assert counted[("/api/embed", EMBED, "200")] == 1 and counted[("/api/tags", "", "401")] == 1
+    finally:
+        stack.fakes.close()
+        stack.store.close()
