@@ -11,7 +11,7 @@ from typing import Callable
 
 from sqlalchemy import (
     JSON, Boolean, Column, DateTime, Float, ForeignKey, Integer, MetaData, String, Table, Text, inspect, insert, select,
-    update,
+    text, update,
 )
 from sqlalchemy.engine import Connection
 
@@ -102,13 +102,22 @@ def _v2(conn: Connection) -> None:
     conn.execute(insert(frozen.tables["api_keys_state"]).values(id=1, generation=0))
 
 
-Migration = Callable[[Connection], None]
-MIGRATIONS: list[Migration] = [_v1, _v2]  # MIGRATIONS[i] takes a database from version i to i + 1
+def _v3(conn: Connection) -> None:
+    """Each model's queue bound and deadlines (NULL: derived from its capacity, or the server's defaults)."""
+    for name, kind in (("max_queued_requests", Integer()), ("queue_timeout_s", Float()), ("request_timeout_s", Float())):
+        conn.execute(text(f"ALTER TABLE models ADD COLUMN {name} {kind.compile(dialect=conn.dialect)}"))
 
-# The tables as this release reads and writes them (today: version 2).
+
+Migration = Callable[[Connection], None]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3]  # MIGRATIONS[i] takes a database from version i to i + 1
+
+# The tables as this release reads and writes them (today: version 3).
 metadata = MetaData()
 _model_tables(metadata)
 _key_tables(metadata)
+for _column in (Column("max_queued_requests", Integer), Column("queue_timeout_s", Float),
+                Column("request_timeout_s", Float)):
+    metadata.tables["models"].append_column(_column)
 models = metadata.tables["models"]
 model_names = metadata.tables["model_names"]
 registry_state = metadata.tables["registry_state"]

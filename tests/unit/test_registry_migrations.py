@@ -77,3 +77,24 @@ def test_a_failing_step_leaves_the_old_version_intact(tmp_path):
         assert database_version(conn) == len(schema.MIGRATIONS)
         assert not conn.execute(text("SELECT name FROM sqlite_master WHERE name = 'half_done'")).all()
     engine.dispose()
+
+
+def test_a_file_from_before_the_bounds_gets_their_columns_and_its_models_keep_their_values(tmp_path):
+    url = f"sqlite:///{tmp_path}/r.db"
+    engine = create_registry_engine(url)
+    with engine.begin() as conn:  # the release before the bounds (version 2); max_ongoing_requests is NOT NULL
+        migrate(conn, schema.MIGRATIONS[:2])
+        conn.execute(text(
+            "INSERT INTO models (name, task, source, dtype, device, num_replicas, max_ongoing_requests, num_cpus, "
+            "num_gpus, max_batch_size, batch_wait_timeout_s, options, deployed, status, version, created_at, "
+            "updated_at, status_at, created_by, updated_by) VALUES ('m', 'embedding', 'fake:', 'auto', 'auto', 1, "
+            "64, 0.5, 0, 8, 0.01, '{}', 1, 'ready', 1, '2026-01-01', '2026-01-01', '2026-01-01', 'a', 'a')"
+        ))
+        conn.execute(text("INSERT INTO model_names (name, model) VALUES ('m', 'm')"))
+    engine.dispose()
+    store = RegistryStore.open(url)
+    spec = store.get("m").spec
+    assert (spec.max_ongoing_requests, spec.max_queued_requests, spec.queue_timeout_s) == (64, None, None)
+    bounded = spec.model_copy(update={"max_ongoing_requests": None, "max_queued_requests": 5, "request_timeout_s": 9.5})
+    assert store.update(bounded, actor="b").spec == bounded  # None (derived) survives the NOT NULL column
+    store.close()
