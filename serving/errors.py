@@ -126,3 +126,11 @@ class ModelExecutionError(ServingError):
 
 class RegistryEntryInvalidError(ServingError):
     """A registry row this release cannot read (edited by hand, damaged): the server's data, not the request (500)."""
+
+
+class TooManyConnectionsError(ServingError):
+    """The server has `server.max_connections` open connections: retry later (503 with Retry-After)."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_retry_after = 1.0
