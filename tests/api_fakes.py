@@ -20,6 +20,7 @@ from models.llm.fake import FakeEngine, FakeTokenizer
 from serving.api.app import build_app
 from serving.clients import EmbeddingResult, EncodedAudio, GenerationRequest, ModelCard
 from serving.router import ModelRouter, ServedModel
+from serving.services.engine_core import LocalEngine
 from serving.services.llm import LLMService
 
 try:
@@ -131,7 +132,7 @@ class FakeChatClient:
     async def generate(self, request: GenerationRequest):
         self.requests.append(request)
         if self._service is None:
-            self._service = LLMService(self.engine)
+            self._service = LLMService(lambda: LocalEngine(self.engine))
         stream = self._service.generate(request)
         try:
             async for chunk in stream:

@@ -185,7 +185,8 @@ async def test_error_after_stream_started_is_an_error_event(http, fakes):
     r = await http.post("/v1/chat/completions", json=body)
     assert r.status_code == 200
     events = sse_events(r.text)
-    assert events[-1] == {"error": {"message": "internal error", "type": "server_error", "param": None, "code": None}}
+    assert events[-1] == {"error": {"message": "Generation failed in the model's engine; the server log has the "
+                                               "details.", "type": "server_error", "param": None, "code": "model_error"}}
     assert len(events) > 2 and "secret" not in r.text and "[DONE]" not in r.text  # failed after its first tokens
     assert (await http.post("/v1/chat/completions", json={"model": CHAT, "messages": USER})).status_code == 200
 
@@ -194,7 +195,7 @@ async def test_openai_client_raises_on_error_event(oai):
     stream = await oai.chat.completions.create(
         model=CHAT, messages=[{"role": "user", "content": "FAIL_MIDSTREAM"}], stream=True
     )
-    with pytest.raises(Exception, match="internal error"):
+    with pytest.raises(Exception, match="Generation failed"):
         async for _ in stream:
             pass
 
