@@ -82,8 +82,7 @@ def load_model(spec: str, dtype: str, device: str, int4_decode: bool = True):
     """(model, tokenizer, int4 weights) from 'smollm2', 'random:<name>' or a local folder. The int4 weights are
     the engine's (HFEngine.load): for the GGUF on CPU, the linear weights that are exactly 4-bit, found before the
     cast to `dtype`; the HF baselines run on the model as cast."""
-    from models.llm.engine import load_with_int4_weights
-    from models.llm.loader import resolve_dtype
+    from models.llm.loader import load_with_int4_weights, resolve_dtype
 
     if spec.startswith("random:"):
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -204,6 +203,7 @@ def main() -> None:
     baselines = args.baselines or ("sequential,padded" if args.device == "cpu" else "none")
     baselines = [] if baselines == "none" else baselines.split(",")
 
+    from models.llm.config import EngineConfig
     from models.llm.engine import HFEngine
 
     model, tokenizer, int4 = load_model(args.model, args.dtype, args.device, not args.no_int4_decode)
@@ -217,9 +217,9 @@ def main() -> None:
             model, prompts[: args.baseline_requests], args.output_len))
     if "padded" in baselines:
         report["hf_generate_padded_batch"] = phase(args, lambda: run_padded(model, prompts, args.output_len))
-    engine = HFEngine(model, tokenizer, max_model_len=args.prompt_len + args.output_len + 8,
-                      max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens,
-                      int4_weights=int4)
+    config = EngineConfig(max_model_len=args.prompt_len + args.output_len + 8,
+                          max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens)
+    engine = HFEngine(model, tokenizer, config, int4_weights=int4)
     run_engine(engine, prompts[:2], 4)  # warm-up
     report["engine"] = {"batched": engine.batched, "packed_linears": engine.packed_linears,
                         "int4_decode_linears": engine.int4_linears,

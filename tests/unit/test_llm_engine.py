@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models.errors import ModelInputError
+from models.llm.config import EngineConfig
 from models.llm.engine import HFEngine
 from models.llm.loader import load_causal_lm
 from models.llm.types import SamplingParams
@@ -24,7 +25,7 @@ def loaded(tiny_path):
 
 
 def make_engine(model, tokenizer, **options):
-    engine = HFEngine(model, tokenizer, **options)
+    engine = HFEngine(model, tokenizer, EngineConfig(**options))
     assert engine.batched
     return engine
 
@@ -98,6 +99,19 @@ def test_seeded_sampling_is_reproducible_and_independent_of_neighbours(engine):
     assert sample(42) == first
     assert sample(42, neighbours=2) == first
     assert sample(43) != first
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, -(2**63), 2**63])
+def test_any_64_bit_seed_samples_reproducibly(engine, seed):
+    prompt = ids(engine.tokenizer, "Hello world")
+
+    def sample(seed):
+        params = SamplingParams(temperature=1.0, max_tokens=6, seed=seed, ignore_eos=True)
+        return run(engine, {"x": (prompt, params)})["x"][0]
+
+    first = sample(seed)
+    assert len(first) == 6 and sample(seed) == first
+    assert sample(seed - 2**64 if seed >= 2**63 else seed + 2**64) == first  # the same 64 bits, signed or not
 
 
 def test_stop_string_spanning_two_tokens_cuts_exactly(engine):
@@ -191,6 +205,16 @@ def test_abort_frees_capacity_immediately(loaded):
         (5, SamplingParams(temperature=-1.0), "temperature"),
         (5, SamplingParams(top_p=0.0), "top_p"),
         (5, SamplingParams(logprobs=True, top_logprobs=21), "top_logprobs"),
+        (5, SamplingParams(seed=2**64), "seed"),  # torch.Generator.manual_seed raised on these inside step()
+        (5, SamplingParams(seed=2**70), "seed"),
+        (5, SamplingParams(seed=-(2**63) - 1), "seed"),
+        (5, SamplingParams(seed=True), "seed"),
+        (5, SamplingParams(temperature=float("inf")), "temperature"),
+        (5, SamplingParams(top_k=2.5), "top_k"),
+        (5, SamplingParams(logit_bias={10**6: 1.0}), "logit_bias"),
+        (5, SamplingParams(logit_bias={3: 101.0}), "logit_bias"),
+        (5, SamplingParams(logit_bias={3: float("nan")}), "logit_bias"),
+        (5, SamplingParams(stop=[3]), "stop"),
     ],
 )
 def test_requests_that_cannot_run_are_refused(loaded, prompt_len, params, param):
@@ -213,5 +237,5 @@ def test_out_of_vocabulary_ids_and_duplicate_ids_are_refused(engine):
 def test_max_model_len_defaults_to_the_config_and_is_capped_by_the_argument(loaded):
     model, tok = loaded
     assert HFEngine(model, tok).max_model_len == model.config.max_position_embeddings == 256
-    assert HFEngine(model, tok, max_model_len=100).max_model_len == 100
-    assert HFEngine(model, tok, max_model_len=10_000).max_model_len == 256
+    assert HFEngine(model, tok, EngineConfig(max_model_len=100)).max_model_len == 100
+    assert HFEngine(model, tok, EngineConfig(max_model_len=10_000)).max_model_len == 256
