@@ -20,15 +20,17 @@ def upload_tensor(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`host` (a CPU tensor) on `device`, copied as `upload` does (on the CPU, `host` itself)."""
     if device.type == "cpu":
         return host
+    if device.type != "cuda":  # pinned staging is CUDA's
+        return host.to(device)
     return host.pin_memory().to(device, non_blocking=True)
 
 
 def copy_into(target: torch.Tensor, host: torch.Tensor) -> None:
     """Copy the CPU tensor `host` into `target` (same shape, any device), as `upload` does."""
-    if target.device.type == "cpu":
-        target.copy_(host)
-    else:
+    if target.device.type == "cuda":
         target.copy_(host.pin_memory(), non_blocking=True)
+    else:
+        target.copy_(host)
 
 
 def download(tensor: torch.Tensor) -> list:

@@ -26,6 +26,7 @@ from models.llm.device_io import download, upload, upload_tensor
 from models.llm.types import SamplingParams
 
 GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM): logits / 1e-30 overflow to inf
+CDF_BLOCK = 1024  # entries per block of the two-level inverse CDF: one pass over the vocabulary, not a cumsum
 _TEMPERATURE, _TOP_P, _PRESENCE, _FREQUENCY = range(4)  # columns of BatchSampler.knobs (float32)
 _TOP_K, _SEED, _DRAWS = range(3)  # columns of BatchSampler.counters (int64)
 
@@ -62,9 +63,12 @@ class StepPlan:
     constrained: list[int] = field(default_factory=list)
 
     @classmethod
-    def of(cls, requests: list[SamplingRow], vocab_size: int) -> "StepPlan":
+    def of(cls, requests: list[SamplingRow], plain: list[bool], vocab_size: int) -> "StepPlan":
+        """The plan of `requests`; plain[slot] marks rows that only sample at a temperature (skipped fast)."""
         plan = cls()
         for i, r in enumerate(requests):
+            if plain[r.slot]:
+                continue
             p = r.params
             if p.temperature < GREEDY_BELOW:
                 plan.greedy += 1
@@ -93,13 +97,14 @@ class BatchSampler:
         self.bias: torch.Tensor | None = None  # [rows, V] logit_bias, from the first request that sets one
         self._positions = torch.arange(vocab_size, device=self.device)  # [V]
         self._owner: list[SamplingRow | None] = [None] * num_rows
+        self._plain = [False] * num_rows  # the row's request only samples at a temperature (see StepPlan.of)
 
     def sample(self, logits: torch.Tensor, requests: list[SamplingRow]) -> list[SampledToken]:
         """One token per row of `logits` ([R, V], row i belongs to requests[i]), with the logprobs asked for."""
         if logits.dim() != 2 or logits.shape[0] != len(requests):
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(requests)} requests")
         self._admit(requests)
-        plan = StepPlan.of(requests, self.vocab_size)
+        plan = StepPlan.of(requests, self._plain, self.vocab_size)
         rows = self._rows(requests)
         raw = logits.float()  # [R, V]; never written to (it may be a CUDA graph's output buffer)
         x = self._process(raw, requests, rows, plan)
@@ -130,6 +135,7 @@ class BatchSampler:
         self._admit_bias(new, slots)
         for r in new:
             self._owner[r.slot] = r
+            self._plain[r.slot] = _plain(r, self.vocab_size)
 
     def _admit_bias(self, new: list[SamplingRow], slots: torch.Tensor) -> None:
         if self.bias is None and any(r.params.logit_bias for r in new):
@@ -256,11 +262,29 @@ def _top_k_filter(scaled: torch.Tensor, top_k: torch.Tensor, max_top_k: int) -> 
 
 
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The index i of each row with cdf[i-1] < u * total <= cdf[i] ([R, V], [R] -> [R] long): entries of
-    probability 0 are never chosen, and the rows need not sum to 1."""
-    cdf = probs.cumsum(dim=-1, dtype=torch.float64)  # [R, V]
-    target = (u * cdf[:, -1])[:, None]  # [R, 1]
-    return torch.searchsorted(cdf, target)[:, 0].clamp_(max=probs.shape[-1] - 1)
+    """The index i of each row with cdf[i-1] < u * total <= cdf[i] ([R, V] float32, [R] -> [R] long): entries of
+    probability 0 are never chosen, and rows need not sum to 1. Two levels, so that one cheap pass over [R, V]
+    (block sums) replaces a cumulative sum over the vocabulary: the block holding the target, then its entry."""
+    rows, vocab = probs.shape
+    block = min(CDF_BLOCK, vocab)
+    full = vocab // block
+    sums = [probs[:, : full * block].unfold(1, block, block).sum(-1)]  # [R, full]
+    if vocab % block:
+        sums.append(probs[:, full * block :].sum(-1, keepdim=True))  # [R, 1]: the tail
+    block_cdf = torch.cat(sums, dim=1).double().cumsum(dim=-1)  # [R, blocks]
+    target = u * block_cdf[:, -1]  # [R], in (0, total]
+    chosen = torch.searchsorted(block_cdf, target[:, None])[:, 0].clamp_(max=block_cdf.shape[1] - 1)  # [R]
+    ends = block_cdf.gather(1, chosen[:, None])[:, 0]  # [R]
+    starts = torch.where(chosen > 0, block_cdf.gather(1, (chosen - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+    offsets = chosen[:, None] * block + torch.arange(block, device=probs.device)  # [R, block]
+    inner = probs.gather(1, offsets.clamp(max=vocab - 1)).masked_fill(offsets >= vocab, 0.0)  # [R, block]
+    inner_cdf = inner.cumsum(dim=-1)  # [R, block]
+    total = inner_cdf[:, -1:]  # [R, 1]
+    share = ((target - starts) / (ends - starts)).clamp(max=1.0)[:, None]  # [R, 1] in (0, 1]: where it falls
+    # Above 0 (an entry of probability 0 never matches) and at most the block's total (float32 rounding).
+    inner_target = torch.minimum((share * total).float().clamp(min=torch.finfo(torch.float32).tiny), total)
+    picked = torch.searchsorted(inner_cdf, inner_target)[:, 0]  # [R]
+    return (chosen * block + picked).clamp_(max=vocab - 1)
 
 
 def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -296,6 +320,13 @@ def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
 
 def _temperature(params: SamplingParams) -> float:
     return 0.0 if params.temperature < GREEDY_BELOW else float(params.temperature)
+
+
+def _plain(r: SamplingRow, vocab_size: int) -> bool:
+    """Samples at a temperature with no other knob: nothing for StepPlan to note."""
+    p = r.params
+    return (p.temperature >= GREEDY_BELOW and not 0 < p.top_k < vocab_size and p.top_p >= 1.0
+            and not _penalized(p) and not p.logit_bias and not p.logprobs and r.constraint is None)
 
 
 def _penalized(params: SamplingParams) -> bool:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.llm.constraints import TokenMask
-from models.llm.sampler import BatchSampler, counter_uniform, sampling_probs
+from models.llm.sampler import CDF_BLOCK, BatchSampler, counter_uniform, inverse_cdf, sampling_probs
 from models.llm.types import SamplingParams
 
 V = 50
@@ -52,6 +52,23 @@ def test_counter_uniform_is_splitmix64():
     for seed, n, u in zip(seeds, counters, got):
         state = (seed + n * 0x9E3779B97F4A7C15) % 2**64  # the (n + 1)-th output is the first from state + n * gamma
         assert u == ((splitmix64(state) >> 11) + 0.5) * 2.0**-53 and 0.0 < u < 1.0
+
+
+@pytest.mark.parametrize("vocab", [5, CDF_BLOCK, CDF_BLOCK + 476, 3 * CDF_BLOCK])
+def test_two_level_inverse_cdf_picks_what_one_cumulative_sum_picks_and_never_a_zero(vocab):
+    gen = torch.Generator().manual_seed(vocab)
+    for _ in range(10):
+        probs = torch.rand(8, vocab, generator=gen)
+        probs = probs.masked_fill(torch.rand(8, vocab, generator=gen) < 0.7, 0.0)  # most entries impossible
+        probs[:, vocab // 2] += 0.01
+        u = torch.rand(8, dtype=torch.float64, generator=gen)
+        cdf = probs.double().cumsum(-1)
+        expected = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None])[:, 0]
+        got = inverse_cdf(probs, u)
+        assert got.tolist() == expected.tolist() and bool((probs.gather(1, got[:, None]) > 0).all())
+    edge = torch.zeros(1, vocab)
+    edge[0, -1] = 1e-30  # a single, tiny possibility at the very end
+    assert inverse_cdf(edge, torch.tensor([1e-9], dtype=torch.float64)).tolist() == [vocab - 1]
 
 
 def test_greedy_is_argmax_whatever_the_other_knobs():
