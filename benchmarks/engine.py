@@ -2,6 +2,7 @@
 
     python -m benchmarks.engine                                   # SmolLM2-135M (packaged GGUF), CPU, 16 x 96 tokens
     python -m benchmarks.engine --dtype bfloat16 --requests 32
+    python -m benchmarks.engine --temperature 0.7 --baselines none  # the cost of sampling (not greedy)
     python -m benchmarks.engine --model random:llama-3.2-1b --device cuda --requests 64 --baselines none
     python -m benchmarks.engine --model /path/to/hf/folder --prompt-len 512 --output-len 128
 
@@ -109,10 +110,10 @@ def make_prompts(tokenizer, count: int, length: int, vocab: int) -> list[list[in
     return [(ids[i * 7 :] + ids)[:length] for i in range(count)]
 
 
-def run_engine(engine, prompts: list[list[int]], output_len: int) -> dict:
+def run_engine(engine, prompts: list[list[int]], output_len: int, temperature: float = 0.0) -> dict:
     from models.llm.types import SamplingParams
 
-    params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    params = SamplingParams(temperature=temperature, max_tokens=output_len, ignore_eos=True)
     start = time.perf_counter()
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, params)
@@ -194,6 +195,7 @@ def main() -> None:
     ap.add_argument("--no-int4-decode", action="store_true",
                     help="decode on the model's own weights even where they are exactly 4-bit (a Q4 GGUF)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="of the engine's requests (baselines: greedy)")
     ap.add_argument("--baselines", default=None, help="comma list of sequential,padded or 'none' (default: both on CPU)")
     ap.add_argument("--baseline-requests", type=int, default=4, help="requests for the sequential baseline")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
@@ -224,7 +226,8 @@ def main() -> None:
     report["engine"] = {"batched": engine.batched, "packed_linears": engine.packed_linears,
                         "int4_decode_linears": engine.int4_linears,
                         "max_batched_tokens": engine.scheduler.max_batched_tokens,
-                        **phase(args, lambda: run_engine(engine, prompts, args.output_len))}
+                        "temperature": args.temperature,
+                        **phase(args, lambda: run_engine(engine, prompts, args.output_len, args.temperature))}
     for name in ("hf_generate_sequential", "hf_generate_padded_batch"):
         if name in report:
             report[f"speedup_vs_{name}"] = round(report["engine"]["output_tokens_per_s"]
