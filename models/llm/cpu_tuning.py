@@ -1,6 +1,6 @@
 """CPU thread tuning for the engine: how many OpenMP threads a step uses, and a warning about spinning waits.
 
-The measurements behind both choices are in docs/engine-internals.md ("CPU threads").
+The measurements behind both choices are in docs/benchmarks.md ("Figures quoted in the code").
 """
 from __future__ import annotations
 

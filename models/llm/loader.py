@@ -1,4 +1,5 @@
-"""Load a causal LM and its tokenizer from a local folder, a Hugging Face repo id, or a GGUF file (cached).
+"""Load a causal LM and its tokenizer from a local folder, a Hugging Face repo id, or a GGUF file (cached), and read
+what the engine needs from them (eos ids, the LM head's vocabulary, the context length).
 
 GGUF files are dequantized by transformers on every load (~20 s for SmolLM2-135M). So the first load converts the
 GGUF into a safetensors folder under `cache_dir`, keyed by the file's name, size and mtime, and later loads read
