@@ -107,15 +107,15 @@ def test_each_row_draws_from_its_own_seed_whatever_its_neighbours():
 def test_draws_follow_the_distribution():
     logits = torch.log(torch.tensor([[0.7, 0.3]]))  # [1, 2]
     sampler, row = BatchSampler(1, 2), Row(SamplingParams(temperature=1.0, seed=0))
-    ones = sum(sampler.sample(logits, [row])[0].token_id for _ in range(2000))
-    assert abs(ones / 2000 - 0.3) < 0.04
+    ones = sum(sampler.sample(logits, [row])[0].token_id for _ in range(1000))
+    assert abs(ones / 1000 - 0.3) < 0.05  # 3.5 standard deviations
 
 
 def test_top_p_draws_stay_in_the_nucleus_in_proportion():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))  # [1, 4]
     sampler, row = BatchSampler(1, 4), Row(SamplingParams(temperature=1.0, top_p=0.7, seed=1))
-    got = [sampler.sample(logits, [row])[0].token_id for _ in range(2000)]
-    assert set(got) == {0, 1} and abs(got.count(1) / 2000 - 0.375) < 0.04
+    got = [sampler.sample(logits, [row])[0].token_id for _ in range(1000)]
+    assert set(got) == {0, 1} and abs(got.count(1) / 1000 - 0.375) < 0.05  # 3.3 standard deviations
 
 
 def test_temperature_top_k_and_top_p_shape_the_distribution():
