@@ -8,12 +8,21 @@ the step's one device-to-host transfer: the sampled tokens (and logprobs) of the
 """
 from __future__ import annotations
 
+import array
+
 import torch
+
+_TYPECODES = {torch.long: "q", torch.int32: "i", torch.float32: "f", torch.float64: "d"}  # array module codes
 
 
 def upload(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A tensor of `values` on `device`; on CUDA copied from pinned memory without waiting for the device."""
-    return upload_tensor(torch.tensor(values, dtype=dtype), device)
+    code = _TYPECODES.get(dtype)
+    if code is not None and values and not isinstance(values[0], (list, tuple)):
+        host = torch.frombuffer(array.array(code, values), dtype=dtype)  # a flat list: ~4x torch.tensor's speed
+    else:
+        host = torch.tensor(values, dtype=dtype)
+    return upload_tensor(host, device)
 
 
 def upload_tensor(host: torch.Tensor, device: torch.device) -> torch.Tensor:
