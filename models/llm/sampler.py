@@ -96,6 +96,7 @@ class BatchSampler:
         self.counts: torch.Tensor | None = None  # [rows, V] output-token counts, from the first penalized request
         self.bias: torch.Tensor | None = None  # [rows, V] logit_bias, from the first request that sets one
         self._positions = torch.arange(vocab_size, device=self.device)  # [V]
+        self._row_ids = torch.arange(num_rows, device=self.device)  # [rows]
         self._owner: list[SamplingRow | None] = [None] * num_rows
         self._plain = [False] * num_rows  # the row's request only samples at a temperature (see StepPlan.of)
 
@@ -192,7 +193,7 @@ class BatchSampler:
         """Count the draw (the next uniform of each row) and, for penalties, the tokens."""
         self.counters[rows, _DRAWS] += 1
         if self.counts is not None:
-            index = self._positions[:count] if isinstance(rows, slice) else rows
+            index = self._row_ids[:count] if isinstance(rows, slice) else rows
             self.counts.index_put_((index, tokens), torch.ones_like(tokens, dtype=self.counts.dtype),
                                    accumulate=True)
 

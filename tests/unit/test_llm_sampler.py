@@ -160,6 +160,10 @@ def test_greedy_with_a_presence_penalty_avoids_repeating():
     logits = torch.tensor([[2.0, 1.5, 0.0]])  # [1, 3]
     sampler, row = BatchSampler(1, 3), Row(SamplingParams(temperature=0.0, presence_penalty=1.0))
     assert [sampler.sample(logits, [row])[0].token_id for _ in range(3)] == [0, 1, 0]
+    wide = BatchSampler(8, 3)  # more rows than tokens in the vocabulary
+    rows = [Row(SamplingParams(temperature=0.0, presence_penalty=1.0), slot=i) for i in range(5)]
+    assert [[s.token_id for s in wide.sample(logits.repeat(5, 1), rows)] for _ in range(3)] == [[0] * 5, [1] * 5,
+                                                                                                [0] * 5]
 
 
 def test_a_new_request_in_a_row_starts_with_fresh_counts_bias_and_draws():
