@@ -142,18 +142,32 @@ def params_for(i: int, mix: bool) -> tuple[SamplingParams, AllowEven | None]:
     return params, AllowEven() if i % 8 == 0 else None
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
-def engine(request):
-    config_class, model_class, extra = MODELS[request.param]
-    torch.manual_seed(0)
-    model = model_class(config_class(**BASE, **extra)).eval()
-    engine = HFEngine(model, FakeTokenizer(), EngineConfig(max_running=ROWS, max_batched_tokens=1024, kv_cache_gb=1))
-    assert engine.batched and engine.max_running == ROWS
-    return engine
+@pytest.fixture(scope="module")
+def engines():
+    """One 256-row engine per model, built when a test first asks for it."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            config_class, model_class, extra = MODELS[name]
+            torch.manual_seed(0)
+            model = model_class(config_class(**BASE, **extra)).eval()
+            built[name] = HFEngine(model, FakeTokenizer(),
+                                   EngineConfig(max_running=ROWS, max_batched_tokens=1024, kv_cache_gb=1))
+            assert built[name].batched and built[name].max_running == ROWS
+        return built[name]
+
+    return get
 
 
-@pytest.mark.parametrize("mix", [False, True], ids=["temperature-1", "every-feature"])
-def test_a_decode_step_of_256_rows_transfers_to_the_host_once(engine, mix):
+# Every model at temperature 1.0; the sampler's other features (independent of the model) on one of them.
+CASES = [(name, False) for name in MODELS] + [("llama-3-rope", True)]
+
+
+@pytest.mark.parametrize(("model", "mix"), CASES, ids=[f"{m}-{'every-feature' if x else 'temperature-1'}"
+                                                       for m, x in CASES])
+def test_a_decode_step_of_256_rows_transfers_to_the_host_once(engines, model, mix):
+    engine = engines(model)
     gen = torch.Generator().manual_seed(1)
     for i in range(ROWS):
         params, mask = params_for(i, mix)
