@@ -5,10 +5,9 @@ presence/frequency penalties → argmax where temperature == 0, else temperature
 Logprobs are those of the *raw* model distribution (log_softmax of the logits as the model gave them), vLLM's
 default: they describe the model, not the sampling knobs.
 
-The draw is inverse-CDF sampling with one uniform number per row, u = splitmix64(seed, n), n = the tokens the
-request sampled before. The generator is counter-based, so a row's draw depends only on its own seed, position and
-distribution, never on its neighbours in the batch: a seeded request is reproducible without a torch.Generator and
-a draw per row, and the randomness costs an [R] op, not noise over [R, V].
+The draw is an exponential race (draw.py) keyed by splitmix64 of (seed, tokens the request drew before): a
+counter-based generator, so a row's draw depends only on its own seed, position and distribution, never on its
+neighbours in the batch, and a seeded request is reproducible without a torch.Generator and a draw per row.
 
 Per-request values live in per-row device tables (a row is the request's KV slot), written when a request first
 samples in its row: a step builds no tensor from them. The step's tokens, with the logprobs asked for, come back to
@@ -23,10 +22,10 @@ import torch
 
 from models.llm.constraints import TokenMask, apply_token_bitmask, unpack_bitmask, words
 from models.llm.device_io import download, upload, upload_tensor
+from models.llm.draw import race, row_keys
 from models.llm.types import SamplingParams
 
 GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM): logits / 1e-30 overflow to inf
-CDF_BLOCK = 1024  # entries per block of the two-level inverse CDF: one pass over the vocabulary, not a cumsum
 _TEMPERATURE, _TOP_P, _PRESENCE, _FREQUENCY = range(4)  # columns of BatchSampler.knobs (float32)
 _TOP_K, _SEED, _DRAWS = range(3)  # columns of BatchSampler.counters (int64)
 
@@ -95,7 +94,6 @@ class BatchSampler:
         self.counters = torch.zeros(num_rows, 3, dtype=torch.long, device=self.device)  # top_k, seed, draws
         self.counts: torch.Tensor | None = None  # [rows, V] output-token counts, from the first penalized request
         self.bias: torch.Tensor | None = None  # [rows, V] logit_bias, from the first request that sets one
-        self._positions = torch.arange(vocab_size, device=self.device)  # [V]
         self._row_ids = torch.arange(num_rows, device=self.device)  # [rows]
         self._owner: list[SamplingRow | None] = [None] * num_rows
         self._plain = [False] * num_rows  # the row's request only samples at a temperature (see StepPlan.of)
@@ -182,11 +180,11 @@ class BatchSampler:
         knobs, counters = self.knobs[rows], self.counters[rows]  # [R, 4], [R, 3]
         temperature = knobs[:, _TEMPERATURE]
         greedy = temperature == 0.0  # [R] bool
-        u = counter_uniform(counters[:, _SEED], counters[:, _DRAWS])  # [R] float64
+        keys = row_keys(counters[:, _SEED], counters[:, _DRAWS])  # [R] int64: this step's noise, per row
         scaled = x / torch.where(greedy, 1.0, temperature)[:, None]
         top_k = counters[:, _TOP_K] if plan.max_top_k else None
         top_p = knobs[:, _TOP_P] if plan.top_p else None
-        drawn = draw(scaled, u, top_k, plan.max_top_k, top_p, self._positions)
+        drawn = draw(scaled, keys, top_k, plan.max_top_k, top_p)
         return torch.where(greedy, x.argmax(-1), drawn) if plan.greedy else drawn
 
     def _record(self, rows, tokens: torch.Tensor, count: int) -> None:
@@ -228,30 +226,27 @@ def _unpack(host: list[float], requests: list[SamplingRow], plan: StepPlan) -> l
     return out
 
 
-def draw(scaled: torch.Tensor, u: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,
-         top_p: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
-    """One token per row of temperature-scaled logits [R, V] by inverse CDF at u ([R], in (0, 1)), from the
-    distribution `filtered_probs` gives."""
-    probs, order = filtered_probs(scaled, top_k, max_top_k, top_p, positions)
-    picked = inverse_cdf(probs, u)  # [R]
-    return picked if order is None else order.gather(1, picked[:, None])[:, 0]
+def draw(scaled: torch.Tensor, keys: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,
+         top_p: torch.Tensor | None) -> torch.Tensor:
+    """One token per row of temperature-scaled logits [R, V] from the distribution `filtered_probs` gives, by an
+    exponential race keyed by `keys` ([R] int64, draw.row_keys)."""
+    return race(filtered_probs(scaled, top_k, max_top_k, top_p), keys)
 
 
-def filtered_probs(scaled: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int, top_p: torch.Tensor | None,
-                   positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Each row's probabilities after its top-k (top_k [R] long, V = off; max_top_k the largest that is on) and
-    top-p (top_p [R]), not renormalized: ([R, V] in vocabulary order, None), or, when top-p needs the sort,
-    ([R, V] best first, order [R, V]: the token id at each sorted position)."""
-    if top_p is None:
-        if top_k is not None:
-            scaled = _top_k_filter(scaled, top_k, max_top_k)
-        return torch.softmax(scaled, dim=-1), None
-    ordered, order = scaled.sort(dim=-1, descending=True)  # [R, V], [R, V]
+def filtered_probs(scaled: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,
+                   top_p: torch.Tensor | None) -> torch.Tensor:
+    """Each row's probabilities [R, V] (vocabulary order) after its top-k (top_k [R] long, V = off; max_top_k the
+    largest that is on), then its top-p (top_p [R], 1 = off). A row whose knobs are off gets exactly softmax(its
+    logits), whatever the other rows ask: its draw must not depend on its neighbours."""
     if top_k is not None:
-        ordered = ordered.masked_fill(positions[None] >= top_k[:, None], float("-inf"))
-    probs = torch.softmax(ordered, dim=-1)  # [R, V], best first
-    mass_before = probs.cumsum(dim=-1) - probs  # [R, V]: mass of strictly better tokens; the best is always kept
-    return probs.masked_fill(mass_before >= top_p[:, None], 0.0), order
+        scaled = _top_k_filter(scaled, top_k, max_top_k)
+    if top_p is not None:
+        ordered, order = scaled.sort(dim=-1, descending=True)  # [R, V], [R, V]
+        probs = torch.softmax(ordered, dim=-1)  # [R, V], best first
+        mass_before = probs.cumsum(dim=-1) - probs  # [R, V]: mass of strictly better tokens; the best is always kept
+        drop = (mass_before >= top_p[:, None]) & (top_p[:, None] < 1.0)  # [R, V], sorted
+        scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+    return torch.softmax(scaled, dim=-1)
 
 
 def _top_k_filter(scaled: torch.Tensor, top_k: torch.Tensor, max_top_k: int) -> torch.Tensor:
@@ -262,61 +257,12 @@ def _top_k_filter(scaled: torch.Tensor, top_k: torch.Tensor, max_top_k: int) -> 
     return scaled.masked_fill(scaled < kth, float("-inf"))
 
 
-def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The index i of each row with cdf[i-1] < u * total <= cdf[i] ([R, V] float32, [R] -> [R] long): entries of
-    probability 0 are never chosen, and rows need not sum to 1. Two levels, so that one cheap pass over [R, V]
-    (block sums) replaces a cumulative sum over the vocabulary: the block holding the target, then its entry."""
-    rows, vocab = probs.shape
-    block = min(CDF_BLOCK, vocab)
-    full = vocab // block
-    sums = [probs[:, : full * block].unfold(1, block, block).sum(-1)]  # [R, full]
-    if vocab % block:
-        sums.append(probs[:, full * block :].sum(-1, keepdim=True))  # [R, 1]: the tail
-    block_cdf = torch.cat(sums, dim=1).double().cumsum(dim=-1)  # [R, blocks]
-    target = u * block_cdf[:, -1]  # [R], in (0, total]
-    chosen = torch.searchsorted(block_cdf, target[:, None])[:, 0].clamp_(max=block_cdf.shape[1] - 1)  # [R]
-    ends = block_cdf.gather(1, chosen[:, None])[:, 0]  # [R]
-    starts = torch.where(chosen > 0, block_cdf.gather(1, (chosen - 1).clamp(min=0)[:, None])[:, 0], 0.0)
-    offsets = chosen[:, None] * block + torch.arange(block, device=probs.device)  # [R, block]
-    inner = probs.gather(1, offsets.clamp(max=vocab - 1)).masked_fill(offsets >= vocab, 0.0)  # [R, block]
-    inner_cdf = inner.cumsum(dim=-1)  # [R, block]
-    total = inner_cdf[:, -1:]  # [R, 1]
-    share = ((target - starts) / (ends - starts)).clamp(max=1.0)[:, None]  # [R, 1] in (0, 1]: where it falls
-    # Above 0 (an entry of probability 0 never matches) and at most the block's total (float32 rounding).
-    inner_target = torch.minimum((share * total).float().clamp(min=torch.finfo(torch.float32).tiny), total)
-    picked = torch.searchsorted(inner_cdf, inner_target)[:, 0]  # [R]
-    return (chosen * block + picked).clamp_(max=vocab - 1)
-
-
 def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """The distribution ([V], vocabulary order) a row with these params (temperature > 0) is drawn from."""
     vocab = logits.shape[-1]
     top_k = params.top_k if 0 < params.top_k < vocab else 0
-    probs, order = filtered_probs(logits.float()[None] / params.temperature,
-                                  torch.tensor([top_k or vocab]) if top_k else None, top_k,
-                                  torch.tensor([params.top_p]) if params.top_p < 1.0 else None,
-                                  torch.arange(vocab))  # [1, V]
-    if order is not None:
-        probs = torch.zeros_like(probs).scatter(1, order, probs)
-    return (probs / probs.sum())[0]
-
-
-_GOLDEN, _MIX1, _MIX2 = (c - 2**64 for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
-
-
-def counter_uniform(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
-    """Uniform float64 in (0, 1) from splitmix64: the (counter + 1)-th output of a generator seeded with `seed`
-    (int64 tensors, read as unsigned 64-bit; the arithmetic wraps as splitmix64's does)."""
-    z = seed + (counter + 1) * _GOLDEN
-    z = (z ^ _shift_right(z, 30)) * _MIX1
-    z = (z ^ _shift_right(z, 27)) * _MIX2
-    z = z ^ _shift_right(z, 31)
-    return (_shift_right(z, 11).double() + 0.5) * 2.0**-53
-
-
-def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical right shift of int64 read as unsigned (torch's >> is arithmetic)."""
-    return (z >> bits) & ((1 << (64 - bits)) - 1)
+    return filtered_probs(logits.float()[None] / params.temperature, torch.tensor([top_k]) if top_k else None, top_k,
+                          torch.tensor([params.top_p]) if params.top_p < 1.0 else None)[0]
 
 
 def _temperature(params: SamplingParams) -> float:

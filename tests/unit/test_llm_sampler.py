@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from models.llm.constraints import TokenMask
-from models.llm.sampler import CDF_BLOCK, BatchSampler, counter_uniform, inverse_cdf, sampling_probs
+from models.llm.draw import RACE_BLOCK, counter_uniform, race, row_keys
+from models.llm.sampler import BatchSampler, sampling_probs
 from models.llm.types import SamplingParams
 
 V = 50
@@ -54,21 +55,33 @@ def test_counter_uniform_is_splitmix64():
         assert u == ((splitmix64(state) >> 11) + 0.5) * 2.0**-53 and 0.0 < u < 1.0
 
 
-@pytest.mark.parametrize("vocab", [5, CDF_BLOCK, CDF_BLOCK + 476, 3 * CDF_BLOCK])
-def test_two_level_inverse_cdf_picks_what_one_cumulative_sum_picks_and_never_a_zero(vocab):
-    gen = torch.Generator().manual_seed(vocab)
-    for _ in range(10):
-        probs = torch.rand(8, vocab, generator=gen)
-        probs = probs.masked_fill(torch.rand(8, vocab, generator=gen) < 0.7, 0.0)  # most entries impossible
-        probs[:, vocab // 2] += 0.01
-        u = torch.rand(8, dtype=torch.float64, generator=gen)
-        cdf = probs.double().cumsum(-1)
-        expected = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None])[:, 0]
-        got = inverse_cdf(probs, u)
-        assert got.tolist() == expected.tolist() and bool((probs.gather(1, got[:, None]) > 0).all())
-    edge = torch.zeros(1, vocab)
-    edge[0, -1] = 1e-30  # a single, tiny possibility at the very end
-    assert inverse_cdf(edge, torch.tensor([1e-9], dtype=torch.float64)).tolist() == [vocab - 1]
+@pytest.mark.parametrize("vocab", [5, RACE_BLOCK, RACE_BLOCK + 70, 3 * RACE_BLOCK])
+def test_the_two_level_race_draws_in_proportion_and_never_a_zero(vocab):
+    rows = 20_000
+    where = sorted({0, 1, vocab // 2, vocab - 2, vocab - 1, min(RACE_BLOCK, vocab - 1)})  # across and within blocks
+    probs = torch.tensor([0.3, 0.25, 0.2, 0.15, 0.07, 0.03][: len(where)])
+    weights = torch.zeros(rows, vocab)
+    weights[:, where] = probs * 7.0  # rows need not sum to 1
+    picked = race(weights, row_keys(torch.arange(rows), torch.zeros(rows, dtype=torch.long)))
+    counts = torch.bincount(picked, minlength=vocab)
+    assert set(torch.nonzero(counts)[:, 0].tolist()) <= set(where)  # never an entry of weight 0
+    expected = probs / probs.sum()
+    assert torch.allclose(counts[where] / rows, expected, atol=0.015)  # > 4.5 standard deviations
+
+
+def test_a_race_keeps_its_winner_when_the_weights_move_a_little():
+    """bf16 logits move by ~0.03 when the batch around a request changes (SmolLM2's first-token logprobs, one
+    request prefilled alone or beside another's decode); a seeded draw should rarely move with them."""
+    rows, vocab = 400, 4096
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(rows, vocab, generator=gen)  # flat: thousands of comparable candidates
+    moved = logits + 0.03 * torch.randn(rows, vocab, generator=gen)
+    keys = row_keys(torch.arange(rows), torch.zeros(rows, dtype=torch.long))
+    changed = (race(logits.softmax(-1), keys) != race(moved.softmax(-1), keys)).float().mean()
+    assert changed < 0.05
+    u = counter_uniform(torch.arange(rows), torch.zeros(rows, dtype=torch.long))  # the same draws by inverse CDF
+    position = [torch.searchsorted(x.softmax(-1).double().cumsum(-1), u[:, None])[:, 0] for x in (logits, moved)]
+    assert (position[0] != position[1]).float().mean() > 0.3  # why the sampler races (here: 0.02 vs 0.475)
 
 
 def test_greedy_is_argmax_whatever_the_other_knobs():
