@@ -38,32 +38,47 @@ def row_keys(seeds: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     return mix64(seeds + (draws + 1) * _GOLDEN)
 
 
-def exponential_noise(keys: torch.Tensor, lanes: int) -> torch.Tensor:
-    """Exp(1) noise [R, lanes] (float32): lane j of row r from splitmix64 of (keys[r], j)."""
-    steps = (torch.arange(lanes, device=keys.device) + 1) * _GOLDEN  # [L]
+def exponential_noise(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """Exp(1) noise [R, L] (float32): lane j of row r from splitmix64 of keys[r] + steps[j], steps = lane_steps(L)."""
     z = mix64(keys[:, None] + steps)  # [R, L]
     uniform = (_shift_right(z, 40).float() + 0.5) * 2.0**-24  # (0, 1), 24 bits
     return -torch.log(uniform)
 
 
+def lane_steps(lanes: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[L] int64: splitmix64's state increments of lanes 0..L-1."""
+    return (torch.arange(lanes, device=device) + 1) * _GOLDEN
+
+
+class Race:
+    """The two-level exponential race of the module docstring for one vocabulary size (its constants made once)."""
+
+    def __init__(self, vocab_size: int, device: torch.device | str = "cpu"):
+        self.vocab_size = vocab_size
+        self.block = min(RACE_BLOCK, vocab_size)
+        self.full = vocab_size // self.block  # whole blocks; a shorter tail block follows when V is not a multiple
+        self.blocks = self.full + (1 if vocab_size % self.block else 0)
+        self.steps = lane_steps(self.blocks + self.block, device)  # lanes of the blocks, then of a block's entries
+        self.within = torch.arange(self.block, device=device)  # [block]
+
+    def __call__(self, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """One index per row of non-negative `weights` [R, V], each with probability weight / row sum ([R] long),
+        keyed by `keys` ([R] int64). An entry of weight 0 never wins while its row has any weight."""
+        vocab, block, full = self.vocab_size, self.block, self.full
+        sums = [weights[:, : full * block].unfold(1, block, block).sum(-1)]  # [R, full]
+        if self.blocks > full:
+            sums.append(weights[:, full * block :].sum(-1, keepdim=True))  # [R, 1]: the tail
+        noise = exponential_noise(keys, self.steps)  # [R, B + block]
+        chosen = (torch.cat(sums, dim=1) / noise[:, : self.blocks]).argmax(dim=-1)  # [R]
+        offsets = chosen[:, None] * block + self.within  # [R, block]
+        inner = weights.gather(1, offsets.clamp(max=vocab - 1)).masked_fill(offsets >= vocab, 0.0)  # [R, block]
+        picked = (inner / noise[:, self.blocks :]).argmax(dim=-1)  # [R]
+        return (chosen * block + picked).clamp_(max=vocab - 1)
+
+
 def race(weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """One index per row of non-negative `weights` [R, V], each with probability weight / row sum ([R] long):
-    the two-level exponential race of the module docstring, keyed by `keys` ([R] int64). An entry of weight 0
-    never wins while its row has any weight."""
-    rows, vocab = weights.shape
-    block = min(RACE_BLOCK, vocab)
-    full = vocab // block
-    sums = [weights[:, : full * block].unfold(1, block, block).sum(-1)]  # [R, full]
-    if vocab % block:
-        sums.append(weights[:, full * block :].sum(-1, keepdim=True))  # [R, 1]: the tail
-    block_weights = torch.cat(sums, dim=1)  # [R, B]
-    blocks = block_weights.shape[1]
-    noise = exponential_noise(keys, blocks + block)  # [R, B + block]: lanes of the blocks, then of the entries
-    chosen = (block_weights / noise[:, :blocks]).argmax(dim=-1)  # [R]
-    offsets = chosen[:, None] * block + torch.arange(block, device=weights.device)  # [R, block]
-    inner = weights.gather(1, offsets.clamp(max=vocab - 1)).masked_fill(offsets >= vocab, 0.0)  # [R, block]
-    picked = (inner / noise[:, blocks:]).argmax(dim=-1)  # [R]
-    return (chosen * block + picked).clamp_(max=vocab - 1)
+    """Race(V)(weights, keys) for a one-off draw (the sampler keeps its Race)."""
+    return Race(weights.shape[-1], weights.device)(weights, keys)
 
 
 def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:

@@ -54,11 +54,10 @@ class EngineRequest:
         """Record the token sampled for this request (its mask advances) and return the client's delta."""
         if self.constraint is not None:
             self.constraint.accept_token(sampled.token_id)
-        return self.seq.append(sampled.token_id, self._logprob(sampled))
+        logprob = self._logprob(sampled) if sampled.logprob is not None else None
+        return self.seq.append(sampled.token_id, logprob)
 
-    def _logprob(self, sampled: SampledToken) -> TokenLogprob | None:
-        if sampled.logprob is None:
-            return None
+    def _logprob(self, sampled: SampledToken) -> TokenLogprob:
         decode = self.seq.tokenizer.decode
         top = [(t, decode([t]), lp) for t, lp in sampled.top]
         return TokenLogprob(sampled.token_id, decode([sampled.token_id]), sampled.logprob, top)

@@ -22,7 +22,7 @@ import torch
 
 from models.llm.constraints import TokenMask, apply_token_bitmask, unpack_bitmask, words
 from models.llm.device_io import download, upload, upload_tensor
-from models.llm.draw import race, row_keys
+from models.llm.draw import Race, row_keys
 from models.llm.types import SamplingParams
 
 GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM): logits / 1e-30 overflow to inf
@@ -95,6 +95,7 @@ class BatchSampler:
         self.counts: torch.Tensor | None = None  # [rows, V] output-token counts, from the first penalized request
         self.bias: torch.Tensor | None = None  # [rows, V] logit_bias, from the first request that sets one
         self._row_ids = torch.arange(num_rows, device=self.device)  # [rows]
+        self._race = Race(vocab_size, self.device)
         self._owner: list[SamplingRow | None] = [None] * num_rows
         self._plain = [False] * num_rows  # the row's request only samples at a temperature (see StepPlan.of)
 
@@ -184,7 +185,7 @@ class BatchSampler:
         scaled = x / torch.where(greedy, 1.0, temperature)[:, None]
         top_k = counters[:, _TOP_K] if plan.max_top_k else None
         top_p = knobs[:, _TOP_P] if plan.top_p else None
-        drawn = draw(scaled, keys, top_k, plan.max_top_k, top_p)
+        drawn = self._race(filtered_probs(scaled, top_k, plan.max_top_k, top_p), keys)
         return torch.where(greedy, x.argmax(-1), drawn) if plan.greedy else drawn
 
     def _record(self, rows, tokens: torch.Tensor, count: int) -> None:
@@ -224,13 +225,6 @@ def _unpack(host: list[float], requests: list[SamplingRow], plan: StepPlan) -> l
         start = j * n
         out[i].top = [(int(host[ids_at + start + m]), host[values_at + start + m]) for m in range(k)]
     return out
-
-
-def draw(scaled: torch.Tensor, keys: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,
-         top_p: torch.Tensor | None) -> torch.Tensor:
-    """One token per row of temperature-scaled logits [R, V] from the distribution `filtered_probs` gives, by an
-    exponential race keyed by `keys` ([R] int64, draw.row_keys)."""
-    return race(filtered_probs(scaled, top_k, max_top_k, top_p), keys)
 
 
 def filtered_probs(scaled: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,

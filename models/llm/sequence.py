@@ -61,9 +61,11 @@ class Sequence:
 
     def append(self, token_id: int, logprob: TokenLogprob | None = None) -> RequestOutput:
         """Record one generated token and return what the client gets for it."""
-        if self.finished:
+        if self.finish_reason is not None:
             raise RuntimeError(f"request {self.request_id!r} is already finished")
-        self.token_ids.append(token_id)
+        token_ids = self.token_ids
+        token_ids.append(token_id)
+        num_output = len(token_ids) - self.num_prompt_tokens
         if token_id in self._stop_ids:
             self.finish_reason = "stop"
             text = self._release_held()
@@ -71,19 +73,13 @@ class Sequence:
             text, hit = self._stop.feed(self._detok.add(token_id))
             if hit:
                 self.finish_reason = "stop"
-            elif self.num_output_tokens >= self.max_new_tokens:
+            elif num_output >= self.max_new_tokens:
                 self.finish_reason = "length"
                 text += self._release_held()
-        return RequestOutput(
-            request_id=self.request_id,
-            new_token_ids=[token_id],
-            new_text=text,
-            logprobs=[logprob] if self.params.logprobs and logprob is not None else None,
-            finished=self.finished,
-            finish_reason=self.finish_reason,
-            num_prompt_tokens=self.num_prompt_tokens,
-            num_output_tokens=self.num_output_tokens,
-        )
+        # Positional: this runs for every token of every request (RequestOutput's field order).
+        return RequestOutput(self.request_id, [token_id], text,
+                             [logprob] if logprob is not None and self.params.logprobs else None,
+                             self.finish_reason is not None, self.finish_reason, self.num_prompt_tokens, num_output)
 
     def _release_held(self) -> str:
         """Text held back by the detokenizer and the stop matcher; a stop string found here still cuts."""
