@@ -10,6 +10,8 @@ from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.api import RunTarget
 
+from models.factory import chat_engine_config
+from models.sources import resolve_source
 from serving.config import MODEL_APP_PREFIX, ModelConfig
 from serving.deployments.chat import ChatDeployment
 from serving.deployments.embedding import EmbeddingDeployment
@@ -27,9 +29,6 @@ DEPLOYMENTS = {
 
 # What a replica holds at once when the configuration does not say (Serve's own default is 5).
 DEFAULT_MAX_ONGOING_REQUESTS = 64
-# The LLM engine's defaults (models/llm/engine.py; tests/unit/test_serve_bounds.py checks that they agree).
-ENGINE_MAX_RUNNING = 16
-ENGINE_MAX_QUEUED = 256
 
 
 def max_ongoing_requests(model: ModelConfig) -> int:
@@ -40,8 +39,8 @@ def max_ongoing_requests(model: ModelConfig) -> int:
     if model.max_ongoing_requests is not None:
         return model.max_ongoing_requests
     if model.task == "chat":
-        return int(model.options.get("max_running", ENGINE_MAX_RUNNING)) + int(
-            model.options.get("max_queued", ENGINE_MAX_QUEUED))
+        engine = chat_engine_config(resolve_source(model.source), model.options)  # the engine's own defaults
+        return engine.max_running + engine.max_queued
     return DEFAULT_MAX_ONGOING_REQUESTS
 
 

@@ -13,8 +13,6 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError, RequestCancelledError
 from ray.serve.handle import DeploymentResponse
 
-from models.llm.engine import HFEngine
-from models.llm.fake import FakeEngine
 from serving.api.errors import error_headers, error_payload
 from serving.config import ModelConfig, ServerConfig
 from serving.deployments import serve_ops
@@ -24,21 +22,15 @@ from serving.secrets import SECRET_FIELDS, read_server, write_secrets
 
 
 def model(**fields) -> ModelConfig:
-    return ModelConfig(name="m", source="fake:", **{"task": "embedding", **fields})
+    return ModelConfig(name="m", **{"source": "fake:", "task": "embedding", **fields})
 
 
 # --- each model's Serve limits ----------------------------------------------------------------------------------
 
-def test_engine_defaults_known_to_serve_ops_are_the_engines_own():
-    for engine in (HFEngine, FakeEngine):
-        params = inspect.signature(engine.__init__).parameters
-        assert params["max_running"].default == serve_ops.ENGINE_MAX_RUNNING
-        assert params["max_queued"].default == serve_ops.ENGINE_MAX_QUEUED
-
-
 @pytest.mark.parametrize("fields, ongoing, queued", [
     ({}, 64, 64),
-    ({"task": "chat"}, 16 + 256, 16 + 256),  # Serve lets in what the engine accepts
+    ({"task": "chat"}, 16 + 256, 16 + 256),  # Serve lets in what the engine accepts (its defaults)
+    ({"task": "chat", "source": "hf:org/llama"}, 16 + 256, 16 + 256),  # a real engine's defaults too
     ({"task": "chat", "options": {"max_running": 4, "max_queued": 2}}, 6, 6),
     ({"task": "chat", "max_ongoing_requests": 3}, 3, 3),
     ({"num_replicas": 3, "max_ongoing_requests": 5}, 5, 15),
