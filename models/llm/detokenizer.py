@@ -78,6 +78,8 @@ def window_decoder(tokenizer: Any, skip_special_tokens: bool) -> Callable[[list[
 
 def decodes_in_backend(tokenizer: Any) -> bool:
     """True for a fast tokenizer whose decode is its Rust backend's (see window_decoder)."""
+    if not hasattr(tokenizer, "backend_tokenizer"):  # not a fast tokenizer: no import of transformers for it
+        return False
     try:
         from transformers import PreTrainedTokenizerFast
         from transformers.tokenization_utils_base import PreTrainedTokenizerBase
