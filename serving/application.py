@@ -15,13 +15,19 @@ from serving.keys.records import stored_form
 APP_NAME = "openserve"
 
 
-def build_application(server: ServerConfig) -> Application:
-    """Bind the ingress (which calls the controller) and the controller (one replica: the only deployer)."""
-    settings = server.model_dump()
-    for field in ("api_keys", "admin_api_keys"):  # keys leave this process only as hashes (what the ingress needs)
-        settings[field] = [stored_form(k) for k in settings[field]]
+def for_replicas(server: ServerConfig) -> ServerConfig:
+    """The server section as the ingress needs it: API keys leave this process only as hashes."""
+    return server.model_copy(update={f: [stored_form(k) for k in getattr(server, f)]
+                                     for f in ("api_keys", "admin_api_keys")})
+
+
+def build_application(settings: dict, secrets_path: str, node_ip: str) -> Application:
+    """Bind the ingress (which calls the controller) and the controller (one replica: the only deployer), both on
+    the node `openserve up` runs on: the ingress serves the address it prints, and both read the secrets file
+    (serving/secrets.py) from its data dir."""
+    here = {"num_cpus": 0, "resources": {f"node:{node_ip}": 0.001}}
     controller = RegistryController.options(
-        name="registry-controller", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
-    ).bind(settings)
-    ingress = Ingress.options(name="ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
-    return ingress.bind(settings, controller)
+        name="registry-controller", num_replicas=1, ray_actor_options=here, max_ongoing_requests=1000
+    ).bind(settings, secrets_path)
+    ingress = Ingress.options(name="ingress", ray_actor_options=here, max_ongoing_requests=1000)
+    return ingress.bind(settings, secrets_path, controller)

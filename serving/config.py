@@ -73,7 +73,20 @@ class ModelConfig(StrictModel):
     dtype: DType = "auto"
     device: Device = "auto"
     num_replicas: int = Field(1, ge=1, le=64)
-    max_ongoing_requests: int = Field(64, ge=1, le=100_000)
+    max_ongoing_requests: int | None = Field(
+        None, ge=1, le=100_000,
+        description="requests one replica holds at once; default 64, for chat the engine's max_running + max_queued",
+    )
+    max_queued_requests: int | None = Field(
+        None, ge=1, le=100_000,
+        description="requests waiting for a replica beyond that (then 429); default: what the replicas hold at once",
+    )
+    queue_timeout_s: float | None = Field(
+        None, gt=0, le=86_400, description="default server.queue_timeout_s: longest wait for an answer to begin (503)"
+    )
+    request_timeout_s: float | None = Field(
+        None, gt=0, le=86_400, description="default server.request_timeout_s: longest whole request (then 504)"
+    )
     torch_threads: int | None = Field(None, ge=1, description="default: every core (Ray would set num_cpus)")
     batching: BatchingConfig = BatchingConfig()
     resources: ResourcesConfig = ResourcesConfig()
@@ -168,6 +181,16 @@ class ServerConfig(StrictModel):
     metrics: bool = Field(True, description="Prometheus metrics at /metrics")
     access_log: bool = Field(True, description="one log line per request")
     log_format: Literal["text", "json"] = Field("text", description="the server's own log lines")
+    queue_timeout_s: float = Field(
+        60.0, gt=0, le=86_400,
+        description="a request without its first chunk (a stream) or its result (a unary call) this long: 503",
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, le=86_400, description="a request, streams included, not finished this long: 504 (cancelled)"
+    )
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000, description="open HTTP connections; a request on one more gets 503"
+    )
 
     @property
     def resolved_data_dir(self) -> str:

@@ -142,3 +142,11 @@ class CircuitOpenError(ModelUnavailableError):
     def __init__(self, message: str, param: str | None = None, code: str | None = "circuit_open",
                  retry_after: float | None = None):
         super().__init__(message, param, code, retry_after)
+
+
+class TooManyConnectionsError(ServingError):
+    """The server has `server.max_connections` open connections: retry later (503 with Retry-After)."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_retry_after = 1.0

@@ -43,6 +43,9 @@ class ModelUpdate(_Partial):
     device: Device | None = None
     num_replicas: int | None = None
     max_ongoing_requests: int | None = None
+    max_queued_requests: int | None = None
+    queue_timeout_s: float | None = None
+    request_timeout_s: float | None = None
     torch_threads: int | None = None
     batching: BatchingUpdate | None = None
     resources: ResourcesUpdate | None = None

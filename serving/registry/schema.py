@@ -102,24 +102,37 @@ def _v2(conn: Connection) -> None:
     conn.execute(insert(frozen.tables["api_keys_state"]).values(id=1, generation=0))
 
 
+def _add_columns(conn: Connection, columns: list[Column]) -> None:
+    for column in columns:
+        conn.execute(text(f"ALTER TABLE models ADD COLUMN {column.name} {column.type.compile(dialect=conn.dialect)}"))
+
+
+def _bounds_columns() -> list[Column]:
+    return [Column("max_queued_requests", Integer), Column("queue_timeout_s", Float), Column("request_timeout_s", Float)]
+
+
+def _v3(conn: Connection) -> None:
+    """Each model's queue bound and deadlines (NULL: derived from its capacity, or the server's defaults)."""
+    _add_columns(conn, _bounds_columns())
+
+
 def _upstream_columns() -> list[Column]:
     return [Column("upstream", JSON), Column("fallbacks", JSON)]
 
 
-def _v3(conn: Connection) -> None:
+def _v4(conn: Connection) -> None:
     """Upstream models (the remote server's settings; NULL: a local model) and every model's fallbacks."""
-    for column in _upstream_columns():
-        conn.execute(text(f"ALTER TABLE models ADD COLUMN {column.name} {column.type.compile(dialect=conn.dialect)}"))
+    _add_columns(conn, _upstream_columns())
 
 
 Migration = Callable[[Connection], None]
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3]  # MIGRATIONS[i] takes a database from version i to i + 1
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4]  # MIGRATIONS[i] takes a database from version i to i + 1
 
-# The tables as this release reads and writes them (today: version 3).
+# The tables as this release reads and writes them (today: version 4).
 metadata = MetaData()
 _model_tables(metadata)
 _key_tables(metadata)
-for _column in _upstream_columns():
+for _column in _bounds_columns() + _upstream_columns():
     metadata.tables["models"].append_column(_column)
 models = metadata.tables["models"]
 model_names = metadata.tables["model_names"]

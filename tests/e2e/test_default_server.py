@@ -3,7 +3,10 @@ driven over HTTP by the official openai client. Ends by stopping the server with
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
+import os
+import stat
 
 import httpx
 import numpy as np
@@ -233,6 +236,21 @@ def test_ollama_client_lists_chats_generates_embeds_and_shows(server, client):
 
 def test_health(server):
     assert httpx.get(server.base_url + "/health").status_code == 200
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
+def test_nothing_listens_beyond_loopback_and_ray_requires_its_token(server):
+    sockets = server.listening_sockets()
+    assert any(port == server.port for _, _, port in sockets)
+    assert [s for s in sockets if not is_loopback(s[1])] == []
+    gcs = [p for p in server.processes() if p.name() == "gcs_server"]
+    assert gcs and gcs[0].environ()["RAY_AUTH_MODE"] == "token"
+    for name in ("ray_auth_token", "secrets.json"):
+        assert stat.S_IMODE(os.stat(os.path.join(server.data_dir, name)).st_mode) == 0o600
 
 
 def test_ctrl_c_stops_everything(server):

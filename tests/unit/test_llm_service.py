@@ -188,11 +188,13 @@ async def test_batches_carry_every_delta_ready_when_the_consumer_lags(service, e
 
 
 async def test_closing_a_stream_frees_the_engines_slot_for_the_next_request(tmp_path):
+    from models.llm.config import EngineConfig
     from models.llm.engine import HFEngine
     from models.llm.loader import load_causal_lm
     from tests.fixtures.tiny_llm import build_tiny_llm
 
-    engine = HFEngine(*load_causal_lm(build_tiny_llm(str(tmp_path / "m")), dtype="float32"), max_running=1, max_queued=0)
+    model, tokenizer = load_causal_lm(build_tiny_llm(str(tmp_path / "m")), dtype="float32")
+    engine = HFEngine(model, tokenizer, EngineConfig(max_running=1, max_queued=0))
     svc = serve(engine)
     try:
         gen = svc.generate(chat("hello", max_tokens=200, ignore_eos=True, temperature=0))
