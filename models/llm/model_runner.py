@@ -20,6 +20,7 @@ from models.llm import attention
 from models.llm.attention import BATCH_KWARG, PrefillChunk, StepBatch
 from models.llm.device_io import upload
 from models.llm.kv_cache import KVShape, SlotKVCache
+from models.llm.loader import vocab_size_of
 from models.llm.request import EngineRequest
 
 log = logging.getLogger(__name__)
@@ -56,16 +57,22 @@ class SlotModelForward:
 class BatchedModelRunner:
     """Owns the slot KV cache and turns scheduled work into one forward (or one CUDA graph replay)."""
 
-    def __init__(self, model: Any, num_slots: int, slot_len: int, cuda_graphs: bool = True):
+    def __init__(self, model: Any, num_slots: int, slot_len: int, cuda_graphs: bool = True, strict: bool = False,
+                 graph_api: Any = None):
+        """On CUDA with `cuda_graphs` (or with a fake `graph_api`, in tests) every decode graph is captured here,
+        at load; a capture failure turns graphs off with a warning, or raises FastPathError when `strict`."""
         self.forward = SlotModelForward(model)
         self.device = self.forward.device
         dtype = next(model.parameters()).dtype
         self.cache = SlotKVCache(KVShape.of(model.config), num_slots, slot_len, dtype, self.device)
         self.graphs = None
-        if cuda_graphs and self.device.type == "cuda":
+        if cuda_graphs and (self.device.type == "cuda" or graph_api is not None):
             from models.llm.cuda_graphs import CudaGraphDecoder
 
-            self.graphs = CudaGraphDecoder(self.forward, self.cache)
+            self.cache.ensure_initialized(slot_len)  # graphs read every position of their view (no-op on CUDA)
+            self.graphs = CudaGraphDecoder(self.forward, self.cache, vocab_size_of(model), dtype, strict, graph_api)
+            with torch.inference_mode():
+                self.graphs.capture_all()
 
     def execute(self, work: list[tuple[EngineRequest, int]]) -> tuple[list[EngineRequest], torch.Tensor]:
         """Feed each (request, count) its next `count` tokens; return (requests that sample, their logits [R, V])."""
