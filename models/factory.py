@@ -12,7 +12,7 @@ def pick_device(device: str, num_gpus: float = 0.0) -> str:
     """The device a model runs on: "cpu" for `device: cpu`, and for `auto` with no GPU reserved (num_gpus 0: a
     replica that reserved no GPU must not land on GPU 0 beside one that did); "cuda" when the model asks for a GPU
     (`device: cuda` or num_gpus > 0), or DeviceUnavailableError saying why CUDA cannot be used, never a silent CPU."""
-    if device == "cpu" or (device == "auto" and num_gpus <= 0):
+    if not wants_gpu(device, num_gpus):
         return "cpu"
     reason = cuda_unusable_reason()
     if reason is not None:
@@ -20,6 +20,11 @@ def pick_device(device: str, num_gpus: float = 0.0) -> str:
         raise DeviceUnavailableError(f"the model asks for a GPU ({asked}) but CUDA is not usable here: {reason}; "
                                      "set device: cpu and num_gpus: 0 to run it on the CPU")
     return "cuda"
+
+
+def wants_gpu(device: str, num_gpus: float) -> bool:
+    """Whether a model with these settings runs on a GPU (pick_device's rule, without torch)."""
+    return device == "cuda" or (device == "auto" and num_gpus > 0)
 
 
 def cuda_unusable_reason() -> str | None:
@@ -113,7 +118,7 @@ def build_speech_backend(src: ResolvedSource, dtype: str, device: str, cache_dir
 def piper_uses_cuda(device: str, num_gpus: float) -> bool:
     """Piper runs on onnxruntime, not torch: on its CUDA provider when the model asks for a GPU (as pick_device),
     DeviceUnavailableError when onnxruntime-gpu is not installed (onnxruntime would quietly run on the CPU)."""
-    if device == "cpu" or (device == "auto" and num_gpus <= 0):
+    if not wants_gpu(device, num_gpus):
         return False
     import onnxruntime
 

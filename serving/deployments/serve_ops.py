@@ -10,7 +10,7 @@ from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.api import RunTarget
 
-from models.factory import chat_engine_config
+from models.factory import chat_engine_config, wants_gpu
 from models.sources import resolve_source
 from serving.config import MODEL_APP_PREFIX, ModelConfig
 from serving.deployments.chat import ChatDeployment
@@ -40,7 +40,8 @@ def max_ongoing_requests(model: ModelConfig) -> int:
         return model.max_ongoing_requests
     if model.task == "chat":
         engine = chat_engine_config(resolve_source(model.source), model.options)  # the engine's own defaults
-        return engine.max_running + engine.max_queued
+        on = "cuda" if wants_gpu(model.device, model.resources.num_gpus) else "cpu"  # 256 running on CUDA, 16 on CPU
+        return engine.running_on(on) + engine.max_queued
     return DEFAULT_MAX_ONGOING_REQUESTS
 
 
