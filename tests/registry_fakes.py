@@ -88,7 +88,8 @@ def admin_stack(db_path: str, admin_api_keys: list[str] = (), api_keys: list[str
     async def notify(name: str) -> None:
         controller.notify(name)
 
-    admin = RegistryAdmin(store, notify, refresh=routes.refresh)
+    admin = RegistryAdmin(store, notify, refresh=routes.refresh,
+                          engine_stats=lambda name: router.own_client(name, "chat").engine_stats())
     public = build_app(router, api_keys=list(api_keys))
     admin_app = build_admin_app(admin, admin_api_keys=list(admin_api_keys), max_request_bytes=65536,
                                 upstreams=clients.upstreams)

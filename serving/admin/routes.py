@@ -4,7 +4,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from serving.admin.auth import admin_actor
-from serving.admin.schemas import DeletedModel, ModelRegistration, ModelUpdate, RegistryModel, RegistryModelList
+from serving.admin.schemas import (DeletedModel, EngineReport, ModelRegistration, ModelUpdate, RegistryModel,
+                                   RegistryModelList)
 from serving.admin.service import RegistryAdmin
 
 router = APIRouter(prefix="/admin/models", tags=["admin"])
@@ -44,6 +45,13 @@ async def undeploy_model(
     """Stop routing to the model at once (its new requests get 404), drain in-flight requests, then remove its
     replicas (status `stopping`, then `stopped`). The entry stays registered."""
     return RegistryModel.of(await admin.undeploy(name, actor))
+
+
+@router.get("/{name:path}/engine")
+async def get_engine(name: str, admin: RegistryAdmin = Depends(get_admin)) -> EngineReport:
+    """The engine of a deployed chat model: which path it runs (batched, device, CUDA graphs) and its load. (This
+    route comes first: a model whose own name ends in `/engine` is read from the listing.)"""
+    return EngineReport(model=name, stats=await admin.engine(name))
 
 
 @router.get("/{name:path}")

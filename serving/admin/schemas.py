@@ -117,6 +117,15 @@ class RegistryModelList(BaseModel):
                    invalid=[InvalidRegistryModel(name=e.name, error=e.error) for e in listing.invalid])
 
 
+class EngineReport(BaseModel):
+    """GET /admin/models/{name}/engine: the stats of one replica's engine (models.llm.types.EngineStats), which
+    say the path it runs: `batched` (false: one forward per request), `device`, `cuda_graphs_on`, and how many
+    `cuda_graphs` were captured at load. `stats` is null before the engine's first report."""
+
+    model: str
+    stats: dict[str, Any] | None
+
+
 class DeletedModel(BaseModel):
     id: str
     object: Literal["model"] = "model"

@@ -22,6 +22,7 @@ from serving.registry.store import RegistryListing, RegistryStore
 log = logging.getLogger("serving.admin")
 
 Notify = Callable[[str], Awaitable[None]]  # tell the controller to look at a model again
+EngineStats = Callable[[str], Awaitable["dict | None"]]  # a served chat model's engine stats, by name
 
 
 def invalid_config(error: ValidationError) -> InvalidRequestError:
@@ -34,11 +35,21 @@ def invalid_config(error: ValidationError) -> InvalidRequestError:
 
 class RegistryAdmin:
     def __init__(self, store: RegistryStore, notify: Notify, refresh: Callable[[], Awaitable[None]] | None = None,
-                 check_source: Callable[[ModelConfig], str | None] = source_problem):
+                 check_source: Callable[[ModelConfig], str | None] = source_problem,
+                 engine_stats: EngineStats | None = None):
         self.store = store
         self.notify = notify
         self.refresh = refresh  # reload this ingress' routes now rather than at its next poll
         self.check_source = check_source
+        self.engine_stats = engine_stats  # None: this server has no route to its models' replicas
+
+    async def engine(self, name: str) -> dict | None:
+        """A registered chat model's engine stats from one of its replicas (its path: batched, device, CUDA graphs);
+        404 for an unknown or undeployed model, 400 for another task, None before the engine's first report."""
+        await self.get(name)
+        if self.engine_stats is None:
+            return None
+        return await self.engine_stats(name)
 
     async def list(self) -> RegistryListing:
         """Every entry, and the rows that cannot be read (reported, not fatal)."""

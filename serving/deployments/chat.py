@@ -36,6 +36,11 @@ class ChatDeployment:
         async for chunks in observe_generation(self.model.name, self.service.generate_batches(request)):
             yield chunks
 
+    def engine_stats(self) -> dict | None:
+        """The engine's last stats report as a dict (models.llm.types.EngineStats: its path included), None before
+        the first; read from the report, never a call into the engine."""
+        return self.service.engine_stats()
+
     def check_health(self) -> None:
         """Unhealthy only when restarting the engine cannot help; Serve then replaces the replica."""
         self.service.check_health()

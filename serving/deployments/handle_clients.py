@@ -188,6 +188,12 @@ class HandleChatClient:
     def __init__(self, handle, deadlines: Deadlines):
         self._handle = direct(handle).options(stream=True)
         self._deadlines = deadlines
+        self._unary = direct(handle)
+
+    async def engine_stats(self) -> dict | None:
+        """One replica's engine stats (ChatDeployment.engine_stats): its path, load and counters; within the
+        request deadlines like any call."""
+        return await call_within(self._unary.engine_stats.remote(), self._deadlines)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """The replica streams lists of chunks (several deltas per Ray item under load); flatten them."""

@@ -17,7 +17,7 @@ from serving.admin.service import RegistryAdmin
 from serving.api.errors import error_response
 from serving.api.server import build_server_app
 from serving.config import ModelConfig, ServerConfig
-from serving.deployments.handle_clients import HANDLE_CLIENTS, Deadlines
+from serving.deployments.handle_clients import HANDLE_CLIENTS, Deadlines, HandleChatClient
 from serving.deployments.observability import ingress_scraper, tag_serve_request
 from serving.errors import TooManyConnectionsError
 from serving.logs import configure_logging
@@ -106,7 +106,13 @@ class Ingress:
         async def notify(name: str) -> None:
             await controller.notify.remote(name)
 
-        admin = RegistryAdmin(store, notify, refresh=self._routes.refresh)
+        async def engine_stats(name: str) -> dict | None:
+            client = router.own_client(name, "chat")
+            if not isinstance(client, HandleChatClient):  # an upstream model: its engine is another server's
+                return None
+            return await client.engine_stats()
+
+        admin = RegistryAdmin(store, notify, refresh=self._routes.refresh, engine_stats=engine_stats)
         scraper = ingress_scraper(store) if config.metrics else None
         app, keys = build_server_app(config, store, router, admin, scraper, on_request=tag_serve_request,
                                      upstreams=upstreams)
