@@ -167,8 +167,8 @@ class CudaGraphDecoder:
         return True
 
     def _reserved_growth(self):
-        """A function giving the device memory reserved since now (what the captures have taken)."""
-        start = torch.cuda.memory_reserved(self.device) if self.device.type == "cuda" else 0
+        """A function giving the device memory reserved since now (what the captures have taken; 0 off CUDA)."""
         if self.device.type != "cuda":
             return lambda: 0
+        start = torch.cuda.memory_reserved(self.device)
         return lambda: torch.cuda.memory_reserved(self.device) - start
