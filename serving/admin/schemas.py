@@ -120,7 +120,7 @@ class RegistryModelList(BaseModel):
 class EngineReport(BaseModel):
     """GET /admin/models/{name}/engine: the stats of one replica's engine (models.llm.types.EngineStats), which
     say the path it runs: `batched` (false: one forward per request), `device`, `cuda_graphs_on`, and how many
-    `cuda_graphs` were captured at load. `stats` is null before the engine's first report."""
+    `cuda_graphs` were captured at load. `stats` is null only for an engine that reports none."""
 
     model: str
     stats: dict[str, Any] | None

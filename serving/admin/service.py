@@ -45,7 +45,7 @@ class RegistryAdmin:
 
     async def engine(self, name: str) -> dict | None:
         """A registered chat model's engine stats from one of its replicas (its path: batched, device, CUDA graphs);
-        404 for an unknown or undeployed model, 400 for another task, None before the engine's first report."""
+        404 for an unknown or undeployed model, 400 for another task, None when its engine reports no stats."""
         await self.get(name)
         if self.engine_stats is None:
             return None
