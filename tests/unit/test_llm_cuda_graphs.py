@@ -153,3 +153,17 @@ def test_a_host_sync_inside_the_captured_forward_is_a_capture_failure(loaded):
     runner.graphs.graphs.clear()
     runner.graphs.capture_all()
     assert not runner.graphs.enabled and "syncs with the host" in runner.graphs.failure
+
+
+def test_captures_stop_at_the_graph_memory_budget_and_uncaptured_steps_run_eagerly(loaded):
+    model, _ = loaded
+    runner = graph_runner(model, FakeGraphApi())
+    graphs = runner.graphs
+    graphs.graphs.clear()
+    graphs.budget_bytes = int(2.5 * 2**30)
+    assert graphs.capture_all(used_bytes=lambda: len(graphs.graphs) * 2**30) == 3  # 1 GiB a graph, pretend
+    assert list(graphs.graphs) == [(8, 300), (8, 256), (4, 300)] and graphs.enabled
+    with torch.inference_mode():
+        assert graphs.run([Decode(0, [5, 6])]) is None  # (1, 256) was not captured: the runner goes eager
+        requests, logits = runner.execute([(Decode(0, [5, 6]), 1)])
+    assert logits.shape[0] == 1 and all(g.replays == 0 for g in graphs.graphs.values())
