@@ -10,6 +10,7 @@ from serving.config import ModelConfig
 from serving.deployments.common import load_backend
 from serving.metrics.models import observe_generation
 from serving.deployments.observability import model_replica
+from serving.deployments.placement import place_replica
 from serving.services.engine_process import EngineProcess
 from serving.services.llm import LLMService
 
@@ -27,7 +28,8 @@ class ChatDeployment:
     Real models run in a child process (serving/services/engine_process.py: in the replica the engine would share
     the GIL with Ray's streaming threads); `fake:` engines are pure Python and stay in the replica."""
 
-    def __init__(self, spec: dict, data_dir: str):
+    def __init__(self, spec: dict, data_dir: str, report_to: str | None = None):
+        spec = place_replica(spec, report_to)
         self.model = ModelConfig.model_validate(spec)
         if self.model.source.startswith("fake:"):
             engine = load_backend(spec, data_dir)[1]

@@ -1,6 +1,7 @@
 """serving.clients protocols implemented over Ray Serve deployment handles."""
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 from ray.serve.exceptions import DeploymentUnavailableError
@@ -9,7 +10,7 @@ from models.errors import EngineOverloadedError, ModelInputError
 from models.images.types import ImageParams
 from models.speech.types import SpeechParams
 from serving.clients import EmbeddingResult, EncodedAudio, GenerationChunk, GenerationRequest
-from serving.errors import ModelNotFoundError, ServingError
+from serving.errors import ModelNotFoundError, ModelUnavailableError, ServingError
 
 TYPED_ERRORS = (ServingError, ModelInputError, EngineOverloadedError)  # what serving.api.errors maps to HTTP
 
@@ -23,6 +24,22 @@ def direct(handle):
     return handle.options(_by_reference=False)
 
 
+async def assigned(response, timeout_s: float | None) -> None:
+    """Wait until Serve gave the call to a replica, at most `timeout_s` (None: no bound). For a model at zero
+    replicas this is the cold start: past the bound the call is cancelled and the client gets 503 + Retry-After.
+    Serve exposes the assignment only as the response's private `_fetch_future_result_async` (Ray 2.60)."""
+    if timeout_s is None:
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(response._fetch_future_result_async()), timeout_s)
+    except asyncio.TimeoutError:
+        response.cancel()
+        raise ModelUnavailableError(
+            f"No replica of the model could take the request within {timeout_s:g} s (it is starting from zero "
+            "replicas, or there is no room for one); retry later.", code="model_starting",
+        ) from None
+
+
 def unwrap(error: BaseException) -> BaseException:
     """Ray wraps a replica's exception (RayTaskError with .cause): give the HTTP layer the typed original, as it
     was raised (the error map in serving.api.errors turns it into HTTP). The only unwrapping of Ray's errors."""
@@ -34,14 +51,21 @@ def unwrap(error: BaseException) -> BaseException:
     return error
 
 
+async def _call(response, assign_timeout_s: float | None):
+    await assigned(response, assign_timeout_s)
+    return await response
+
+
 class HandleChatClient:
-    def __init__(self, handle):
+    def __init__(self, handle, assign_timeout_s: float | None = None):
         self._handle = direct(handle).options(stream=True)
+        self._assign_timeout_s = assign_timeout_s
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """The replica streams lists of chunks (several deltas per Ray item under load); flatten them."""
         stream = self._handle.generate.remote(request)
         try:
+            await assigned(stream, self._assign_timeout_s)
             async for chunks in stream:
                 for chunk in chunks:
                     yield chunk
@@ -52,34 +76,37 @@ class HandleChatClient:
 
 
 class HandleEmbeddingClient:
-    def __init__(self, handle):
+    def __init__(self, handle, assign_timeout_s: float | None = None):
         self._handle = direct(handle)
+        self._assign_timeout_s = assign_timeout_s
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
         try:
-            return await self._handle.embed.remote(inputs)
+            return await _call(self._handle.embed.remote(inputs), self._assign_timeout_s)
         except Exception as e:
             raise unwrap(e) from None
 
 
 class HandleImageClient:
-    def __init__(self, handle):
+    def __init__(self, handle, assign_timeout_s: float | None = None):
         self._handle = direct(handle)
+        self._assign_timeout_s = assign_timeout_s
 
     async def generate(self, prompt: str, params: ImageParams, n: int) -> list[bytes]:
         try:
-            return await self._handle.generate.remote(prompt, params, n)
+            return await _call(self._handle.generate.remote(prompt, params, n), self._assign_timeout_s)
         except Exception as e:
             raise unwrap(e) from None
 
 
 class HandleSpeechClient:
-    def __init__(self, handle):
+    def __init__(self, handle, assign_timeout_s: float | None = None):
         self._handle = direct(handle)
+        self._assign_timeout_s = assign_timeout_s
 
     async def synthesize(self, text: str, params: SpeechParams, response_format: str) -> EncodedAudio:
         try:
-            return await self._handle.synthesize.remote(text, params, response_format)
+            return await _call(self._handle.synthesize.remote(text, params, response_format), self._assign_timeout_s)
         except Exception as e:
             raise unwrap(e) from None
 

@@ -14,20 +14,30 @@ import uvicorn
 from ray import serve
 
 from serving.admin.service import RegistryAdmin
+from serving.api.app import build_app
 from serving.api.server import build_server_app
 from serving.config import ModelConfig, ServerConfig
+from serving.deployments.cluster import node_resources
 from serving.deployments.handle_clients import HANDLE_CLIENTS
-from serving.logs import configure_logging
 from serving.deployments.observability import ingress_scraper, tag_serve_request
-from serving.registry.routes import RegistryRoutes
+from serving.keys.records import config_records
+from serving.keys.ring import KeyRing
+from serving.logs import configure_logging
+from serving.registry.routes import RegistryRoutes, served_model
 from serving.registry.store import RegistryStore
 from serving.router import ModelRouter
 
 
-def handle_client(model: ModelConfig):
-    """A client over the model's own Serve application (same name for the app and its one deployment)."""
-    handle = serve.get_deployment_handle(model.deployment_name, model.deployment_name)
-    return HANDLE_CLIENTS[model.task](handle)
+def handle_client(model: ModelConfig, check_exists: bool = True):
+    """A client over the model's own Serve application (same name for the app and its one deployment); a model
+    that scales to zero bounds how long a call waits for a replica (its cold start). check_exists=False: the
+    application may still be on its way (a Serve config file deploys every application at once)."""
+    handle = serve.get_deployment_handle(model.deployment_name, model.deployment_name, _check_exists=check_exists)
+    return HANDLE_CLIENTS[model.task](handle, model.cold_start_timeout_s)
+
+
+def config_file_client(model: ModelConfig):
+    return handle_client(model, check_exists=False)
 
 
 def http_server(app, host: str, port: int) -> uvicorn.Server:
@@ -47,25 +57,43 @@ async def _serve(server: uvicorn.Server) -> None:
 
 @serve.deployment
 class Ingress:
-    def __init__(self, server: dict, controller):
+    def __init__(self, server: dict, controller=None, models: list[dict] | None = None):
+        """With `controller` (`openserve up`): routes follow the registry, /admin changes it. With `models` instead
+        (a Serve config file, `serve deploy`): routes to exactly those models, no /admin and no registry, since the
+        file is what says which models run (API keys: the file's `server` section, as hashes)."""
         config = ServerConfig.model_validate(server)
         configure_logging(config.log_format)
-        store = RegistryStore.open(config.resolved_registry_url)
         router = ModelRouter()
-        self._routes = RegistryRoutes(store, router, handle_client, interval_s=config.routes_refresh_s)
         # Serve runs the constructor on the replica's event loop; the tasks below live on it.
         loop = asyncio.get_running_loop()
-        self._poll = loop.create_task(self._routes.run())
+        if controller is None:
+            router.replace(served_model(ModelConfig.model_validate(m), config_file_client) for m in models or [])
+            keys = KeyRing(config_records(config.api_keys, config.admin_api_keys))
+            app = build_app(router, max_request_bytes=config.max_request_bytes, keys=keys)
+        else:
+            app = self._registry_app(config, router, controller, loop)
+        self._server = http_server(app, config.host, config.port)
+        self._serving = loop.create_task(_serve(self._server))
+
+    def _registry_app(self, config: ServerConfig, router: ModelRouter, controller, loop):
+        """Routes kept equal to the registry (polled), the registry's keys, and the /admin app over it."""
+        store = RegistryStore.open(config.resolved_registry_url)
 
         async def notify(name: str) -> None:
             await controller.notify.remote(name)
 
-        admin = RegistryAdmin(store, notify, refresh=self._routes.refresh)
+        async def replicas() -> dict:
+            return await controller.replicas.remote()
+
+        self._routes = RegistryRoutes(store, router, handle_client, interval_s=config.routes_refresh_s,
+                                      replica_view=replicas)
+        self._poll = loop.create_task(self._routes.run())
+        nodes = node_resources if config.check_cluster_resources else None
+        admin = RegistryAdmin(store, notify, refresh=self._routes.refresh, nodes=nodes, replica_view=replicas)
         scraper = ingress_scraper(store) if config.metrics else None
         app, keys = build_server_app(config, store, router, admin, scraper, on_request=tag_serve_request)
         self._keys = loop.create_task(keys.run())
-        self._server = http_server(app, config.host, config.port)
-        self._serving = loop.create_task(_serve(self._server))
+        return app
 
     async def check_health(self) -> None:
         """Unhealthy (Serve restarts the replica) when the HTTP server stopped, e.g. its port was taken."""

@@ -11,7 +11,7 @@ from typing import Callable
 
 from sqlalchemy import (
     JSON, Boolean, Column, DateTime, Float, ForeignKey, Integer, MetaData, String, Table, Text, inspect, insert, select,
-    update,
+    text, update,
 )
 from sqlalchemy.engine import Connection
 
@@ -102,14 +102,25 @@ def _v2(conn: Connection) -> None:
     conn.execute(insert(frozen.tables["api_keys_state"]).values(id=1, generation=0))
 
 
-Migration = Callable[[Connection], None]
-MIGRATIONS: list[Migration] = [_v1, _v2]  # MIGRATIONS[i] takes a database from version i to i + 1
+def _custom_resources_column() -> Column:
+    return Column("custom_resources", JSON)  # Ray custom resources per replica ({} or NULL: none)
 
-# The tables as this release reads and writes them (today: version 2).
+
+def _v3(conn: Connection) -> None:
+    """models.custom_resources (placement on nodes that have a custom resource)."""
+    column = _custom_resources_column()
+    conn.execute(text(f"ALTER TABLE models ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"))
+
+
+Migration = Callable[[Connection], None]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3]  # MIGRATIONS[i] takes a database from version i to i + 1
+
+# The tables as this release reads and writes them (today: version 3).
 metadata = MetaData()
 _model_tables(metadata)
 _key_tables(metadata)
 models = metadata.tables["models"]
+models.append_column(_custom_resources_column())
 model_names = metadata.tables["model_names"]
 registry_state = metadata.tables["registry_state"]
 api_keys = metadata.tables["api_keys"]

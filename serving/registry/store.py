@@ -52,6 +52,7 @@ def _row_values(spec: ModelConfig) -> dict:
     values.update(
         num_cpus=spec.resources.num_cpus,
         num_gpus=spec.resources.num_gpus,
+        custom_resources=spec.resources.custom or None,
         max_batch_size=spec.batching.max_batch_size,
         batch_wait_timeout_s=spec.batching.batch_wait_timeout_s,
         autoscaling=spec.autoscaling.model_dump() if spec.autoscaling else None,
@@ -63,7 +64,7 @@ def _entry(row, aliases: list[str]) -> ModelEntry:
     data = {c: getattr(row, c) for c in _SPEC_COLUMNS}
     data.update(
         name=row.name,
-        resources={"num_cpus": row.num_cpus, "num_gpus": row.num_gpus},
+        resources={"num_cpus": row.num_cpus, "num_gpus": row.num_gpus, "custom": row.custom_resources or {}},
         batching={"max_batch_size": row.max_batch_size, "batch_wait_timeout_s": row.batch_wait_timeout_s},
         autoscaling=row.autoscaling,
         aliases=aliases,

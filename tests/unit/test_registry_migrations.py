@@ -77,3 +77,22 @@ def test_a_failing_step_leaves_the_old_version_intact(tmp_path):
         assert database_version(conn) == len(schema.MIGRATIONS)
         assert not conn.execute(text("SELECT name FROM sqlite_master WHERE name = 'half_done'")).all()
     engine.dispose()
+
+
+def test_a_version_1_file_gets_custom_resources_and_keeps_its_models(tmp_path):
+    url = f"sqlite:///{tmp_path}/r.db"
+    engine = create_registry_engine(url)
+    with engine.begin() as conn:  # the first release's database, with one model in it
+        migrate(conn, schema.MIGRATIONS[:1])
+        conn.execute(text(
+            "INSERT INTO models VALUES ('m', 'chat', 'fake:', NULL, 'auto', 'auto', 1, 64, NULL, 0.5, 0.0, 8, 0.01, "
+            "NULL, '{}', NULL, 1, 'ready', NULL, 1, '2026-01-01', '2026-01-01', '2026-01-01', 'a', 'a')"
+        ))
+        conn.execute(text("INSERT INTO model_names VALUES ('m', 'm')"))
+    engine.dispose()
+    store = RegistryStore.open(url)
+    assert store.get("m").spec.resources.custom == {} and store.get("m").spec.resources.num_cpus == 0.5
+    changed = {**store.get("m").spec.model_dump(), "resources": {"num_cpus": 0.1, "custom": {"special": 1}}}
+    store.update(ModelConfig.model_validate(changed), actor="b")
+    assert store.get("m").spec.resources.custom == {"special": 1.0}
+    store.close()
