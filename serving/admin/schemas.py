@@ -77,6 +77,7 @@ class ReplicaDetail(BaseModel):
     node_id: str | None = None
     gpu_ids: list[str] | None = Field(None, description="the GPUs Ray gave the replica (as the replica reported)")
     device: str | None = Field(None, description="the device its backend uses (cpu, cuda)")
+    cuda_visible_devices: str | None = Field(None, description="CUDA_VISIBLE_DEVICES in the replica (Ray sets it)")
 
 
 class ReplicaSummary(BaseModel):

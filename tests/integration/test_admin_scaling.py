@@ -76,7 +76,7 @@ async def test_the_admin_api_shows_target_and_running_replicas(stack, http):
     listed = (await http.get("/admin/models")).json()["data"][0]["replicas"]
     assert (listed["target"], listed["running"], listed["starting"]) == (3, 2, 1)
     assert listed["replicas"][0] == {"id": "r0", "state": "RUNNING", "node_id": "node-1", "gpu_ids": [],
-                                     "device": "cpu"}
+                                     "device": "cpu", "cuda_visible_devices": None}
 
 
 async def test_a_model_at_zero_replicas_is_listed_with_its_state(stack, http):
