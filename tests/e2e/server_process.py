@@ -26,7 +26,7 @@ class ServerProcess:
     """One server on a free port with its own short data dir (Ray's socket paths must stay < 108 bytes)."""
 
     def __init__(self, config: str | None = None, ready_timeout_s: float = 600, data_dir: str | None = None,
-                 port: int | None = None, extra_args: tuple[str, ...] = ()):
+                 port: int | None = None, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None):
         self.port = port or free_port()
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="osv-", dir="/tmp")  # pass one to restart on its state
         self.lines: list[str] = []
@@ -34,7 +34,7 @@ class ServerProcess:
         if config:
             args += ["--config", config]
         args += list(extra_args)
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
