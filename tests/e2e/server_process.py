@@ -16,6 +16,19 @@ import psutil
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def wait_for(predicate, timeout_s: float, what: str):
+    """Poll `predicate` every 0.5 s until it returns something truthy (returned); fail the test after timeout_s."""
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"not within {timeout_s:.0f} s: {what}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,14 +9,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import httpx
 import pytest
 import yaml
 
 from tests.e2e.ray_cluster import start_node
-from tests.e2e.server_process import REPO, ServerProcess, free_port
+from tests.e2e.server_process import REPO, ServerProcess, free_port, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -24,16 +23,6 @@ CONFIG = os.path.join(REPO, "tests", "e2e", "cluster_models.yaml")
 SPECIAL = {"name": "special-embed", "task": "embedding", "source": "fake:",
            "resources": {"num_cpus": 0.1, "custom": {"special": 1}}}
 SERVE = os.path.join(os.path.dirname(sys.executable), "serve")
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"not within {timeout_s:.0f} s: {what}")
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +54,6 @@ def server(cluster, auth):
     srv = ServerProcess(CONFIG, data_dir=data_dir, extra_args=["--address", cluster["head"].address], env=auth)
     yield srv
     srv.cleanup()
-
-
-@pytest.fixture
-def admin(server):
-    with httpx.Client(base_url=server.base_url + "/admin", timeout=60) as client:
-        yield client
 
 
 def ready(admin: httpx.Client, name: str, timeout_s: float = 300) -> dict:

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.server_process import REPO, ServerProcess
+from tests.e2e.server_process import REPO, ServerProcess, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -30,29 +30,12 @@ def server():
 
 
 @pytest.fixture
-def admin(server):
-    with httpx.Client(base_url=server.base_url + "/admin", timeout=60) as client:
-        yield client
-
-
-@pytest.fixture
 def oai(server):
     return openai.OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0, timeout=REPLICA_START_S + 60)
 
 
 def replicas(admin: httpx.Client, name: str) -> dict:
     return admin.get(f"/models/{name}").json()["replicas"] or {"target": None, "running": None}
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    """Poll `predicate` until it returns something truthy; fail with `what` after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"not within {timeout_s:.0f} s: {what}")
 
 
 def model_state(server, name: str) -> str:

@@ -1,0 +1,10 @@
+"""Fixtures shared by the e2e modules (each module defines its own `server`)."""
+import httpx
+import pytest
+
+
+@pytest.fixture
+def admin(server):
+    """An HTTP client for the module's server's /admin."""
+    with httpx.Client(base_url=server.base_url + "/admin", timeout=60) as client:
+        yield client
