@@ -315,7 +315,7 @@ class ModelController:
             return f"no running replica, and no alive Ray node can hold one: {hopeless}"
         if state.unschedulable and spec.initial_replicas > 0:  # at zero, a cold start has its own bound
             return f"no running replica, and none could be placed: {state.message}"
-        if state.status in ("UNHEALTHY", "DEPLOY_FAILED"):
+        if state.status == "DEPLOY_FAILED":  # Serve gave up; UNHEALTHY is a replica being replaced, left to Serve
             return "no running replica: " + failure_reason(state.message)
         return None
 

@@ -99,8 +99,11 @@ class RayNode:
                 pass
 
     def wait_gone(self, timeout_s: float = 30) -> bool:
+        """Until none of the node's processes is left, killing again any that appeared (a monitor restarted by
+        another that had not died yet)."""
         deadline = time.monotonic() + timeout_s
         while self.processes() and time.monotonic() < deadline:
+            self.kill()
             time.sleep(0.2)
         return not self.processes()
 

@@ -54,7 +54,9 @@ class ServerProcess:
         )
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(ready_timeout_s) or self.proc.poll() is not None:
+        waited = self._ready.wait(ready_timeout_s)
+        started = any("ready in" in ln for ln in self.lines)  # the reader also stops waiting when the server exits
+        if not waited or self.proc.poll() is not None or not started:
             log = self.log()
             self.stop()
             raise RuntimeError(f"server did not become ready:\n{log[-6000:]}")

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.ray
 
 CONFIG = os.path.join(REPO, "tests", "e2e", "cluster_models.yaml")
 SPECIAL = {"name": "special-embed", "task": "embedding", "source": "fake:",
-           "resources": {"num_cpus": 0.1, "custom": {"special": 1}}}
+           "resources": {"num_cpus": 0, "custom": {"special": 1}}}
 SERVE = os.path.join(os.path.dirname(sys.executable), "serve")
 
 
@@ -36,16 +36,19 @@ def auth(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster(auth):
     """{head, worker, dashboard}: the head with 2 CPUs, 2 logical GPUs and the dashboard (serve deploy talks to
-    it); a worker with 1 CPU and the custom resource `special`."""
+    it); a worker with the custom resource `special` and no CPU to offer, so only models that ask for `special`
+    go there (Serve spreads replicas over the nodes that have room)."""
     env = dict(os.environ, **auth)
     dashboard = free_port()
-    nodes = {"head": start_node(env, num_cpus=2, num_gpus=2, dashboard_port=dashboard)}
+    cluster = {"dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
+    cluster["head"] = start_node(env, num_cpus=2, num_gpus=2, dashboard_port=dashboard)
     try:
-        nodes["worker"] = start_node(env, address=nodes["head"].address, num_cpus=1, resources={"special": 1})
-        yield {**nodes, "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
+        cluster["worker"] = start_node(env, address=cluster["head"].address, num_cpus=0, resources={"special": 1})
+        yield cluster  # a test may replace the worker: the nodes cleaned up are the ones there at the end
     finally:
-        for node in nodes.values():
-            node.cleanup()
+        for node in (cluster.get("worker"), cluster["head"]):
+            if node is not None:
+                node.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +66,27 @@ def ready(admin: httpx.Client, name: str, timeout_s: float = 300) -> dict:
     return entry
 
 
+def placement(admin: httpx.Client, name: str) -> dict:
+    """The model's one replica once it is ready and has reported where it runs (its report follows its start)."""
+    ready(admin, name)
+
+    def reported():
+        replicas = admin.get(f"/models/{name}").json()["replicas"]["replicas"]
+        return replicas and replicas[0]["device"] is not None and replicas[0]
+
+    return wait_for(reported, 60, f"{name}'s replica reported its placement")
+
+
 def embed(base_url: str, model: str) -> int:
     return httpx.post(base_url + "/v1/embeddings", json={"model": model, "input": "x"}, timeout=120).status_code
 
 
 def test_up_joins_the_cluster_and_places_a_model_where_its_resource_is(cluster, server, admin):
     assert admin.post("/models", json=SPECIAL).status_code == 201
-    replica = ready(admin, "special-embed")["replicas"]["replicas"][0]
+    replica = placement(admin, "special-embed")
     assert replica["node_id"] == cluster["worker"].node_id  # the only node with `special`
-    embedder = ready(admin, "fake-embed")["replicas"]["replicas"][0]
+    embedder = placement(admin, "fake-embed")
+    assert embedder["node_id"] == cluster["head"].node_id
     assert embed(server.base_url, "special-embed") == 200 and embed(server.base_url, "fake-embed") == 200
     assert embedder["device"] == replica["device"] == "cpu" and replica["gpu_ids"] == []
 
@@ -81,7 +96,7 @@ def test_four_half_gpu_models_pack_onto_two_gpus_and_a_fifth_is_refused(cluster,
     for name in names:
         body = {"name": name, "task": "chat", "source": "fake:", "resources": {"num_cpus": 0.05, "num_gpus": 0.5}}
         assert admin.post("/models", json=body).status_code == 201, name
-    placed = [ready(admin, name)["replicas"]["replicas"][0] for name in names]
+    placed = [placement(admin, name) for name in names]
     assert sorted(p["gpu_ids"][0] for p in placed) == ["0", "0", "1", "1"]  # two models on each GPU
     assert all(p["device"] == "cuda" and p["cuda_visible_devices"] == p["gpu_ids"][0] for p in placed)
     assert all(p["node_id"] == cluster["head"].node_id for p in placed)
@@ -103,10 +118,11 @@ def test_a_dead_node_fails_its_model_the_others_go_on_and_its_return_brings_the_
     assert failed["error"].startswith("no running replica")
     assert embed(server.base_url, "fake-embed") == 200
     assert embed(server.base_url, "special-embed") == 404  # not served while failed
-    cluster["worker"].cleanup()
-    cluster["worker"] = start_node(cluster["env"], address=cluster["head"].address, num_cpus=1,
+    cluster.pop("worker").cleanup()
+    cluster["worker"] = start_node(cluster["env"], address=cluster["head"].address, num_cpus=0,
                                    resources={"special": 1})
-    ready(admin, "special-embed")
+    wait_for(lambda: admin.get("/models/special-embed").json()["status"] == "ready", 300,
+             "special-embed ready again on the node that came back")
     assert embed(server.base_url, "special-embed") == 200
 
 

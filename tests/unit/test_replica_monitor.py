@@ -55,6 +55,17 @@ async def test_unschedulable_fails_a_model_with_minimum_replicas_but_not_one_tha
     assert store.get("a").status == "failed" and "none could be placed" in store.get("a").error
 
 
+async def test_a_replica_being_replaced_is_left_to_serve_but_one_serve_gave_up_on_fails(store, ops, controller):
+    ops.running["model:a"] = AppState("UNHEALTHY", "A replica's health check failed.",
+                                      replicas=replicas(target=1, running=0, starting=1))
+    await controller.check_replicas()
+    assert store.get("a").status == "ready"  # its node can take the replacement: Serve restarts it
+    ops.running["model:a"] = AppState("DEPLOY_FAILED", "RuntimeError: the constructor raised again",
+                                      replicas=replicas(target=1, running=0))
+    await controller.check_replicas()
+    assert store.get("a").error == "no running replica: RuntimeError: the constructor raised again"
+
+
 async def test_a_model_at_zero_replicas_is_not_lost(store, ops, controller):
     ops.running["model:a"] = AppState("RUNNING", replicas=replicas(target=0, running=0))
     await controller.check_replicas()
