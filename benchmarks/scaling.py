@@ -44,6 +44,12 @@ class Server:
     def replicas(self, name: str) -> dict:
         return self.call("GET", f"/admin/models/{name}").get("replicas") or {"running": -1, "target": -1}
 
+    def at_zero(self, name: str) -> bool:
+        """No replica wanted and none running (the view may be a second old: `target` 0 rules out a replica that
+        was still starting when it was taken)."""
+        replicas = self.replicas(name)
+        return replicas["target"] == 0 and replicas["running"] == 0
+
     def wait(self, predicate, timeout_s: float, what: str) -> float:
         """Seconds until predicate() held (polled every 0.25 s); raises past timeout_s."""
         started = time.monotonic()
@@ -72,11 +78,11 @@ def cold_starts(server: Server, model: str, repeat: int, idle_s: float) -> dict:
         server.wait(lambda: server.call("GET", f"/admin/models/{name}")["status"] == "ready", 300, f"{name} ready")
         runs = []
         for _ in range(repeat):
-            server.wait(lambda: server.replicas(name)["running"] == 0, 600, f"{name} at zero")
+            server.wait(lambda: server.at_zero(name), 600, f"{name} at zero")
             started = time.monotonic()
             server.ask(name, config["task"])
             cold = time.monotonic() - started
-            back = server.wait(lambda: server.replicas(name)["running"] == 0, 900, f"{name} back at zero")
+            back = server.wait(lambda: server.at_zero(name), 900, f"{name} back at zero")
             runs.append({"cold_start_s": round(cold, 2), "back_to_zero_s": round(back, 2)})
         return {"model": model, "task": config["task"], "idle_delay_s": idle_s, "runs": runs}
     finally:
@@ -104,7 +110,8 @@ def burst(server: Server, clients: int, idle_s: float) -> dict:
         stop.set()
         for t in threads:
             t.join(60)
-        down = server.wait(lambda: server.replicas(name)["running"] == 1, 900, "back to 1 replica")
+        down = server.wait(lambda: (r := server.replicas(name))["target"] == 1 and r["running"] == 1, 900,
+                           "back to 1 replica")
         return {"clients": clients, "idle_delay_s": idle_s, "to_2_running_s": round(two, 2),
                 "to_3_running_s": round(three, 2), "back_to_1_s": round(down, 2)}
     finally:

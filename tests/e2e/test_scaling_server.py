@@ -87,7 +87,8 @@ def test_a_model_at_zero_answers_its_first_request_and_goes_back_to_zero(server,
     print(f"\ncold start of a fake embedding model: {time.monotonic() - started:.1f} s")
     assert replicas(admin, "zero")["running"] == 1
     wait_for(lambda: model_state(server, "zero") == "ready", 30, "/v1/models says ready")
-    wait_for(lambda: replicas(admin, "zero")["running"] == 0, 120, "zero back to 0 replicas when idle")
+    wait_for(lambda: (r := replicas(admin, "zero"))["target"] == 0 and r["running"] == 0, 120,
+             "zero back to 0 replicas when idle")
     wait_for(lambda: model_state(server, "zero") == "scaled_to_zero", 30, "/v1/models says scaled_to_zero again")
     assert len(oai.embeddings.create(model="zero", input=["c"]).data) == 1  # and it wakes up again
 
