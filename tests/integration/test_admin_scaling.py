@@ -3,7 +3,7 @@ counts in the admin API, and a scale-to-zero model's state on /v1/models. Serve 
 import pytest
 
 from serving.registry.controller import AppState
-from tests.integration.test_admin_api import assert_error, client_for, ready
+from tests.integration.test_admin_api import assert_error, http, ready  # noqa: F401 - http: a fixture over `stack`
 from tests.registry_fakes import admin_stack, node, replicas
 
 EMBED = {"name": "e", "task": "embedding", "source": "fake:"}
@@ -11,17 +11,12 @@ EMBED = {"name": "e", "task": "embedding", "source": "fake:"}
 
 @pytest.fixture
 async def stack(tmp_path):
+    """The admin stack on one 2-CPU node with 0.3 CPU free."""
     s = admin_stack(str(tmp_path / "registry.db"))
     s.ops.nodes_ = [node(2.0, free=0.3)]
     yield s
     await s.controller.wait_idle()
     s.store.close()
-
-
-@pytest.fixture
-async def http(stack):
-    async with client_for(stack.app) as c:
-        yield c
 
 
 async def test_a_registration_without_room_is_refused_at_once_with_what_is_free(stack, http):
