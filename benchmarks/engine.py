@@ -2,6 +2,7 @@
 
     python -m benchmarks.engine                                   # SmolLM2-135M (packaged GGUF), CPU, 16 x 96 tokens
     python -m benchmarks.engine --dtype bfloat16 --requests 32
+    python -m benchmarks.engine --temperature 0.7 --baselines none  # the cost of sampling (not greedy)
     python -m benchmarks.engine --model random:llama-3.2-1b --device cuda --requests 64 --baselines none
     python -m benchmarks.engine --model /path/to/hf/folder --prompt-len 512 --output-len 128
 
@@ -82,8 +83,7 @@ def load_model(spec: str, dtype: str, device: str, int4_decode: bool = True):
     """(model, tokenizer, int4 weights) from 'smollm2', 'random:<name>' or a local folder. The int4 weights are
     the engine's (HFEngine.load): for the GGUF on CPU, the linear weights that are exactly 4-bit, found before the
     cast to `dtype`; the HF baselines run on the model as cast."""
-    from models.llm.engine import load_with_int4_weights
-    from models.llm.loader import resolve_dtype
+    from models.llm.loader import load_with_int4_weights, resolve_dtype
 
     if spec.startswith("random:"):
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -110,10 +110,10 @@ def make_prompts(tokenizer, count: int, length: int, vocab: int) -> list[list[in
     return [(ids[i * 7 :] + ids)[:length] for i in range(count)]
 
 
-def run_engine(engine, prompts: list[list[int]], output_len: int) -> dict:
+def run_engine(engine, prompts: list[list[int]], output_len: int, temperature: float = 0.0) -> dict:
     from models.llm.types import SamplingParams
 
-    params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    params = SamplingParams(temperature=temperature, max_tokens=output_len, ignore_eos=True)
     start = time.perf_counter()
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, params)
@@ -195,6 +195,7 @@ def main() -> None:
     ap.add_argument("--no-int4-decode", action="store_true",
                     help="decode on the model's own weights even where they are exactly 4-bit (a Q4 GGUF)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="of the engine's requests (baselines: greedy)")
     ap.add_argument("--baselines", default=None, help="comma list of sequential,padded or 'none' (default: both on CPU)")
     ap.add_argument("--baseline-requests", type=int, default=4, help="requests for the sequential baseline")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
@@ -204,6 +205,7 @@ def main() -> None:
     baselines = args.baselines or ("sequential,padded" if args.device == "cpu" else "none")
     baselines = [] if baselines == "none" else baselines.split(",")
 
+    from models.llm.config import EngineConfig
     from models.llm.engine import HFEngine
 
     model, tokenizer, int4 = load_model(args.model, args.dtype, args.device, not args.no_int4_decode)
@@ -217,14 +219,15 @@ def main() -> None:
             model, prompts[: args.baseline_requests], args.output_len))
     if "padded" in baselines:
         report["hf_generate_padded_batch"] = phase(args, lambda: run_padded(model, prompts, args.output_len))
-    engine = HFEngine(model, tokenizer, max_model_len=args.prompt_len + args.output_len + 8,
-                      max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens,
-                      int4_weights=int4)
+    config = EngineConfig(max_model_len=args.prompt_len + args.output_len + 8,
+                          max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens)
+    engine = HFEngine(model, tokenizer, config, int4_weights=int4)
     run_engine(engine, prompts[:2], 4)  # warm-up
     report["engine"] = {"batched": engine.batched, "packed_linears": engine.packed_linears,
                         "int4_decode_linears": engine.int4_linears,
                         "max_batched_tokens": engine.scheduler.max_batched_tokens,
-                        **phase(args, lambda: run_engine(engine, prompts, args.output_len))}
+                        "temperature": args.temperature,
+                        **phase(args, lambda: run_engine(engine, prompts, args.output_len, args.temperature))}
     for name in ("hf_generate_sequential", "hf_generate_padded_batch"):
         if name in report:
             report[f"speedup_vs_{name}"] = round(report["engine"]["output_tokens_per_s"]

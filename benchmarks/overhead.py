@@ -7,6 +7,7 @@
                  model replica (batching off): what the Ray hops add
   ray-quiet      the same with metrics and the access log off and no API key
   ray-operated   the same with metrics, the access log and an API key with limits (checked, counted) on
+  gateway-no-ray, ray-gateway   the same request proxied to an upstream that is the bare floor (benchmarks/gateway.py)
 
     python -m benchmarks overhead --concurrency 1,32
     python -m benchmarks overhead --stacks ray-quiet,ray-operated --concurrency 32 --repeat 3   # what operating costs
@@ -23,7 +24,7 @@ import urllib.request
 
 import yaml
 
-from benchmarks import report, runner
+from benchmarks import gateway, report, runner
 from benchmarks.loadgen import LoadSpec
 from benchmarks.runner import Scenario, Target
 from benchmarks.server import REPO, start_openserve, start_uvicorn
@@ -127,6 +128,8 @@ def start_stacks(names: list[str], ray_env: dict[str, str]) -> list[tuple[str, o
         "ray-tuned": lambda cwd: start_openserve(NOOP_CONFIG, env=ray_env, cwd=cwd),
         "ray-quiet": lambda cwd: start_openserve(config_variant({"metrics": False, "access_log": False}), cwd=cwd),
         "ray-operated": start_operated,
+        "gateway-no-ray": gateway.start_gateway_no_ray,
+        "ray-gateway": gateway.start_ray_gateway,
     }
     if ray_env:
         names = names + ["ray-tuned"]
@@ -139,6 +142,7 @@ def start_stacks(names: list[str], ray_env: dict[str, str]) -> list[tuple[str, o
     except BaseException:
         for _, server in started:
             server.stop()
+        gateway.stop_upstream()
         raise
     return started
 
@@ -188,6 +192,7 @@ def run(args) -> int:
     finally:
         for _, server in servers:
             server.stop()
+        gateway.stop_upstream()
     config = {**{k: v for k, v in vars(args).items() if k != "run"}, "noop_config": NOOP_CONFIG}
     doc = report.document(" ".join(sys.argv), config, runs, [], started_at)
     doc["overhead"] = summary(runs)

@@ -107,13 +107,13 @@ def start_openserve(config: str | None, env: dict | None = None, cwd: str = REPO
     return ServerProcess(args, port, "ready in", env=env, data_dir=data_dir, cwd=cwd)
 
 
-def start_uvicorn(app: str, factory: bool = False, cwd: str = REPO) -> ServerProcess:
+def start_uvicorn(app: str, factory: bool = False, cwd: str = REPO, env: dict | None = None) -> ServerProcess:
     """`uvicorn module:app` (uvloop + httptools when installed), one worker, no access log."""
     port = free_port()
     args = [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--log-level", "warning", "--no-access-log"]
     if factory:
         args.append("--factory")
-    return ServerProcess(args, port, ready_line=None, cwd=cwd)
+    return ServerProcess(args, port, ready_line=None, cwd=cwd, env=env)
 
 
 def server_processes(pid: int) -> list:

@@ -16,24 +16,31 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def chat_engine_config(src: ResolvedSource, options: dict[str, Any] | None):
+    """The typed options of a chat model from `src` (EngineConfig, or FakeEngineConfig for `fake:`); ValueError
+    naming the key for an unknown or mistyped option. Cheap and without torch: run it when a model is registered."""
+    if src.kind == "fake":
+        from models.llm.fake import FakeEngineConfig
+
+        return FakeEngineConfig.from_options(options)
+    from models.llm.config import EngineConfig
+
+    return EngineConfig.from_options(options)
+
+
 def build_chat_engine(src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any]):
     """An LLMEngine for a chat/completion model."""
+    config = chat_engine_config(src, options)
     if src.kind == "fake":
         from models.llm.fake import FakeEngine
 
-        return FakeEngine(**options)
+        return FakeEngine.from_config(config)
     if src.kind == "builtin":
         raise SourceError(f"builtin `{src.location}` is not a chat model")
     from models.llm.engine import HFEngine
 
-    return HFEngine.load(
-        src.location,
-        gguf_file=src.file,
-        dtype=dtype,
-        device=pick_device(device),
-        cache_dir=os.path.join(cache_dir, "llm"),
-        **options,
-    )
+    return HFEngine.load(src.location, gguf_file=src.file, dtype=dtype, device=pick_device(device),
+                         cache_dir=os.path.join(cache_dir, "llm"), config=config)
 
 
 def build_embedding_backend(src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any]):

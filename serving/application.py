@@ -14,19 +14,24 @@ from serving.deployments.placement import CONTROLLER_DEPLOYMENT
 from serving.keys.records import stored_form
 
 APP_NAME = "openserve"
-# Ray's own resource of the head node (Ray Train and Data pin their state actors the same way). On a cluster the
-# ingress listens on the head, where clients and `openserve up` expect it, and the controller opens the registry
-# from the head's data dir.
+# Ray's own resource of the head node (Ray Train and Data pin their state actors the same way): where a Serve config
+# file (`serve deploy`, serving/serve_config.py) puts the ingress. `openserve up` pins it to its own node instead.
 ON_HEAD = {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
 
 
-def build_application(server: ServerConfig) -> Application:
-    """Bind the ingress (which calls the controller) and the controller (one replica: the only deployer)."""
-    settings = server.model_dump()
-    for field in ("api_keys", "admin_api_keys"):  # keys leave this process only as hashes (what the ingress needs)
-        settings[field] = [stored_form(k) for k in settings[field]]
+def for_replicas(server: ServerConfig) -> ServerConfig:
+    """The server section as the ingress needs it: API keys leave this process only as hashes."""
+    return server.model_copy(update={f: [stored_form(k) for k in getattr(server, f)]
+                                     for f in ("api_keys", "admin_api_keys")})
+
+
+def build_application(settings: dict, secrets_path: str, node_ip: str) -> Application:
+    """Bind the ingress (which calls the controller) and the controller (one replica: the only deployer), both on
+    the node `openserve up` runs on: the ingress serves the address it prints, and both read the secrets file
+    (serving/secrets.py) from its data dir."""
+    here = {"num_cpus": 0, "resources": {f"node:{node_ip}": 0.001}}
     controller = RegistryController.options(
-        name=CONTROLLER_DEPLOYMENT, num_replicas=1, ray_actor_options=ON_HEAD, max_ongoing_requests=1000
-    ).bind(settings, APP_NAME)
-    ingress = Ingress.options(name="ingress", ray_actor_options=ON_HEAD, max_ongoing_requests=1000)
-    return ingress.bind(settings, controller)
+        name=CONTROLLER_DEPLOYMENT, num_replicas=1, ray_actor_options=here, max_ongoing_requests=1000
+    ).bind(settings, secrets_path, APP_NAME)
+    ingress = Ingress.options(name="ingress", ray_actor_options=here, max_ongoing_requests=1000)
+    return ingress.bind(settings, secrets_path, controller)

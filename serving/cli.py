@@ -180,8 +180,18 @@ def health(url: str, ready: bool) -> int:
     return 1
 
 
-def _start_ray(config: AppConfig, address: str | None) -> None:
+def _ray_environment(config: AppConfig, address: str | None) -> None:
+    """Ray's settings that travel by environment; set before Ray is imported (it reads some of them then)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        return  # the joined cluster's own settings (its authentication included) apply
+    _lock_down_local_ray(config.server.resolved_data_dir)
+    # Serve's controller loop every 0.5 s, not 0.1: a third less idle CPU (docs/benchmarks.md).
+    os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
+
+
+def _start_ray(config: AppConfig, address: str | None) -> None:
+    """Join the cluster at `address`, or start a local one locked down (see _lock_down_local_ray)."""
     import ray
 
     if address:
@@ -189,24 +199,44 @@ def _start_ray(config: AppConfig, address: str | None) -> None:
         # ~/.ray/auth_token (`ray get-auth-token`); RAY_AUTH_MODE is left as the operator set it.
         ray.init(address=address, log_to_driver=True)
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster; Ray 2.60 enables token auth
-    # Serve's controller loop runs every 0.1 s by default. Idle server on 2 cores, CPU-s per 20 s, all processes:
-    # 3.68 at 0.1 s (controller 0.95, GCS 0.40), 2.39 at 0.5 s (0.29, 0.15); changes are seen 0.4 s later at most.
-    os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
+    from serving.deployments.loopback import LOOPBACK
+
     temp_dir = os.path.join(config.server.resolved_data_dir, "ray")
-    os.makedirs(temp_dir, exist_ok=True)
+    os.makedirs(temp_dir, mode=0o700, exist_ok=True)  # Ray's sockets and logs: this user's only
     ray.init(
         num_cpus=config.server.ray_num_cpus or os.cpu_count(),
         num_gpus=config.server.ray_num_gpus,  # None: the GPUs Ray detects
         include_dashboard=False,
         object_store_memory=config.server.ray_object_store_mb * 2**20,
         _temp_dir=temp_dir,
+        _node_ip_address=LOOPBACK,
+        runtime_env={"worker_process_setup_hook": "serving.deployments.loopback.serve_replicas_on_loopback"},
         log_to_driver=True,
     )
 
 
+RAY_TOKEN_FILE = "ray_auth_token"
+
+
+def _lock_down_local_ray(data_dir: str) -> None:
+    """Whoever reaches Ray can run code on the machine: the local cluster requires Ray's token (a fresh one per
+    start, in a 0600 file of the data dir; Ray's processes inherit its path) and listens on 127.0.0.1 only."""
+    import secrets
+
+    from serving.secrets import write_private
+
+    token_path = os.path.join(data_dir, RAY_TOKEN_FILE)
+    write_private(token_path, secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = token_path
+    # Ray turns a node address of 127.0.0.1 into the machine's outward address unless it runs a one-machine
+    # cluster, which it assumes on Windows and macOS only; this variable says so on Linux.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
 def up(config: AppConfig, args: argparse.Namespace) -> int:
     from serving.registry import startup
+    from serving.secrets import remove_secrets, write_secrets
 
     global _JSON_LINES
     _JSON_LINES = config.server.log_format == "json"
@@ -218,15 +248,19 @@ def up(config: AppConfig, args: argparse.Namespace) -> int:
         store.close()
         print(f"openserve up: {problem}", file=sys.stderr)
         return 2
+    _ray_environment(config, args.address)  # before Ray is imported: it reads some of these then
+    import ray
     from ray import serve  # only now: refusing to start must not wait for Ray's import
 
-    from serving.application import APP_NAME, build_application
+    from serving.application import APP_NAME, build_application, for_replicas
 
     _start_ray(config, args.address)
     _install_signal_handlers()  # again: ray.init installs its own SIGTERM handler, which aborts the process
     try:
         serve.start(proxy_location="Disabled")  # the ingress replica serves HTTP itself (deployments/ingress.py)
-        ingress = serve.run(build_application(config.server), name=APP_NAME, route_prefix=None)
+        settings, secrets_path = write_secrets(for_replicas(config.server))
+        app = build_application(settings, secrets_path, ray.util.get_node_ip_address())
+        ingress = serve.run(app, name=APP_NAME, route_prefix=None)
         if not ingress.ready.remote().result():
             raise RuntimeError(f"the HTTP server did not start on {config.server.host}:{config.server.port}")
         entries = startup.wait_for_models(store, config.server, _say)
@@ -241,7 +275,10 @@ def up(config: AppConfig, args: argparse.Namespace) -> int:
     finally:
         _say("shutting down")
         store.close()
-        _shutdown()
+        try:
+            _shutdown()
+        finally:
+            remove_secrets(config.server)
 
 
 def _interrupt(*_) -> None:

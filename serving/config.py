@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serving.upstream.config import UpstreamConfig
+
 Task = Literal["chat", "embedding", "image", "speech"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -78,6 +80,7 @@ class AutoscalingConfig(StrictModel):
 
 MODEL_ID = r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}"
 MODEL_APP_PREFIX = "model:"
+UPSTREAM_SOURCE = "upstream"  # the source of a model that a remote server serves (see `upstream`)
 
 
 def deployment_name(model: str) -> str:
@@ -89,12 +92,27 @@ def deployment_name(model: str) -> str:
 class ModelConfig(StrictModel):
     name: str = Field(..., description="the OpenAI `model` id clients send")
     task: Task
-    source: str = Field(..., description="package:, builtin:, fake:, hf:, a hub id, or a local path")
+    source: str | None = Field(
+        None, description="package:, builtin:, fake:, hf:, a hub id, or a local path; none for an upstream model"
+    )
     revision: str | None = Field(None, description="a Hub branch, tag or commit (Hub sources only)")
     dtype: DType = "auto"
     device: Device = "auto"
     num_replicas: int = Field(1, ge=1, le=64)
-    max_ongoing_requests: int = Field(64, ge=1, le=100_000)
+    max_ongoing_requests: int | None = Field(
+        None, ge=1, le=100_000,
+        description="requests one replica holds at once; default 64, for chat the engine's max_running + max_queued",
+    )
+    max_queued_requests: int | None = Field(
+        None, ge=1, le=100_000,
+        description="requests waiting for a replica beyond that (then 429); default: what the replicas hold at once",
+    )
+    queue_timeout_s: float | None = Field(
+        None, gt=0, le=86_400, description="default server.queue_timeout_s: longest wait for an answer to begin (503)"
+    )
+    request_timeout_s: float | None = Field(
+        None, gt=0, le=86_400, description="default server.request_timeout_s: longest whole request (then 504)"
+    )
     torch_threads: int | None = Field(None, ge=1, description="default: every core (Ray would set num_cpus)")
     batching: BatchingConfig = BatchingConfig()
     resources: ResourcesConfig = ResourcesConfig()
@@ -102,6 +120,10 @@ class ModelConfig(StrictModel):
     options: dict[str, Any] = Field(default_factory=dict, description="backend-specific settings")
     description: str | None = None
     aliases: list[str] = Field(default_factory=list, description="other `model` ids that reach this model")
+    upstream: UpstreamConfig | None = Field(None, description="served by this remote server, not by a replica")
+    fallbacks: list[str] = Field(
+        default_factory=list, description="models that answer, in order, while this one is unavailable or overloaded"
+    )
 
     @field_validator("name")
     @classmethod
@@ -110,7 +132,7 @@ class ModelConfig(StrictModel):
             raise ValueError("model names use letters, digits and . _ : / - (at most 128 characters)")
         return v
 
-    @field_validator("aliases")
+    @field_validator("aliases", "fallbacks")
     @classmethod
     def _aliases_are_ids(cls, v: list[str]) -> list[str]:
         bad = [a for a in v if not re.fullmatch(MODEL_ID, a)]
@@ -124,6 +146,25 @@ class ModelConfig(StrictModel):
     def _alias_is_not_the_name(self) -> "ModelConfig":
         if self.name in self.aliases:
             raise ValueError("a model's aliases must differ from its name")
+        if {self.name, *self.aliases} & set(self.fallbacks):
+            raise ValueError("a model cannot be its own fallback")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upstream_source(cls, data: Any) -> Any:
+        """An upstream model's source reads `upstream` (the column is never empty)."""
+        if isinstance(data, dict) and data.get("upstream") is not None and data.get("source") is None:
+            return {**data, "source": UPSTREAM_SOURCE}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        """A model has a source (a replica loads it) or an upstream (a remote server serves it), not both."""
+        if self.source is None:
+            raise ValueError("source: Field required (or give `upstream` for a model a remote server serves)")
+        if (self.upstream is not None) != (self.source == UPSTREAM_SOURCE):
+            raise ValueError("an upstream model has no source, and `source: upstream` needs an `upstream` section")
         return self
 
     @property
@@ -144,7 +185,7 @@ class ModelConfig(StrictModel):
 
     def deployment_spec(self) -> dict:
         """What the model's replicas are built from: every field but those that only the router reads."""
-        return self.model_dump(exclude={"aliases", "description"})
+        return self.model_dump(exclude={"aliases", "description", "fallbacks"})
 
 
 class ServerConfig(StrictModel):
@@ -179,6 +220,16 @@ class ServerConfig(StrictModel):
     metrics: bool = Field(True, description="Prometheus metrics at /metrics")
     access_log: bool = Field(True, description="one log line per request")
     log_format: Literal["text", "json"] = Field("text", description="the server's own log lines")
+    queue_timeout_s: float = Field(
+        60.0, gt=0, le=86_400,
+        description="a request without its first chunk (a stream) or its result (a unary call) this long: 503",
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, le=86_400, description="a request, streams included, not finished this long: 504 (cancelled)"
+    )
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000, description="open HTTP connections; a request on one more gets 503"
+    )
 
     @property
     def resolved_data_dir(self) -> str:

@@ -126,3 +126,27 @@ class ModelExecutionError(ServingError):
 
 class RegistryEntryInvalidError(ServingError):
     """A registry row this release cannot read (edited by hand, damaged): the server's data, not the request (500)."""
+
+
+class UpstreamError(ServingError):
+    """A remote server that serves a model answered wrongly (a 5xx, a refused key, a malformed reply): 502."""
+
+    status_code = 502
+    error_type = "server_error"
+
+
+class CircuitOpenError(ModelUnavailableError):
+    """The model's upstream failed too often: calls are refused at once until its circuit half-opens (503 with
+    Retry-After: the seconds until then)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = "circuit_open",
+                 retry_after: float | None = None):
+        super().__init__(message, param, code, retry_after)
+
+
+class TooManyConnectionsError(ServingError):
+    """The server has `server.max_connections` open connections: retry later (503 with Retry-After)."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_retry_after = 1.0

@@ -6,6 +6,7 @@ from typing import Any, Iterable
 
 from serving.clients import ModelCard
 from serving.errors import InvalidRequestError, ModelNotFoundError
+from serving.fallback import FALLBACK_CLIENTS
 
 TASK_ENDPOINTS = {
     "chat": "/v1/chat/completions and /v1/completions",
@@ -20,6 +21,7 @@ class ServedModel:
     card: ModelCard
     client: Any  # ChatClient | EmbeddingClient | ImageClient | SpeechClient, by card.task
     aliases: tuple[str, ...] = ()  # other ids that reach this model (not listed by /v1/models)
+    fallbacks: tuple[str, ...] = ()  # models that answer while this one is unavailable or overloaded (in order)
 
 
 class ModelRouter:
@@ -53,11 +55,18 @@ class ModelRouter:
         return self._served(name).card
 
     def client(self, name: str, task: str) -> Any:
-        """The client for `name`; 404 if unknown, 400 if it serves another task."""
+        """The client for `name` (with its fallbacks, if it has any); 404 if unknown, 400 if it serves another task."""
         served = self._served(name)
         if served.card.task != task:
             raise InvalidRequestError(
                 f"The model `{name}` is a {served.card.task} model; use {TASK_ENDPOINTS[served.card.task]}.",
                 param="model",
             )
-        return served.client
+        if not served.fallbacks:
+            return served.client
+        return FALLBACK_CLIENTS[task](served.client, served.fallbacks, lambda other: self._fallback(other, task))
+
+    def _fallback(self, name: str, task: str) -> Any:
+        """A fallback's own client (not its fallbacks), or None when it is not served now or serves another task."""
+        served = self._table[1].get(name)
+        return served.client if served is not None and served.card.task == task else None

@@ -20,6 +20,7 @@ from models.llm.fake import FakeEngine, FakeTokenizer
 from serving.api.app import build_app
 from serving.clients import EmbeddingResult, EncodedAudio, GenerationRequest, ModelCard
 from serving.router import ModelRouter, ServedModel
+from serving.services.engine_core import LocalEngine
 from serving.services.llm import LLMService
 
 try:
@@ -131,7 +132,7 @@ class FakeChatClient:
     async def generate(self, request: GenerationRequest):
         self.requests.append(request)
         if self._service is None:
-            self._service = LLMService(self.engine)
+            self._service = LLMService(lambda: LocalEngine(self.engine))
         stream = self._service.generate(request)
         try:
             async for chunk in stream:
@@ -228,6 +229,42 @@ class Fakes:
 
 
 # --- test plumbing: the app in-process, through httpx and through the official openai client ---------------------
+
+
+def asgi_scope(path: str, body: bytes, spec_version: str = "2.3") -> dict:
+    """An HTTP POST scope of a JSON body, as a server would pass it."""
+    return {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": spec_version}, "http_version": "1.1",
+        "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000), "server": ("test", 80),
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
+
+
+async def leave_mid_stream(app, path: str, body: bytes, after: int = 3, spec_version: str = "2.3",
+                           timeout_s: float = 5.0) -> list[bytes]:
+    """Call `app` and hang up once `after` body messages arrived: by receive() (ASGI 2.3), and from 2.4 on by
+    send() raising OSError as a server's does. Returns the body messages received."""
+    request_sent, gone, bodies = False, asyncio.Event(), []
+
+    async def receive():
+        nonlocal request_sent
+        if not request_sent:
+            request_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if gone.is_set() and spec_version == "2.4":
+            raise OSError("connection lost")
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+            if len(bodies) == after:
+                gone.set()
+
+    await asyncio.wait_for(app(asgi_scope(path, body, spec_version), receive, send), timeout=timeout_s)
+    return bodies
 
 
 def asgi_client(app) -> httpx.AsyncClient:

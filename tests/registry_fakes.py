@@ -12,6 +12,7 @@ from serving.registry.controller import AppState, ControllerSettings, ModelContr
 from serving.registry.routes import RegistryRoutes
 from serving.registry.store import RegistryStore
 from serving.router import ModelRouter
+from serving.upstream.pool import UpstreamPool
 from tests.api_fakes import FakeChatClient, FakeEmbeddingClient, FakeImageClient, FakeSpeechClient
 
 def embedding(name: str, **kw) -> ModelConfig:
@@ -69,6 +70,21 @@ FAKE_CLIENTS = {"chat": FakeChatClient, "embedding": FakeEmbeddingClient, "image
 
 
 @dataclass
+class FakeClients:
+    """The ingress' client factory with fakes in place of Ray handles; upstream models get the real pool's."""
+
+    upstreams: UpstreamPool = field(default_factory=UpstreamPool)
+    dropped: list = field(default_factory=list)
+
+    def make(self, spec: ModelConfig):
+        return self.upstreams.client(spec) if spec.upstream else FAKE_CLIENTS[spec.task]()
+
+    def drop(self, client) -> None:
+        self.dropped.append(client)
+        self.upstreams.drop(client)
+
+
+@dataclass
 class AdminStack:
     """The ingress' two apps over a real SQLite registry, with the real controller on FakeServeOps."""
 
@@ -77,6 +93,7 @@ class AdminStack:
     controller: ModelController
     routes: RegistryRoutes
     app: AdminSwitch
+    clients: FakeClients
 
 
 def admin_stack(db_path: str, admin_api_keys: list[str] = (), api_keys: list[str] = (),
@@ -85,17 +102,18 @@ def admin_stack(db_path: str, admin_api_keys: list[str] = (), api_keys: list[str
     ops = FakeServeOps()
     controller = ModelController(store, ops, FAST)
     router = ModelRouter()
+    clients = FakeClients()
 
     async def replica_view() -> dict:
         return await controller.replicas(max_age_s=0)  # tests change the fake Serve and look at once
 
-    routes = RegistryRoutes(store, router, lambda spec: FAKE_CLIENTS[spec.task](), interval_s=0.05,
-                            replica_view=replica_view, states_every_s=0)
+    routes = RegistryRoutes(store, router, clients, interval_s=0.05, replica_view=replica_view, states_every_s=0)
 
     async def notify(name: str) -> None:
         controller.notify(name)
 
     admin = RegistryAdmin(store, notify, refresh=routes.refresh, nodes=ops.nodes, replica_view=replica_view)
     public = build_app(router, api_keys=list(api_keys))
-    admin_app = build_admin_app(admin, admin_api_keys=list(admin_api_keys), max_request_bytes=65536)
-    return AdminStack(store, ops, controller, routes, AdminSwitch(public, admin_app))
+    admin_app = build_admin_app(admin, admin_api_keys=list(admin_api_keys), max_request_bytes=65536,
+                                upstreams=clients.upstreams)
+    return AdminStack(store, ops, controller, routes, AdminSwitch(public, admin_app), clients)

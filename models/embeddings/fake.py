@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 
@@ -19,9 +20,10 @@ class FakeEmbeddingBackend:
     k of sha256(b"0" + key) || sha256(b"1" + key) || ... (key UTF-8 encoded); see `fake_vector`.
     """
 
-    def __init__(self, dimensions: int = 8, max_input_tokens: int = 512):
+    def __init__(self, dimensions: int = 8, max_input_tokens: int = 512, delay_s: float = 0.0):
         self.dimensions = dimensions
         self.max_input_tokens = max_input_tokens
+        self.delay_s = delay_s  # each call sleeps this long, so tests can act while requests are in flight
         self.calls: list[int] = []  # batch size of each embed() call, for tests of batching upstream
 
     def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingOutput:
@@ -42,6 +44,7 @@ class FakeEmbeddingBackend:
             keys.append(" ".join(tokens))
             counts.append(len(tokens))
         self.calls.append(len(inputs))
+        time.sleep(self.delay_s)
         vectors = np.stack([fake_vector(key, self.dimensions) for key in keys])  # [N, D]
         return EmbeddingOutput(vectors=vectors, num_tokens=counts)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 from PIL import Image
@@ -26,6 +27,7 @@ class FakeImageBackend:
         size_multiple: int = 8,
         max_pixels: int = 1024 * 1024,
         max_steps: int = 150,
+        delay_s: float = 0.0,
     ):
         self.default_size = default_size
         self.default_steps = default_steps
@@ -33,6 +35,7 @@ class FakeImageBackend:
         self.size_multiple = size_multiple
         self.max_pixels = max_pixels
         self.max_steps = max_steps
+        self.delay_s = delay_s  # each call sleeps this long, so tests can act while requests are in flight
         self.calls: list[int] = []  # batch size of each generate() call, for tests of batching upstream
 
     def generate(self, prompts: list[str], params: list[ImageParams]) -> list[Image.Image]:
@@ -42,6 +45,7 @@ class FakeImageBackend:
         for prompt, p in zip(prompts, params):
             check_request(prompt, p, self.size_multiple, self.max_pixels, self.max_steps)
         self.calls.append(len(prompts))
+        time.sleep(self.delay_s)
         return [_gradient(fake_colour(prompt, p.seed), p.width, p.height) for prompt, p in zip(prompts, params)]
 
 

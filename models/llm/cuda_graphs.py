@@ -5,7 +5,8 @@ memory pool. A graph's forward always has S packed tokens, row i being slot i: r
 carry a dummy token written at position slot_len - 1 (a position no live sequence has reached, since a sequence
 that long is finished, and one written by a real token before any read) and attend only to key 0. The decode
 attention reads keys[:S, :, :L] with the mask built inside the graph from the static `context_lens` buffer.
-Inputs are copied into static buffers before each replay; the output logits [S, V] are indexed by the real slots.
+Inputs are copied into one static buffer before each replay, from pinned memory without waiting for the device;
+the output logits [S, V] are indexed by the real slots.
 
 Only ever constructed on CUDA. If a model cannot be captured (a host sync inside its forward, for instance), the
 decoder logs why, disables itself, and the runner stays eager.
@@ -17,6 +18,7 @@ import logging
 import torch
 
 from models.llm.attention import StepBatch
+from models.llm.device_io import copy_into, upload
 from models.llm.kv_cache import SlotKVCache
 from models.llm.request import EngineRequest
 
@@ -49,10 +51,13 @@ class CudaGraphDecoder:
         self.slot_buckets = slot_buckets(n)
         self.len_buckets = len_buckets(cache.slot_len)
         long = dict(dtype=torch.long, device=self.device)
-        self.input_ids = torch.zeros(1, n, **long)  # [1, n]
-        self.positions = torch.full((1, n), cache.slot_len - 1, **long)  # [1, n]; row i is slot i
+        # The replay's inputs, column i for slot i, in one buffer so that a step fills them with one copy.
+        self.inputs = torch.zeros(3, n, **long)  # [3, n]: input ids, positions, context lengths
+        self.inputs[1].fill_(cache.slot_len - 1)
+        self.input_ids = self.inputs[0:1]  # [1, n]
+        self.positions = self.inputs[1:2]  # [1, n]
+        self.context_lens = self.inputs[2]  # [n]
         self.write_slots = torch.arange(n, **long)  # [n]
-        self.context_lens = torch.zeros(n, **long)  # [n]
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, StepBatch]] = {}
         self.pool = None
         self.enabled = True
@@ -70,8 +75,10 @@ class CudaGraphDecoder:
             return None
         graph, logits, _ = entry
         graph.replay()
-        rows = torch.tensor([r.slot for r in decodes], dtype=torch.long, device=self.device)
-        return logits[rows]  # [B, V], a copy: the next replay overwrites `logits`
+        slots = [r.slot for r in decodes]
+        if slots == list(range(len(slots))):
+            return logits[: len(slots)].clone()  # [B, V], a copy: the next replay overwrites `logits`
+        return logits[upload(slots, torch.long, self.device)]  # [B, V], a copy too
 
     def _fill(self, decodes: list[EngineRequest], rows: int) -> None:
         ids, positions, lens = [0] * rows, [self.cache.slot_len - 1] * rows, [0] * rows
@@ -79,10 +86,7 @@ class CudaGraphDecoder:
             ids[r.slot] = r.token_ids[r.num_computed]
             positions[r.slot] = r.num_computed
             lens[r.slot] = r.num_computed + 1
-        host = torch.tensor([ids, positions, lens], dtype=torch.long)  # [3, rows]
-        self.input_ids[0, :rows].copy_(host[0])
-        self.positions[0, :rows].copy_(host[1])
-        self.context_lens[:rows].copy_(host[2])
+        copy_into(self.inputs[:, :rows], torch.tensor([ids, positions, lens], dtype=torch.long))  # [3, rows]
 
     def _batch(self, rows: int, length: int) -> StepBatch:
         return StepBatch(cache=self.cache, write_slots=self.write_slots[:rows], write_positions=self.positions[0, :rows],

@@ -24,7 +24,8 @@ FakeEngine, per request:
     * logprobs: the token at rank r (0 = the emitted token, then ids token+1, token+2, ... mod vocab) has logprob
       -(r + 1) * ln 2; `top` holds `top_logprobs` entries, the emitted token first.
     `aborted` lists the ids that `abort` removed while unfinished; `step_delay` (seconds) makes each non-empty
-    step sleep, to let tests act while a request is in flight.
+    step sleep, to let tests act while a request is in flight. Its options (a model's `options`) are
+    FakeEngineConfig's.
 """
 from __future__ import annotations
 
@@ -34,11 +35,14 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
 
 from models.errors import EngineOverloadedError
+from models.llm.config import options_to_config
 from models.llm.sequence import Sequence
-from models.llm.types import RequestOutput, SamplingParams, TokenLogprob
+from models.llm.stats import StepCounters
+from models.llm.types import EngineStats, RequestOutput, SamplingParams, TokenLogprob
 from models.llm.validation import validate_request
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -90,6 +94,21 @@ class FakeTokenizer:
         return SPECIALS[t] if 0 <= t < _FIRST_CHAR_ID else chr(t - _FIRST_CHAR_ID)
 
 
+@dataclass(frozen=True)
+class FakeEngineConfig:
+    """The options of a `fake:` chat model."""
+
+    max_model_len: int = 2048
+    max_running: int = 16
+    max_queued: int = 256
+    step_delay: float = 0.0  # seconds each non-empty step sleeps (to act while a request is in flight)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None) -> "FakeEngineConfig":
+        """The config a model's `options` ask for; ValueError("options.<key>: ...") naming an unknown or bad key."""
+        return options_to_config(cls, options)
+
+
 class FakeEngine:
     """Deterministic LLMEngine that answers with the last user message; see the module docstring."""
 
@@ -97,17 +116,26 @@ class FakeEngine:
                  max_queued: int = 256, step_delay: float = 0.0):
         self.tokenizer = tokenizer or FakeTokenizer()
         self.max_model_len = max_model_len
+        self.vocab_size = self.tokenizer.vocab_size
         self.max_running = max_running
         self.max_queued = max_queued
         self.step_delay = step_delay
         self.aborted: list[str] = []
         self._waiting: OrderedDict[str, tuple[Sequence, list[int]]] = OrderedDict()
         self._running: OrderedDict[str, tuple[Sequence, list[int]]] = OrderedDict()
+        self._counters = StepCounters()
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, config: FakeEngineConfig) -> "FakeEngine":
+        return cls(**asdict(config))
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if self._closed:
+            raise RuntimeError("the engine is closed")
         if request_id in self._waiting or request_id in self._running:
             raise ValueError(f"duplicate request id {request_id!r}")
-        budget = validate_request(list(prompt_token_ids), params, self.max_model_len, self.tokenizer.vocab_size)
+        budget = validate_request(list(prompt_token_ids), params, self.max_model_len, self.vocab_size)
         if len(self._waiting) + len(self._running) >= self.max_running + self.max_queued:
             raise EngineOverloadedError(f"the model is at capacity ({self.max_running} + {self.max_queued})")
         eos = [self.tokenizer.eos_token_id]
@@ -116,26 +144,50 @@ class FakeEngine:
         self._waiting[request_id] = (seq, cycle)
 
     def step(self) -> list[RequestOutput]:
+        start, prompt_tokens = time.perf_counter(), 0
         while self._waiting and len(self._running) < self.max_running:
             request_id, entry = self._waiting.popitem(last=False)
             self._running[request_id] = entry
-        if self._running and self.step_delay > 0:
+            prompt_tokens += entry[0].num_prompt_tokens
+        if not self._running:
+            return []
+        if self.step_delay > 0:
             time.sleep(self.step_delay)
         outputs = []
         for request_id, (seq, cycle) in list(self._running.items()):
-            token_id = cycle[len(seq.output_token_ids) % len(cycle)]
+            token_id = cycle[seq.num_output_tokens % len(cycle)]
             out = seq.append(token_id, self._logprob(token_id, seq.params))
             if out.finished:
                 del self._running[request_id]
             outputs.append(out)
+        self._counters.record(start, prompt_tokens, len(outputs), sum(o.finished for o in outputs),
+                              len(self._running), len(self._waiting))
         return outputs
 
     def abort(self, request_id: str) -> None:
         if self._waiting.pop(request_id, None) or self._running.pop(request_id, None):
             self.aborted.append(request_id)
+            self._counters.aborted_requests += 1
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._waiting or self._running)
+
+    def stats(self) -> EngineStats:
+        c = self._counters
+        return EngineStats(
+            running=len(self._running), waiting=len(self._waiting), kv_slots_used=len(self._running),
+            kv_slots_total=self.max_running, kv_tokens_used=sum(len(s.token_ids) for s, _ in self._running.values()),
+            steps=c.steps, busy_s=c.busy_s, prompt_tokens=c.prompt_tokens, generated_tokens=c.generated_tokens,
+            finished_requests=c.finished_requests, aborted_requests=c.aborted_requests, batched=True, cuda_graphs=0,
+        )
+
+    def is_alive(self) -> bool:
+        return not self._closed
+
+    def close(self) -> None:
+        self._waiting.clear()
+        self._running.clear()
+        self._closed = True
 
     def num_unfinished_requests(self) -> int:
         return len(self._waiting) + len(self._running)

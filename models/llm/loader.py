@@ -1,4 +1,5 @@
-"""Load a causal LM and its tokenizer from a local folder, a Hugging Face repo id, or a GGUF file (cached).
+"""Load a causal LM and its tokenizer from a local folder, a Hugging Face repo id, or a GGUF file (cached), and read
+what the engine needs from them (eos ids, the LM head's vocabulary, the context length).
 
 GGUF files are dequantized by transformers on every load (~20 s for SmolLM2-135M). So the first load converts the
 GGUF into a safetensors folder under `cache_dir`, keyed by the file's name, size and mtime, and later loads read
@@ -7,6 +8,7 @@ leaves a half cache behind.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -14,8 +16,13 @@ from typing import Any
 
 import torch
 
+from models.llm.cpu_int4 import Int4Weight, capture_lossless_int4, int4_supported
+
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "openserve", "gguf")  # expanded at call time
+DEFAULT_MAX_MODEL_LEN = 8192  # when the options do not say (see resolve_max_model_len)
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
@@ -115,3 +122,55 @@ def _local_gguf_path(location: str, gguf_file: str) -> str:
     from huggingface_hub import hf_hub_download
 
     return hf_hub_download(repo_id=location, filename=gguf_file)
+
+
+def load_with_int4_weights(location: str, gguf_file: str | None = None, dtype: str = "auto", device: str = "cpu",
+                           cache_dir: str | None = None, int4: bool = True) -> tuple[Any, Any, dict[str, Int4Weight]]:
+    """(model cast to `dtype`, tokenizer, int4 weights) with `load_causal_lm`. For a GGUF on CPU (its conversion is
+    float32) and `int4`, the linear weights that are exactly 4-bit (cpu_int4.py) are found before the cast."""
+    target = resolve_dtype(dtype, device)
+    int4 = int4 and gguf_file is not None and str(device) == "cpu" and int4_supported()
+    model, tokenizer = load_causal_lm(location, gguf_file=gguf_file, dtype="float32" if int4 else dtype,
+                                      device=device, cache_dir=cache_dir)
+    int4_weights = capture_lossless_int4(model) if int4 else {}
+    if model.dtype != target:
+        model.to(target)
+    return model, tokenizer, int4_weights
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """End-of-sequence ids: the tokenizer's eos plus the generation config's (an int or a list)."""
+    ids: set[int] = set()
+    candidates = [getattr(tokenizer, "eos_token_id", None)]
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        candidates.append(generation_config.eos_token_id)
+    for c in candidates:
+        if isinstance(c, int):
+            ids.add(c)
+        elif c is not None:
+            ids.update(int(x) for x in c)
+    return ids
+
+
+def vocab_size_of(model: Any) -> int:
+    """Rows of the LM head (may exceed len(tokenizer) when padded); the config's vocab_size otherwise."""
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
+
+
+def resolve_max_model_len(config: Any, requested: int | None) -> int:
+    """`requested` capped by the model's max_position_embeddings; without a request, the model's own length up to
+    DEFAULT_MAX_MODEL_LEN (every KV slot reserves max_model_len tokens: 128k-token slots would rarely fit)."""
+    native = getattr(config, "max_position_embeddings", None)
+    if native is None and requested is None:
+        raise ValueError("max_model_len is required: the model config has no max_position_embeddings")
+    if native is None:
+        return int(requested)
+    if requested is None:
+        if native > DEFAULT_MAX_MODEL_LEN:
+            log.info("max_model_len defaults to %d (the model allows %d; set max_model_len to raise it)",
+                     DEFAULT_MAX_MODEL_LEN, native)
+        return min(int(native), DEFAULT_MAX_MODEL_LEN)
+    return min(int(native), int(requested))

@@ -18,6 +18,7 @@ import torch
 
 from models.llm import attention
 from models.llm.attention import BATCH_KWARG, PrefillChunk, StepBatch
+from models.llm.device_io import upload
 from models.llm.kv_cache import KVShape, SlotKVCache
 from models.llm.request import EngineRequest
 
@@ -77,10 +78,8 @@ class BatchedModelRunner:
         input_ids, positions, batch, keep, sampled = self._pack(decodes, chunks)
         return sampled, self.forward(input_ids, positions, batch, keep)
 
-    def release(self, request: EngineRequest) -> None:
-        """Nothing to free: the scheduler returns the slot."""
-
     def _pack(self, decodes: list[EngineRequest], chunks: list[tuple[EngineRequest, int]]):
+        """(input_ids [1, N], positions [1, N], StepBatch, keep [K], requests that sample) for one forward."""
         tokens, positions, slots, keep, sampled = [], [], [], [], []
         for r in decodes:
             tokens.append(r.token_ids[r.num_computed])
@@ -97,33 +96,24 @@ class BatchedModelRunner:
             if n == r.num_pending:  # the chunk reaches the end of the stream: its last logits give the next token
                 keep.append(len(tokens) - 1)
                 sampled.append(r)
-        batch = self._step_batch(decodes, slots, positions, prefills)
-        as_long = dict(dtype=torch.long, device=self.device)
-        input_ids = torch.tensor([tokens], **as_long)  # [1, N]
-        positions_t = batch.write_positions[None]  # [1, N]
-        return input_ids, positions_t, batch, torch.tensor(keep, **as_long), sampled
-
-    def _step_batch(self, decodes: list[EngineRequest], slots: list[int], positions: list[int],
-                    prefills: list[PrefillChunk]) -> StepBatch:
-        as_long = dict(dtype=torch.long, device=self.device)
         view_slots = decodes[-1].slot + 1 if decodes else 0
-        decode_slots = [r.slot for r in decodes]
         lens = [0] * view_slots
         for r in decodes:
             lens[r.slot] = r.num_computed + 1
+        decode_slots = [r.slot for r in decodes]
+        identity = decode_slots == list(range(view_slots))
         # Before anything is written: zeroing never-used positions must not wipe this step's new tokens.
         self.cache.ensure_initialized(max(max(lens, default=0), max(positions) + 1))
-        return StepBatch(
-            cache=self.cache,
-            write_slots=torch.tensor(slots, **as_long),
-            write_positions=torch.tensor(positions, **as_long),
-            num_decode=len(decodes),
-            decode_rows=None if decode_slots == list(range(view_slots)) else torch.tensor(decode_slots, **as_long),
-            view_slots=view_slots,
-            view_len=max(lens, default=0),
-            context_lens=torch.tensor(lens, **as_long) if decodes else None,
-            prefills=prefills,
+        # One upload for every index of the step: [tokens | slots | positions | keep | lens | decode slots].
+        sizes = [len(tokens), len(slots), len(positions), len(keep), len(lens), 0 if identity else len(decodes)]
+        host = tokens + slots + positions + keep + lens + ([] if identity else decode_slots)
+        ids_t, slots_t, positions_t, keep_t, lens_t, rows_t = upload(host, torch.long, self.device).split(sizes)
+        batch = StepBatch(
+            cache=self.cache, write_slots=slots_t, write_positions=positions_t, num_decode=len(decodes),
+            decode_rows=None if identity else rows_t, view_slots=view_slots, view_len=max(lens, default=0),
+            context_lens=lens_t if decodes else None, prefills=prefills,
         )
+        return ids_t[None], positions_t[None], batch, keep_t, sampled
 
 
 def enable_slot_attention(model: Any) -> str:

@@ -1,22 +1,36 @@
-"""Turn last-position logits into next tokens, one row per request, each with its own params and generator.
+"""Batched sampling: every row of a step drawn at once, each request with its own seed, one host transfer.
 
-Order of processing (as in vLLM): presence/frequency penalties on the output tokens so far → greedy argmax when
-temperature == 0, else temperature → top-k → top-p → a draw from that request's `torch.Generator`.
+Order (as vLLM): raw logprobs → allowed-token masks of constrained rows (constraints.py) → logit_bias →
+presence/frequency penalties → argmax where temperature == 0, else temperature → top-k → top-p → a draw.
+Logprobs are those of the *raw* model distribution (log_softmax of the logits as the model gave them), vLLM's
+default: they describe the model, not the sampling knobs.
 
-Logprobs are those of the *raw* model distribution (log_softmax of the logits before penalties, temperature,
-top-k and top-p), which is vLLM's default: they describe the model, not the sampling knobs.
+The draw is an exponential race (draw.py) keyed by splitmix64 of (seed, tokens the request drew before): a
+counter-based generator, so a row's draw depends only on its own seed, position and distribution, never on its
+neighbours in the batch, and a seeded request is reproducible without a torch.Generator and a draw per row.
+
+Per-request values live in per-row device tables (a row is the request's KV slot), written when a request first
+samples in its row: a step builds no tensor from them. The step's tokens, with the logprobs asked for, come back to
+the host in one transfer (device_io.download); nothing else in here waits for the device.
 """
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
+from models.llm.constraints import TokenMask, apply_token_bitmask, unpack_bitmask, words
+from models.llm.device_io import download, upload, upload_tensor
+from models.llm.draw import Race, row_keys
 from models.llm.types import SamplingParams
 
+GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM): logits / 1e-30 overflow to inf
+_TEMPERATURE, _TOP_P, _PRESENCE, _FREQUENCY = range(4)  # columns of BatchSampler.knobs (float32)
+_TOP_K, _SEED, _DRAWS = range(3)  # columns of BatchSampler.counters (int64)
 
-@dataclass
+
+@dataclass(slots=True)
 class SampledToken:
     """One sampled token; logprob/top are filled only when the request asked for logprobs."""
 
@@ -25,102 +39,241 @@ class SampledToken:
     top: list[tuple[int, float]] = field(default_factory=list)  # (token_id, logprob), best first
 
 
-class RequestSampler:
-    """Per-request sampling state: the params, a seeded generator, and output-token counts for the penalties."""
+class SamplingRow(Protocol):
+    """What the sampler reads from a request (EngineRequest has it)."""
 
-    def __init__(self, params: SamplingParams, vocab_size: int, device: torch.device | str = "cpu"):
-        self.params = params
+    slot: int  # its row in the sampler's tables
+    params: SamplingParams
+    seed: int  # 0 <= seed < 2**64
+    constraint: TokenMask | None
+
+
+@dataclass
+class StepPlan:
+    """What the step's rows ask for, read from their params on the host (deciding which ops run needs no sync)."""
+
+    greedy: int = 0  # rows with temperature 0
+    max_top_k: int = 0  # largest top_k among rows that set one (0: none)
+    top_p: bool = False  # some row has top_p < 1
+    penalties: bool = False
+    bias: bool = False
+    logprob_rows: list[int] = field(default_factory=list)
+    max_top_logprobs: int = 0
+    constrained: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, requests: list[SamplingRow], plain: list[bool], vocab_size: int) -> "StepPlan":
+        """The plan of `requests`; plain[slot] marks rows that only sample at a temperature (skipped fast)."""
+        plan = cls()
+        for i, r in enumerate(requests):
+            if plain[r.slot]:
+                continue
+            p = r.params
+            if p.temperature < GREEDY_BELOW:
+                plan.greedy += 1
+            if 0 < p.top_k < vocab_size:
+                plan.max_top_k = max(plan.max_top_k, p.top_k)
+            plan.top_p |= p.top_p < 1.0
+            plan.penalties |= p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+            plan.bias |= bool(p.logit_bias)
+            if p.logprobs:
+                plan.logprob_rows.append(i)
+                plan.max_top_logprobs = max(plan.max_top_logprobs, p.top_logprobs)
+            if r.constraint is not None:
+                plan.constrained.append(i)
+        return plan
+
+
+class BatchSampler:
+    """Samples one token per row of a step's logits; owns the per-row tables (see the module docstring)."""
+
+    def __init__(self, num_rows: int, vocab_size: int, device: torch.device | str = "cpu"):
         self.vocab_size = vocab_size
-        self.generator = torch.Generator(device=device)
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
-        self.generator.manual_seed(seed)
-        self.counts: torch.Tensor | None = None  # [V] float; only when a penalty is set
-        if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
-            self.counts = torch.zeros(vocab_size, dtype=torch.float32, device=device)
+        self.device = torch.device(device)
+        self.knobs = torch.zeros(num_rows, 4, dtype=torch.float32, device=self.device)  # temperature .. frequency
+        self.counters = torch.zeros(num_rows, 3, dtype=torch.long, device=self.device)  # top_k, seed, draws
+        self.counts: torch.Tensor | None = None  # [rows, V] output-token counts, from the first penalized request
+        self.bias: torch.Tensor | None = None  # [rows, V] logit_bias, from the first request that sets one
+        self._row_ids = torch.arange(num_rows, device=self.device)  # [rows]
+        self._race = Race(vocab_size, self.device)
+        self._owner: list[SamplingRow | None] = [None] * num_rows
+        self._plain = [False] * num_rows  # the row's request only samples at a temperature (see StepPlan.of)
 
-    @property
-    def greedy(self) -> bool:
-        return self.params.temperature == 0.0
+    def sample(self, logits: torch.Tensor, requests: list[SamplingRow]) -> list[SampledToken]:
+        """One token per row of `logits` ([R, V], row i belongs to requests[i]), with the logprobs asked for."""
+        if logits.dim() != 2 or logits.shape[0] != len(requests):
+            raise ValueError(f"logits {tuple(logits.shape)} do not match {len(requests)} requests")
+        self._admit(requests)
+        plan = StepPlan.of(requests, self._plain, self.vocab_size)
+        rows = self._rows(requests)
+        raw = logits.float()  # [R, V]; never written to (it may be a CUDA graph's output buffer)
+        x = self._process(raw, requests, rows, plan)
+        tokens = self._choose(x, rows, plan)  # [R] long
+        self._record(rows, tokens, len(requests))
+        return self._to_host(tokens, raw, requests, plan)
 
-    def record(self, token_id: int) -> None:
-        """Count an output token (for presence/frequency penalties)."""
-        if self.counts is not None and 0 <= token_id < self.vocab_size:
-            self.counts[token_id] += 1.0
+    def release_all(self) -> None:
+        """Forget every row's owner (the engine is closing)."""
+        self._owner = [None] * len(self._owner)
+
+    def _admit(self, requests: list[SamplingRow]) -> None:
+        """Write the table rows of requests sampling for the first time in their row (one upload per table)."""
+        new = [r for r in requests if self._owner[r.slot] is not r]
+        if not new:
+            return
+        slots = upload([r.slot for r in new], torch.long, self.device)
+        knobs = [[_temperature(r.params), r.params.top_p, r.params.presence_penalty, r.params.frequency_penalty]
+                 for r in new]
+        top_k = [r.params.top_k if 0 < r.params.top_k < self.vocab_size else self.vocab_size for r in new]
+        counters = [[k, _as_int64(r.seed), 0] for k, r in zip(top_k, new)]
+        self.knobs[slots] = upload(knobs, torch.float32, self.device)
+        self.counters[slots] = upload(counters, torch.long, self.device)
+        if self.counts is None and any(_penalized(r.params) for r in new):
+            self.counts = torch.zeros(len(self._owner), self.vocab_size, device=self.device)
+        if self.counts is not None:
+            self.counts[slots] = 0.0
+        self._admit_bias(new, slots)
+        for r in new:
+            self._owner[r.slot] = r
+            self._plain[r.slot] = _plain(r, self.vocab_size)
+
+    def _admit_bias(self, new: list[SamplingRow], slots: torch.Tensor) -> None:
+        if self.bias is None and any(r.params.logit_bias for r in new):
+            self.bias = torch.zeros(len(self._owner), self.vocab_size, device=self.device)
+        if self.bias is None:
+            return
+        self.bias[slots] = 0.0
+        entries = [(r.slot, int(t), float(v)) for r in new for t, v in r.params.logit_bias.items()]
+        if entries:
+            index = upload([[s for s, _, _ in entries], [t for _, t, _ in entries]], torch.long, self.device)
+            self.bias[index[0], index[1]] = upload([v for _, _, v in entries], torch.float32, self.device)
+
+    def _rows(self, requests: list[SamplingRow]) -> slice | torch.Tensor:
+        """The requests' table rows: a slice when they are rows 0..R-1 in order (a decode step of packed slots)."""
+        slots = [r.slot for r in requests]
+        if slots == list(range(len(slots))):
+            return slice(0, len(slots))
+        return upload(slots, torch.long, self.device)
+
+    def _process(self, raw: torch.Tensor, requests: list[SamplingRow], rows, plan: StepPlan) -> torch.Tensor:
+        """Constraint masks, logit_bias and penalties, out of place: [R, V] -> [R, V]."""
+        x = raw
+        if plan.constrained:
+            bitmask = torch.zeros(len(plan.constrained), words(self.vocab_size), dtype=torch.int32)
+            for j, i in enumerate(plan.constrained):
+                requests[i].constraint.fill_bitmask(bitmask, j)
+            allowed = unpack_bitmask(upload_tensor(bitmask, self.device), self.vocab_size)  # [C, V]
+            which = None if len(plan.constrained) == len(requests) else upload(plan.constrained, torch.long,
+                                                                               self.device)
+            x = apply_token_bitmask(x, allowed, which)
+        if plan.bias:
+            x = x + self.bias[rows]
+        if plan.penalties:
+            counts = self.counts[rows]  # [R, V]
+            knobs = self.knobs[rows]  # [R, 4]
+            x = x - knobs[:, _PRESENCE, None] * (counts > 0) - knobs[:, _FREQUENCY, None] * counts
+        return x
+
+    def _choose(self, x: torch.Tensor, rows, plan: StepPlan) -> torch.Tensor:
+        """Argmax for greedy rows, a draw for the others: [R, V] -> [R] long."""
+        if plan.greedy == x.shape[0]:
+            return x.argmax(-1)
+        knobs, counters = self.knobs[rows], self.counters[rows]  # [R, 4], [R, 3]
+        temperature = knobs[:, _TEMPERATURE]
+        greedy = temperature == 0.0  # [R] bool
+        keys = row_keys(counters[:, _SEED], counters[:, _DRAWS])  # [R] int64: this step's noise, per row
+        scaled = x / torch.where(greedy, 1.0, temperature)[:, None]
+        top_k = counters[:, _TOP_K] if plan.max_top_k else None
+        top_p = knobs[:, _TOP_P] if plan.top_p else None
+        drawn = self._race(filtered_probs(scaled, top_k, plan.max_top_k, top_p), keys)
+        return torch.where(greedy, x.argmax(-1), drawn) if plan.greedy else drawn
+
+    def _record(self, rows, tokens: torch.Tensor, count: int) -> None:
+        """Count the draw (the next uniform of each row) and, for penalties, the tokens."""
+        self.counters[rows, _DRAWS] += 1
+        if self.counts is not None:
+            index = self._row_ids[:count] if isinstance(rows, slice) else rows
+            self.counts.index_put_((index, tokens), torch.ones_like(tokens, dtype=self.counts.dtype),
+                                   accumulate=True)
+
+    def _to_host(self, tokens: torch.Tensor, raw: torch.Tensor, requests: list[SamplingRow],
+                 plan: StepPlan) -> list[SampledToken]:
+        """The step's one device-to-host transfer: tokens, and the raw logprobs of the rows that asked."""
+        if not plan.logprob_rows:
+            return [SampledToken(t) for t in download(tokens)]
+        which = None if len(plan.logprob_rows) == len(requests) else upload(plan.logprob_rows, torch.long,
+                                                                             self.device)
+        logprobs = torch.log_softmax(raw if which is None else raw[which], dim=-1)  # [L, V]
+        chosen = tokens if which is None else tokens[which]  # [L]
+        parts = [tokens.double(), logprobs.gather(1, chosen[:, None])[:, 0].double()]
+        n = plan.max_top_logprobs
+        if n:
+            values, ids = logprobs.topk(n, dim=-1)  # [L, n], best first
+            parts += [ids.double().flatten(), values.double().flatten()]
+        host = download(torch.cat(parts))  # float64 holds token ids and float32 logprobs exactly
+        return _unpack(host, requests, plan)
 
 
-def sample_next(logits: torch.Tensor, samplers: list[RequestSampler]) -> list[SampledToken]:
-    """Sample one token per row of `logits` ([B, V], row i belongs to samplers[i]) and record it.
-
-    Greedy rows are one argmax over the batch; only rows that sample draw one by one, each from its own
-    generator (so a seeded request draws the same tokens whatever its neighbours). One device sync per call.
-    """
-    if logits.dim() != 2 or logits.shape[0] != len(samplers):
-        raise ValueError(f"logits {tuple(logits.shape)} do not match {len(samplers)} samplers")
-    logits = logits.float()  # [B, V]
-    processed = apply_penalties(logits, samplers)  # [B, V]
-    tokens = torch.argmax(processed, dim=-1)  # [B]
-    rows = [i for i, s in enumerate(samplers) if not s.greedy]
-    if rows:
-        probs = batch_sampling_probs(processed[rows], [samplers[i].params for i in rows])  # [R, V]
-        draws = [torch.multinomial(probs[j], 1, generator=samplers[i].generator) for j, i in enumerate(rows)]
-        tokens[rows] = torch.cat(draws)
-    token_ids = tokens.tolist()
-    results = []
-    for i, (sampler, token_id) in enumerate(zip(samplers, token_ids)):
-        sampler.record(token_id)
-        results.append(_with_logprobs(token_id, logits[i], sampler.params))
-    return results
+def _unpack(host: list[float], requests: list[SamplingRow], plan: StepPlan) -> list[SampledToken]:
+    """Split the downloaded [tokens R | chosen L | top ids L*n | top logprobs L*n] back into SampledTokens."""
+    count, rows, n = len(requests), len(plan.logprob_rows), plan.max_top_logprobs
+    out = [SampledToken(int(t)) for t in host[:count]]
+    ids_at, values_at = count + rows, count + rows + rows * n
+    for j, i in enumerate(plan.logprob_rows):
+        out[i].logprob = host[count + j]
+        k = min(requests[i].params.top_logprobs, n)
+        start = j * n
+        out[i].top = [(int(host[ids_at + start + m]), host[values_at + start + m]) for m in range(k)]
+    return out
 
 
-def apply_penalties(logits: torch.Tensor, samplers: list[RequestSampler]) -> torch.Tensor:
-    """OpenAI penalties: logit -= presence * (count > 0) + frequency * count, over output tokens only."""
-    if all(s.counts is None for s in samplers):
-        return logits
-    logits = logits.clone()  # [B, V]
-    for i, s in enumerate(samplers):
-        if s.counts is not None:
-            p = s.params
-            logits[i] -= p.presence_penalty * (s.counts > 0).float() + p.frequency_penalty * s.counts
-    return logits
+def filtered_probs(scaled: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,
+                   top_p: torch.Tensor | None) -> torch.Tensor:
+    """Each row's probabilities [R, V] (vocabulary order) after its top-k (top_k [R] long, V = off; max_top_k the
+    largest that is on), then its top-p (top_p [R], 1 = off). A row whose knobs are off gets exactly softmax(its
+    logits), whatever the other rows ask: its draw must not depend on its neighbours."""
+    if top_k is not None:
+        scaled = _top_k_filter(scaled, top_k, max_top_k)
+    if top_p is not None:
+        ordered, order = scaled.sort(dim=-1, descending=True)  # [R, V], [R, V]
+        probs = torch.softmax(ordered, dim=-1)  # [R, V], best first
+        mass_before = probs.cumsum(dim=-1) - probs  # [R, V]: mass of strictly better tokens; the best is always kept
+        drop = (mass_before >= top_p[:, None]) & (top_p[:, None] < 1.0)  # [R, V], sorted
+        scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+    return torch.softmax(scaled, dim=-1)
+
+
+def _top_k_filter(scaled: torch.Tensor, top_k: torch.Tensor, max_top_k: int) -> torch.Tensor:
+    """-inf below each row's k-th largest logit; rows with top_k off (> max_top_k) keep everything."""
+    best = scaled.topk(max_top_k, dim=-1).values  # [R, k], best first
+    kth = best.gather(1, (top_k.clamp(max=max_top_k) - 1)[:, None])  # [R, 1]
+    kth = kth.masked_fill(top_k[:, None] > max_top_k, float("-inf"))
+    return scaled.masked_fill(scaled < kth, float("-inf"))
 
 
 def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Probabilities ([V]) after temperature, top-k and top-p; tokens cut off get probability 0."""
-    return batch_sampling_probs(logits[None], [params])[0]
+    """The distribution ([V], vocabulary order) a row with these params (temperature > 0) is drawn from."""
+    vocab = logits.shape[-1]
+    top_k = params.top_k if 0 < params.top_k < vocab else 0
+    return filtered_probs(logits.float()[None] / params.temperature, torch.tensor([top_k]) if top_k else None, top_k,
+                          torch.tensor([params.top_p]) if params.top_p < 1.0 else None)[0]
 
 
-def batch_sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-    """[R, V] logits -> [R, V] probabilities after each row's temperature, top-k and top-p (temperature > 0)."""
-    rows, vocab = logits.shape
-    device = logits.device
-    temperature = torch.tensor([p.temperature for p in params], device=device)[:, None]  # [R, 1]
-    logits = logits / temperature  # [R, V]
-    top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
-    top_p = [p.top_p for p in params]
-    if min(top_k) < vocab or min(top_p) < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [R, V], [R, V]
-        if min(top_k) < vocab:
-            k = torch.tensor(top_k, device=device)[:, None] - 1  # [R, 1]
-            kth = sorted_logits.gather(1, k)  # [R, 1]: each row's k-th largest logit
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-            sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
-        if min(top_p) < 1.0:
-            sorted_probs = torch.softmax(sorted_logits, dim=-1)  # [R, V]
-            mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # [R, V]: mass of strictly better tokens
-            drop_sorted = mass_before >= torch.tensor(top_p, device=device)[:, None]  # [R, V]; best token kept
-            drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)  # [R, V] back in vocab order
-            logits = logits.masked_fill(drop, float("-inf"))
-    return torch.softmax(logits, dim=-1)  # [R, V]
+def _temperature(params: SamplingParams) -> float:
+    return 0.0 if params.temperature < GREEDY_BELOW else float(params.temperature)
 
 
-def _with_logprobs(token_id: int, raw_logits: torch.Tensor, params: SamplingParams) -> SampledToken:
-    """Attach the raw logprob of `token_id` and the top-n alternatives when the request asked for them."""
-    if not params.logprobs:
-        return SampledToken(token_id)
-    raw_logprobs = torch.log_softmax(raw_logits, dim=-1)  # [V]
-    top: list[tuple[int, float]] = []
-    n = min(params.top_logprobs, raw_logprobs.shape[-1])
-    if n > 0:
-        values, ids = torch.topk(raw_logprobs, n)  # [n], [n]
-        top = [(int(t), float(v)) for t, v in zip(ids.tolist(), values.tolist())]
-    return SampledToken(token_id, float(raw_logprobs[token_id]), top)
+def _plain(r: SamplingRow, vocab_size: int) -> bool:
+    """Samples at a temperature with no other knob: nothing for StepPlan to note."""
+    p = r.params
+    return (p.temperature >= GREEDY_BELOW and not 0 < p.top_k < vocab_size and p.top_p >= 1.0
+            and not _penalized(p) and not p.logit_bias and not p.logprobs and r.constraint is None)
+
+
+def _penalized(params: SamplingParams) -> bool:
+    return params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+
+
+def _as_int64(seed: int) -> int:
+    """A 64-bit unsigned seed as the int64 with the same bits."""
+    return seed - 2**64 if seed >= 2**63 else seed

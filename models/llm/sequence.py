@@ -1,4 +1,5 @@
-"""One request's output side: token ids so far, streamed text, and the finish rules. Shared by every engine.
+"""One request's token stream (prompt, then output: its one owner), streamed text, and the finish rules. Shared by
+every engine.
 
 Finish rules, checked after each new token, first match wins:
 1. the token is an eos id (unless params.ignore_eos) or in params.stop_token_ids → "stop"; the token is counted
@@ -17,7 +18,10 @@ from models.llm.types import RequestOutput, SamplingParams, TokenLogprob
 
 
 class Sequence:
-    """Turn each new token of one request into a RequestOutput delta, deciding when the request finishes."""
+    """Turn each new token of one request into a RequestOutput delta, deciding when the request finishes.
+
+    `token_ids` holds the prompt then the output so far; engines read it, only `append` writes it.
+    """
 
     def __init__(
         self,
@@ -29,24 +33,39 @@ class Sequence:
         max_new_tokens: int,
     ):
         self.request_id = request_id
-        self.prompt_token_ids = list(prompt_token_ids)
+        self.token_ids = [int(t) for t in prompt_token_ids]
+        self.num_prompt_tokens = len(self.token_ids)
         self.params = params
+        self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
-        self.output_token_ids: list[int] = []
         self.finish_reason: str | None = None
         self._stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
-        self._detok = IncrementalDetokenizer(tokenizer, self.prompt_token_ids)
+        self._detok = IncrementalDetokenizer(tokenizer, self.token_ids)
         self._stop = StopStringMatcher(params.stop)
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.token_ids[: self.num_prompt_tokens]
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
     def append(self, token_id: int, logprob: TokenLogprob | None = None) -> RequestOutput:
         """Record one generated token and return what the client gets for it."""
-        if self.finished:
+        if self.finish_reason is not None:
             raise RuntimeError(f"request {self.request_id!r} is already finished")
-        self.output_token_ids.append(token_id)
+        token_ids = self.token_ids
+        token_ids.append(token_id)
+        num_output = len(token_ids) - self.num_prompt_tokens
         if token_id in self._stop_ids:
             self.finish_reason = "stop"
             text = self._release_held()
@@ -54,19 +73,13 @@ class Sequence:
             text, hit = self._stop.feed(self._detok.add(token_id))
             if hit:
                 self.finish_reason = "stop"
-            elif len(self.output_token_ids) >= self.max_new_tokens:
+            elif num_output >= self.max_new_tokens:
                 self.finish_reason = "length"
                 text += self._release_held()
-        return RequestOutput(
-            request_id=self.request_id,
-            new_token_ids=[token_id],
-            new_text=text,
-            logprobs=[logprob] if self.params.logprobs and logprob is not None else None,
-            finished=self.finished,
-            finish_reason=self.finish_reason,
-            num_prompt_tokens=len(self.prompt_token_ids),
-            num_output_tokens=len(self.output_token_ids),
-        )
+        # Positional: this runs for every token of every request (RequestOutput's field order).
+        return RequestOutput(self.request_id, [token_id], text,
+                             [logprob] if logprob is not None and self.params.logprobs else None,
+                             self.finish_reason is not None, self.finish_reason, self.num_prompt_tokens, num_output)
 
     def _release_held(self) -> str:
         """Text held back by the detokenizer and the stop matcher; a stop string found here still cuts."""

@@ -13,7 +13,7 @@ class SamplingParams:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     top_k: int = -1  # -1: disabled
-    seed: int | None = None  # per-request generator; same seed + same prompt -> same output
+    seed: int | None = None  # any 64-bit value, -2**63 .. 2**64 - 1; same seed + same prompt -> same output
     stop: list[str] = field(default_factory=list)  # cut before the first occurrence, not included in text
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
@@ -21,6 +21,7 @@ class SamplingParams:
     top_logprobs: int = 0  # 0..20 alternatives per position, only when logprobs
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit, -100..100
 
 
 @dataclass
@@ -47,14 +48,37 @@ class RequestOutput:
     num_output_tokens: int  # cumulative for this request
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of an engine's state and its counters since it started (counters only grow)."""
+
+    running: int  # requests holding a KV slot (prefilling or decoding)
+    waiting: int  # requests queued for a slot
+    kv_slots_used: int  # KV slots held by running requests
+    kv_slots_total: int
+    kv_tokens_used: int  # tokens held in the KV cache by running requests
+    steps: int  # steps that ran work
+    busy_s: float  # time spent inside steps that ran work
+    prompt_tokens: int  # prompt tokens fed to the model (prefill)
+    generated_tokens: int  # output tokens sampled
+    finished_requests: int  # requests that finished (stop or length)
+    aborted_requests: int  # requests aborted while unfinished
+    batched: bool  # the batched slot-attention runner (False: the per-request fallback)
+    cuda_graphs: int  # decode CUDA graphs captured so far (0 off CUDA or with graphs off)
+
+
 class LLMEngine(Protocol):
-    """A token-streaming engine. Not thread-safe: one caller thread drives add_request/step/abort."""
+    """A token-streaming engine. Not thread-safe: one caller thread drives every method."""
 
     tokenizer: Any  # a Hugging Face tokenizer (encode, decode, apply_chat_template, eos_token_id)
     max_model_len: int  # prompt + output tokens must fit
+    vocab_size: int  # token ids are in [0, vocab_size)
+    max_running: int  # requests decoded together
+    max_queued: int  # requests waiting beyond max_running before add_request raises EngineOverloadedError
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request. Raises ModelInputError if it can never fit (prompt + max_tokens > max_model_len)."""
+        """Queue a request. Raises ModelInputError if it can never run (bad params, prompt + max_tokens >
+        max_model_len), EngineOverloadedError past max_running + max_queued, ValueError for a duplicate id."""
 
     def step(self) -> list[RequestOutput]:
         """Advance every running request by (at most) one token; return the deltas produced."""
@@ -64,3 +88,13 @@ class LLMEngine(Protocol):
 
     def has_unfinished_requests(self) -> bool:
         """True while any request is queued or running."""
+
+    def stats(self) -> EngineStats:
+        """The engine's state and counters now."""
+
+    def is_alive(self) -> bool:
+        """True while the engine can step (an in-process engine until close(); a process proxy while its child
+        lives)."""
+
+    def close(self) -> None:
+        """Release the engine's resources (requests, KV cache, a child process); idempotent."""

@@ -1,6 +1,8 @@
 """A deterministic SpeechBackend for tests: sine tones whose length follows the text and speed."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from models.speech.types import SpeechParams
@@ -17,8 +19,9 @@ class FakeSpeechBackend:
     voices: "fake" then OPENAI_VOICES (so "alloy" is 240 Hz). Validation matches the real backends' (check_request).
     """
 
-    def __init__(self, sample_rate: int = 16000):
+    def __init__(self, sample_rate: int = 16000, delay_s: float = 0.0):
         self.sample_rate = sample_rate
+        self.delay_s = delay_s  # each call sleeps this long, so tests can act while requests are in flight
         self._table = voice_table(["fake"])
         self.voices: list[str] = list(self._table)
         self.calls: list[int] = []  # batch size of each synthesize() call, for tests of batching upstream
@@ -30,6 +33,7 @@ class FakeSpeechBackend:
         for text, p in zip(texts, params):
             check_request(text, p, self._table)
         self.calls.append(len(texts))
+        time.sleep(self.delay_s)
         return [self._tone(len(text), p) for text, p in zip(texts, params)]
 
     def _tone(self, num_chars: int, params: SpeechParams) -> np.ndarray:

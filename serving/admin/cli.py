@@ -117,6 +117,11 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alias", action="append", dest="aliases", help="another model id for it (repeatable)")
     p.add_argument("--option", action="append", type=_option, dest="options", help="backend option KEY=VALUE")
     p.add_argument("--description")
+    p.add_argument("--upstream", dest="base_url", help="served by this OpenAI-compatible server, e.g. http://host:8000/v1")
+    p.add_argument("--remote-model", help="the upstream's model id (default: the model's name)")
+    p.add_argument("--api-key-env", help="NAME of the environment variable holding the upstream's API key")
+    p.add_argument("--fallback", action="append", dest="fallbacks", help="a model that answers while this one "
+                   "is unavailable or overloaded (repeatable, in order)")
 
 
 def _spec_from_flags(args: argparse.Namespace) -> dict:
@@ -125,11 +130,14 @@ def _spec_from_flags(args: argparse.Namespace) -> dict:
         with open(args.file) as f:
             spec.update(yaml.safe_load(f) or {})  # YAML is a superset of JSON
     for key in ("task", "source", "revision", "dtype", "device", "num_replicas", "max_ongoing_requests",
-                "description", "aliases"):
+                "description", "aliases", "fallbacks"):
         if getattr(args, key, None) is not None:
             spec[key] = getattr(args, key)
     groups = {"resources": ("num_cpus", "num_gpus", "custom"), "batching": ("max_batch_size", "batch_wait_timeout_s"),
               "autoscaling": tuple(key for key, _, _ in AUTOSCALING)}
+    upstream = {"base_url": args.base_url, "model": args.remote_model, "api_key_env": args.api_key_env}
+    if any(v is not None for v in upstream.values()):
+        spec["upstream"] = {**spec.get("upstream", {}), **{k: v for k, v in upstream.items() if v is not None}}
     for group, keys in groups.items():
         values = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
         if "custom" in values:
@@ -188,8 +196,8 @@ def _print_table(entries: list[dict]) -> None:
     rows = [("NAME", "TASK", "STATUS", "REPLICAS", "SOURCE", "ALIASES")]
     for e in entries:
         config = e["config"]
-        rows.append((e["name"], config["task"], e["status"], _replicas(e), config["source"],
-                     ",".join(config["aliases"]) or "-"))
+        source = f"upstream {config['upstream']['base_url']}" if config.get("upstream") else config["source"]
+        rows.append((e["name"], config["task"], e["status"], _replicas(e), source, ",".join(config["aliases"]) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[5])

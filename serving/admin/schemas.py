@@ -50,6 +50,9 @@ class ModelUpdate(_Partial):
     device: Device | None = None
     num_replicas: int | None = None
     max_ongoing_requests: int | None = None
+    max_queued_requests: int | None = None
+    queue_timeout_s: float | None = None
+    request_timeout_s: float | None = None
     torch_threads: int | None = None
     batching: BatchingUpdate | None = None
     resources: ResourcesUpdate | None = None
@@ -57,6 +60,10 @@ class ModelUpdate(_Partial):
     options: dict[str, Any] | None = None
     description: str | None = None
     aliases: list[str] | None = None
+    upstream: dict[str, Any] | None = Field(
+        None, description="fields of the upstream section; they merge into an upstream model's current ones"
+    )
+    fallbacks: list[str] | None = None
 
     def apply(self, current: ModelConfig) -> dict:
         """`current` with these changes, as a dict still to be validated as a ModelConfig."""
@@ -66,6 +73,8 @@ class ModelUpdate(_Partial):
                 merged.pop(key, None)
             elif key in MERGED:
                 merged[key] = {**(merged.get(key) or {}), **{k: v for k, v in value.items() if v is not None}}
+            elif key == "upstream" and merged.get("upstream"):
+                merged[key] = {**merged[key], **value}
             else:
                 merged[key] = value
         return merged

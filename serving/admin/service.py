@@ -81,7 +81,8 @@ class RegistryAdmin:
             spec = ModelConfig.model_validate(changes.apply(current.spec))
         except ValidationError as e:
             raise invalid_config(e) from None
-        if (spec.source, spec.revision) != (current.spec.source, current.spec.revision):
+        if (spec.source, spec.revision, spec.upstream) != (current.spec.source, current.spec.revision,
+                                                             current.spec.upstream):
             await self._check_source(spec)
         status = None
         if current.deployed and spec.deployment_spec() != current.spec.deployment_spec():

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from serving.api import audio, chat, completions, embeddings, images, models, ops
+from serving.api import audio, chat, completions, embeddings, images, models, ollama, ops
+from serving.api.disconnect import DisconnectMiddleware
 from serving.api.errors import install_error_handlers
 from serving.api.middleware import BodyLimitMiddleware, KeyAuthMiddleware
 from serving.api.openapi import add_models, amend_openapi
@@ -26,10 +27,11 @@ def build_app(
     app.state.router = router
     app.state.readiness = readiness or ops.RouterReadiness(router)
     app.state.scraper = scraper
-    for module in (chat, completions, embeddings, images, audio, models, ops):
+    for module in (chat, completions, embeddings, images, audio, models, ollama, ops):
         app.include_router(module.router)
     # Middlewares added later wrap earlier ones: keys are checked first (no body is read for a bad key), then the
-    # body limit.
+    # body limit, then the disconnect watch (once the body has been read).
+    app.add_middleware(DisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
     ring = keys if keys is not None else KeyRing(config_records(list(api_keys or []), []))
     app.add_middleware(KeyAuthMiddleware, ring=ring)

@@ -15,6 +15,7 @@ STATE_KEY = "openserve_request"
 ENDPOINTS = frozenset({
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/images/generations", "/v1/audio/speech",
     "/v1/models", "/health", "/ready", "/metrics",
+    "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/tags", "/api/show", "/api/ps", "/api/version",
 })
 QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})  # probes and scrapes: counted, not access-logged
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")

@@ -1,4 +1,5 @@
-"""The one place exceptions become OpenAI error JSON ({"error": {"message", "type", "param", "code"}})."""
+"""The one place exceptions become error JSON: OpenAI's ({"error": {"message", "type", "param", "code"}}), or on
+the Ollama API's routes (under /api/) Ollama's ({"error": "message"}), with the same status codes."""
 from __future__ import annotations
 
 import logging
@@ -13,11 +14,13 @@ from models.errors import EngineOverloadedError, ModelInputError
 from serving.api.openapi import add_models, amend_openapi
 from serving.errors import InvalidRequestError, ServerOverloadedError, ServingError
 from serving.protocol.common import ErrorInfo, ErrorResponse
+from serving.protocol.ollama import OllamaError
 from serving.protocol.limits import ERROR_CODES
 
 logger = logging.getLogger(__name__)
 
 _LOCATIONS = ("body", "query", "path", "header", "cookie")
+OLLAMA_PREFIX = "/api/"
 _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
@@ -49,12 +52,38 @@ def error_payload(exc: BaseException) -> tuple[int, dict]:
 
 
 def error_response(exc: BaseException, request: Request | None = None) -> JSONResponse:
-    """The JSONResponse for `exc`; an unknown route's 404 names the method and path, as OpenAI's does."""
+    """The response for `exc`; an unknown route's 404 names the method and path, as OpenAI's does."""
     status, body = error_payload(exc)
     headers = error_headers(exc)
     if isinstance(exc, HTTPException) and exc.status_code == 404 and request is not None:
         body["error"]["message"] = f"Invalid URL ({request.method} {request.url.path})"
-    return JSONResponse(body, status_code=status, headers=headers)
+    return ShapedErrorResponse(body, status_code=status, headers=headers)
+
+
+def is_ollama_path(path: str) -> bool:
+    return path.startswith(OLLAMA_PREFIX)
+
+
+def ollama_error(body: dict) -> dict:
+    """Ollama's error body from OpenAI's: {"error": "<message>"}."""
+    return OllamaError(error=body["error"]["message"]).model_dump()
+
+
+class ShapedErrorResponse(JSONResponse):
+    """An error body in the shape of the API the request's path belongs to, chosen when it is sent (middlewares
+    answer errors before any route is known)."""
+
+    def __init__(self, body: dict, status_code: int, headers: dict[str, str] | None = None):
+        super().__init__(body, status_code=status_code, headers=headers)
+        self.openai_body = body
+        self.extra_headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if is_ollama_path(scope.get("path", "")):
+            ollama = JSONResponse(ollama_error(self.openai_body), self.status_code, headers=self.extra_headers)
+            await ollama(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def error_headers(exc: BaseException) -> dict[str, str] | None:
@@ -114,12 +143,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _document_errors(schema: dict) -> None:
-    """Replace FastAPI's documented 422 (never sent: validation errors are 400s) by the error body on 4XX and 5XX."""
-    add_models(schema, ErrorResponse)
+    """Replace FastAPI's documented 422 (never sent: validation errors are 400s) by the error body on 4XX and 5XX:
+    OpenAI's, or Ollama's on the Ollama API's routes."""
+    add_models(schema, ErrorResponse, OllamaError)
     for name in ("HTTPValidationError", "ValidationError"):
         schema["components"]["schemas"].pop(name, None)
-    body = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
-    for path_item in schema.get("paths", {}).values():
+    for path, path_item in schema.get("paths", {}).items():
+        model = "OllamaError" if is_ollama_path(path) else "ErrorResponse"
+        body = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)

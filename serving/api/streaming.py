@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from serving.api.errors import error_payload
+from serving.api.errors import error_payload, ollama_error
 
 logger = logging.getLogger(__name__)
 
@@ -152,4 +152,23 @@ async def _sse_body(events: AsyncIterator[BaseModel], source: Any) -> AsyncItera
         yield f"data: {json.dumps(body)}\n\n"
     finally:
         await close_stream(events)
+        await close_stream(source)
+
+
+def ndjson_response(lines: AsyncIterator[str], source: Any) -> StreamingResponse:
+    """Stream JSON `lines` (each ending in a newline), Ollama's streaming format; `source` is closed however it
+    ends."""
+    return ClosingStreamingResponse(_ndjson_body(lines, source), media_type="application/x-ndjson")
+
+
+async def _ndjson_body(lines: AsyncIterator[str], source: Any) -> AsyncIterator[str]:
+    """An error after the stream started becomes one `{"error": "..."}` line (what Ollama's clients look for)."""
+    try:
+        async for line in lines:
+            yield line
+    except Exception as exc:  # noqa: BLE001 - mapped (and logged when unknown) by error_payload
+        _, body = error_payload(exc)
+        yield json.dumps(ollama_error(body)) + "\n"
+    finally:
+        await close_stream(lines)
         await close_stream(source)

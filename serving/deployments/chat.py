@@ -7,17 +7,12 @@ from ray import serve
 
 from serving.clients import GenerationChunk, GenerationRequest
 from serving.config import ModelConfig
-from serving.deployments.common import load_backend
-from serving.metrics.models import observe_generation
+from serving.deployments.chat_engine import build_engine
 from serving.deployments.observability import model_replica
 from serving.deployments.placement import place_replica
+from serving.metrics.models import observe_generation
 from serving.services.engine_process import EngineProcess
 from serving.services.llm import LLMService
-
-
-def build_engine(spec: dict, data_dir: str):
-    """Runs in the engine process: nice 0 and OpenMP spinning, torch threads, the model, the engine (load_backend)."""
-    return load_backend(spec, data_dir)[1]
 
 
 @serve.deployment
@@ -25,17 +20,14 @@ class ChatDeployment:
     """Admission: the engine runs `max_running` sequences and queues `max_queued` more (model `options`); past
     that the service answers 429 (ServerOverloadedError) before the request reaches the engine.
 
-    Real models run in a child process (serving/services/engine_process.py: in the replica the engine would share
-    the GIL with Ray's streaming threads); `fake:` engines are pure Python and stay in the replica."""
+    Every engine, `fake:` ones included, runs in a child process (serving/services/engine_process.py): in the
+    replica it would share the GIL with Ray's streaming threads, and a dead or hung engine is restarted there
+    while this replica answers 503 (serving/services/llm.py)."""
 
     def __init__(self, spec: dict, data_dir: str, report_to: str | None = None):
         spec = place_replica(spec, report_to)
         self.model = ModelConfig.model_validate(spec)
-        if self.model.source.startswith("fake:"):
-            engine = load_backend(spec, data_dir)[1]
-        else:
-            engine = EngineProcess(build_engine, (spec, data_dir))
-        self.service = LLMService(engine)
+        self.service = LLMService(lambda: EngineProcess(build_engine, (spec, data_dir)))
         model_replica(self.model.name)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
@@ -45,8 +37,8 @@ class ChatDeployment:
             yield chunks
 
     def check_health(self) -> None:
-        if not self.service.is_alive():
-            raise RuntimeError(f"engine loop stopped: {self.service.error!r}")
+        """Unhealthy only when restarting the engine cannot help; Serve then replaces the replica."""
+        self.service.check_health()
 
     def __del__(self):
         service = getattr(self, "service", None)

@@ -24,12 +24,13 @@ def load_backend(spec: dict, data_dir: str):
     tune_for_compute); logs how long it took."""
     model = ModelConfig.model_validate(spec)
     tune_for_compute()
-    # Ray sets OMP_NUM_THREADS to the actor's num_cpus (often < 1 core here): torch would run on one thread.
-    import torch
+    if not model.source.startswith("fake:"):  # fakes are pure Python: importing torch would only slow their start
+        # Ray sets OMP_NUM_THREADS to the actor's num_cpus (often < 1 core here): torch would run on one thread.
+        import torch
 
-    # The cores this process may run on (cpuset/affinity aware; os.cpu_count() counts the whole host). The setting
-    # is process-wide: the LLM engine thread started after this uses it too.
-    torch.set_num_threads(model.torch_threads or len(os.sched_getaffinity(0)) or 1)
+        # The cores this process may run on (cpuset/affinity aware; os.cpu_count() counts the whole host). The
+        # setting is process-wide: the LLM engine thread started after this uses it too.
+        torch.set_num_threads(model.torch_threads or len(os.sched_getaffinity(0)) or 1)
     start = time.perf_counter()
     source = fetch_source(model.source, model.revision, progress=log.info)  # Hub ids: into the HF cache first
     cache_dir = os.path.join(data_dir, "cache")

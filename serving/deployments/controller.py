@@ -7,18 +7,18 @@ import logging
 
 from ray import serve
 
-from serving.config import ServerConfig
-from serving.registry.controller import ControllerSettings, ModelController, Replicas
 from serving.deployments.serve_ops import RayServeOps
+from serving.registry.controller import ControllerSettings, ModelController, Replicas
 from serving.registry.store import RegistryStore
+from serving.secrets import read_server
 
 log = logging.getLogger("ray.serve")
 
 
 @serve.deployment
 class RegistryController:
-    def __init__(self, server: dict, app_name: str | None = None):
-        config = ServerConfig.model_validate(server)
+    def __init__(self, settings: dict, secrets_path: str, app_name: str | None = None):
+        config = read_server(settings, secrets_path)
         self.store = RegistryStore.open(config.resolved_registry_url)
         self.controller = ModelController(
             self.store, RayServeOps(config.resolved_data_dir, report_to=app_name),

@@ -1,114 +1,232 @@
-"""serving.clients protocols implemented over Ray Serve deployment handles."""
+"""serving.clients protocols over Ray Serve deployment handles: every call bounded, every Ray failure typed.
+
+Bounds (docs/serving-path.md): Serve holds at most the model's `max_queued_requests` calls waiting for a replica and
+refuses the next at once (BackPressureError: 429). A call the model has not started answering within the queue
+deadline (a stream: no first chunk; a unary call: no result, since Serve's direct calls hear that a replica took them
+only with its answer) is cancelled and answered 503; one not finished within the request deadline of its start
+(streams too) is cancelled and answered 504.
+"""
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
 
-from ray.serve.exceptions import DeploymentUnavailableError
+import anyio
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from models.errors import EngineOverloadedError, ModelInputError
 from models.images.types import ImageParams
 from models.speech.types import SpeechParams
 from serving.clients import EmbeddingResult, EncodedAudio, GenerationChunk, GenerationRequest
-from serving.errors import ModelNotFoundError, ModelUnavailableError, ServingError
+from serving.config import ModelConfig, ServerConfig
+from serving.errors import (
+    DeadlineExceededError, ModelNotFoundError, ModelUnavailableError, ServerOverloadedError, ServingError,
+)
 
 TYPED_ERRORS = (ServingError, ModelInputError, EngineOverloadedError)  # what serving.api.errors maps to HTTP
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Seconds until the model must start answering a call (a replica takes it, a stream's first chunk), and
+    seconds the call may take in all."""
+
+    queue_s: float
+    request_s: float
+
+    @classmethod
+    def of(cls, model: ModelConfig, server: ServerConfig) -> Deadlines:
+        """The model's own deadlines where it sets them, else the server's; a model that scales to zero waits for a
+        replica up to its cold-start bound (autoscaling.cold_start_timeout_s) unless it sets its own queue deadline."""
+        queue_s = model.queue_timeout_s or model.cold_start_timeout_s or server.queue_timeout_s
+        return cls(queue_s, model.request_timeout_s or server.request_timeout_s)
+
+    @property
+    def start_s(self) -> float:
+        """How long the first stage may take: the queue deadline, or the request deadline when that comes first."""
+        return min(self.queue_s, self.request_s)
+
+    def start_timeout(self) -> ServingError:
+        """The error for a call not started within start_s: 503, or 504 when the request deadline is what passed."""
+        return self.request_timeout() if self.request_s <= self.queue_s else self.queue_timeout()
+
+    def queue_timeout(self) -> ModelUnavailableError:
+        return ModelUnavailableError(
+            f"The model did not answer within {self.queue_s:g} s (it is starting, busy, or has no replica that can "
+            "be placed); retry later.", code="queue_timeout",
+        )
+
+    def request_timeout(self) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"The request took longer than {self.request_s:g} s and was cancelled.", code="request_timeout"
+        )
 
 
 def direct(handle):
     """The handle with calls sent straight to the replica's gRPC server, arguments and results by value, instead of
     as Ray tasks whose results go through the object store (`_by_reference=False`, in DeploymentHandle.options'
-    documented signature; every Serve replica runs that server). Measured on 2 cores with a no-op model through
-    the whole path (`python -m benchmarks overhead`, the two alternating): 1 client 163 -> 222 requests/s, p50
-    5.8 -> 4.3 ms; 32 clients 320 -> 467 requests/s."""
+    documented signature): fewer hops per call (figures in docs/serving-path.md)."""
     return handle.options(_by_reference=False)
 
 
-async def assigned(response, timeout_s: float | None) -> None:
-    """Wait until Serve gave the call to a replica, at most `timeout_s` (None: no bound). For a model at zero
-    replicas this is the cold start: past the bound the call is cancelled and the client gets 503 + Retry-After.
-    Serve exposes the assignment only as the response's private `_fetch_future_result_async` (Ray 2.60)."""
-    if timeout_s is None:
-        return
-    try:
-        await asyncio.wait_for(asyncio.shield(response._fetch_future_result_async()), timeout_s)
-    except asyncio.TimeoutError:
-        response.cancel()
-        raise ModelUnavailableError(
-            f"No replica of the model could take the request within {timeout_s:g} s (it is starting from zero "
-            "replicas, or there is no room for one); retry later.", code="model_starting",
-        ) from None
-
-
 def unwrap(error: BaseException) -> BaseException:
-    """Ray wraps a replica's exception (RayTaskError with .cause): give the HTTP layer the typed original, as it
-    was raised (the error map in serving.api.errors turns it into HTTP). The only unwrapping of Ray's errors."""
+    """Ray's failures and a replica's wrapped exception (RayTaskError with .cause) as the typed errors the HTTP layer
+    maps (serving.api.errors): Serve's full queue is a 429, a model undeployed meanwhile a 404, a replica that died a
+    503, a replica's own error as it was raised. The only unwrapping of Ray's errors."""
+    if isinstance(error, BackPressureError):
+        waiting, limit = error.args[:2]  # Serve keeps its constructor's arguments in args (for pickling)
+        return ServerOverloadedError(
+            f"The model's queue is full ({waiting} requests waiting, limit {limit}); retry later."
+        )
     if isinstance(error, DeploymentUnavailableError):  # the model was undeployed between lookup and call
         return ModelNotFoundError("The model is no longer deployed.")
+    if isinstance(error, (RayActorError, ReplicaUnavailableError)):
+        return ModelUnavailableError("The model's replica stopped while answering; retry later.")
     cause = getattr(error, "cause", None)
     if isinstance(cause, TYPED_ERRORS):
         return cause
     return error
 
 
-async def _call(response, assign_timeout_s: float | None):
-    await assigned(response, assign_timeout_s)
-    return await response
+def cancel(response) -> None:
+    """Stop a handle call's work, whatever stage it is at; one that never reached a replica has no work to stop
+    (Serve's cancel() re-raises the error that kept it from a replica, e.g. BackPressureError: not ours to raise)."""
+    try:
+        response.cancel()
+    except Exception:  # noqa: BLE001 - the call already failed, and its caller has that error
+        pass
+
+
+class _Watchdog:
+    """Cancels a handle call still running at its request deadline: one timer per call rather than a cancel scope
+    around every item of a stream (each costs several times a timer)."""
+
+    def __init__(self):
+        self.expired = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self, response, seconds: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(max(seconds, 0.0), self._expire, response)
+
+    def _expire(self, response) -> None:
+        self.expired = True
+        cancel(response)  # the caller's pending await then raises (Serve's RequestCancelledError)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def error(self, failure: Exception, deadlines: Deadlines) -> Exception:
+        """What the watched call's failure means: the request deadline when this cancelled it, else typed."""
+        if isinstance(failure, ServingError):
+            return failure
+        return deadlines.request_timeout() if self.expired else unwrap(failure)
+
+
+async def _taken_within(response, seconds: float) -> bool:
+    """Whether a replica took the call within `seconds` (Ray has no public name for this stage of a call; over
+    the direct path it ends with the answer of a unary call, with the first item of a stream)."""
+    with anyio.move_on_after(seconds):
+        await response._fetch_future_result_async()
+        return True
+    return False
+
+
+async def call_within(response, deadlines: Deadlines) -> Any:
+    """The result of a unary handle call (a DeploymentResponse) within `deadlines`; past either it is cancelled."""
+    start = asyncio.get_running_loop().time()
+    watchdog = _Watchdog()
+    try:
+        if not await _taken_within(response, deadlines.start_s):
+            cancel(response)
+            raise deadlines.start_timeout()
+        watchdog.arm(response, deadlines.request_s - (asyncio.get_running_loop().time() - start))
+        return await response
+    except asyncio.CancelledError:  # the caller left: the replica stops the work
+        cancel(response)
+        raise
+    except Exception as e:
+        raise watchdog.error(e, deadlines) from None
+    finally:
+        watchdog.stop()
+
+
+_TIMED_OUT = object()
+
+
+async def _next_within(stream, seconds: float) -> Any:
+    """The stream's next item, or _TIMED_OUT after `seconds`; StopAsyncIteration at its end."""
+    with anyio.move_on_after(seconds):
+        return await stream.__anext__()
+    return _TIMED_OUT
+
+
+async def stream_within(stream, deadlines: Deadlines) -> AsyncIterator[Any]:
+    """The items of a streaming handle call (a DeploymentResponseGenerator): the first within the queue deadline,
+    the last within the request deadline; the call is cancelled however the iteration ends."""
+    start = asyncio.get_running_loop().time()
+    watchdog = _Watchdog()
+    try:
+        item = await _next_within(stream, deadlines.start_s)
+        if item is _TIMED_OUT:
+            raise deadlines.start_timeout()
+        watchdog.arm(stream, deadlines.request_s - (asyncio.get_running_loop().time() - start))
+        while True:
+            yield item
+            item = await stream.__anext__()
+    except StopAsyncIteration:
+        if watchdog.expired:
+            raise deadlines.request_timeout() from None
+    except Exception as e:
+        raise watchdog.error(e, deadlines) from None
+    finally:
+        watchdog.stop()
+        cancel(stream)  # done, failed, timed out or the caller left: the replica stops the work
 
 
 class HandleChatClient:
-    def __init__(self, handle, assign_timeout_s: float | None = None):
+    def __init__(self, handle, deadlines: Deadlines):
         self._handle = direct(handle).options(stream=True)
-        self._assign_timeout_s = assign_timeout_s
+        self._deadlines = deadlines
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """The replica streams lists of chunks (several deltas per Ray item under load); flatten them."""
-        stream = self._handle.generate.remote(request)
+        items = stream_within(self._handle.generate.remote(request), self._deadlines)
         try:
-            await assigned(stream, self._assign_timeout_s)
-            async for chunks in stream:
+            async for chunks in items:
                 for chunk in chunks:
                     yield chunk
-        except Exception as e:
-            raise unwrap(e) from None
         finally:
-            stream.cancel()  # the caller left early (or we are done): the replica aborts the request
+            await items.aclose()
 
 
 class HandleEmbeddingClient:
-    def __init__(self, handle, assign_timeout_s: float | None = None):
+    def __init__(self, handle, deadlines: Deadlines):
         self._handle = direct(handle)
-        self._assign_timeout_s = assign_timeout_s
+        self._deadlines = deadlines
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
-        try:
-            return await _call(self._handle.embed.remote(inputs), self._assign_timeout_s)
-        except Exception as e:
-            raise unwrap(e) from None
+        return await call_within(self._handle.embed.remote(inputs), self._deadlines)
 
 
 class HandleImageClient:
-    def __init__(self, handle, assign_timeout_s: float | None = None):
+    def __init__(self, handle, deadlines: Deadlines):
         self._handle = direct(handle)
-        self._assign_timeout_s = assign_timeout_s
+        self._deadlines = deadlines
 
     async def generate(self, prompt: str, params: ImageParams, n: int) -> list[bytes]:
-        try:
-            return await _call(self._handle.generate.remote(prompt, params, n), self._assign_timeout_s)
-        except Exception as e:
-            raise unwrap(e) from None
+        return await call_within(self._handle.generate.remote(prompt, params, n), self._deadlines)
 
 
 class HandleSpeechClient:
-    def __init__(self, handle, assign_timeout_s: float | None = None):
+    def __init__(self, handle, deadlines: Deadlines):
         self._handle = direct(handle)
-        self._assign_timeout_s = assign_timeout_s
+        self._deadlines = deadlines
 
     async def synthesize(self, text: str, params: SpeechParams, response_format: str) -> EncodedAudio:
-        try:
-            return await _call(self._handle.synthesize.remote(text, params, response_format), self._assign_timeout_s)
-        except Exception as e:
-            raise unwrap(e) from None
+        return await call_within(self._handle.synthesize.remote(text, params, response_format), self._deadlines)
 
 
 HANDLE_CLIENTS = {

@@ -6,9 +6,11 @@ controller is one), in a worker thread so the replica's event loop keeps serving
 from __future__ import annotations
 
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, Deployment
 from ray.serve.api import RunTarget
 
+from models.factory import chat_engine_config
+from models.sources import resolve_source
 from serving.config import ModelConfig
 from serving.deployments.chat import ChatDeployment
 from serving.deployments.cluster import model_states, node_resources, value
@@ -24,6 +26,32 @@ DEPLOYMENTS = {
     "image": ImageDeployment,
     "speech": SpeechDeployment,
 }
+
+
+# What a replica holds at once when the configuration does not say (Serve's own default is 5).
+DEFAULT_MAX_ONGOING_REQUESTS = 64
+
+
+def max_ongoing_requests(model: ModelConfig) -> int:
+    """Requests one replica holds at once. A chat model's default is its engine's own bound (max_running +
+    max_queued): Serve hands the replica exactly what the engine accepts and holds the rest at the ingress, so
+    the engine's queue, then Serve's, fill before a 429; a request of n > 1 choices may still meet the engine's
+    own 429 first (it takes n sequences)."""
+    if model.max_ongoing_requests is not None:
+        return model.max_ongoing_requests
+    if model.task == "chat":
+        engine = chat_engine_config(resolve_source(model.source), model.options)  # the engine's own defaults
+        return engine.max_running + engine.max_queued
+    return DEFAULT_MAX_ONGOING_REQUESTS
+
+
+def max_queued_requests(model: ModelConfig) -> int:
+    """Requests that may wait at the ingress for a replica (beyond them: 429). Default: as many as the replicas
+    hold at once (at their largest number when autoscaling, and at least one replica's worth)."""
+    if model.max_queued_requests is not None:
+        return model.max_queued_requests
+    replicas = model.autoscaling.max_replicas if model.autoscaling else model.num_replicas
+    return max_ongoing_requests(model) * max(1, replicas)
 
 
 def scaling_options(model: ModelConfig) -> dict:
@@ -45,7 +73,8 @@ def deployment_options(model: ModelConfig) -> dict:
     """Everything Serve is told about the model's deployment (also written by `openserve serve-config`)."""
     return {
         "name": model.deployment_name,
-        "max_ongoing_requests": model.max_ongoing_requests,
+        "max_ongoing_requests": max_ongoing_requests(model),
+        "max_queued_requests": max_queued_requests(model),  # counted per caller: the one ingress replica
         "ray_actor_options": actor_options(model),
         "health_check_period_s": 10,
         "graceful_shutdown_timeout_s": 30,  # undeploy and Ctrl-C let in-flight requests finish first

@@ -50,6 +50,14 @@ BATCH_QUEUE = Gauge("openserve:batch_queue_depth", "Requests waiting for the nex
                     registry=REGISTRY)
 
 
+# --- upstream models: the ingress calls their remote servers itself -----------------------------------------------
+UPSTREAM_CIRCUIT = Gauge("openserve:upstream_circuit_state",
+                         "1 for the state an upstream model's circuit breaker is in (closed, open, half_open)",
+                         ["model", "state"], registry=REGISTRY)
+UPSTREAM_OPENED = Counter("openserve:upstream_circuit_opened", "Times an upstream model's circuit opened",
+                          ["model"], registry=REGISTRY)
+
+
 class LabelCache:
     """`metric.labels(*values)` memoised: the hot path skips prometheus_client's lock and label checks."""
 

@@ -81,6 +81,14 @@ def now() -> int:
     return int(time.time())
 
 
+def stop_sequences(stop: str | list[str] | None) -> list[str]:
+    """The stop strings as a list of at most MAX_STOP_SEQUENCES (a validator's array_above_max_length otherwise)."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise too_many("stop sequences", len(stops), MAX_STOP_SEQUENCES)
+    return [s for s in stops if s]  # an empty stop string would end every choice at once
+
+
 class SamplingFields(OpenAIRequest):
     """The sampling fields chat and completions share, with OpenAI's ranges, plus vLLM-style extensions."""
 
@@ -106,10 +114,7 @@ class SamplingFields(OpenAIRequest):
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, stop: str | list[str] | None) -> list[str]:
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise too_many("stop sequences", len(stops), MAX_STOP_SEQUENCES)
-        return [s for s in stops if s]  # an empty stop string would end every choice at once
+        return stop_sequences(stop)
 
     @field_validator("top_k")
     @classmethod
@@ -140,7 +145,8 @@ class SamplingFields(OpenAIRequest):
                     param=param, code="context_length_exceeded",
                 )
 
-    def check_logprob_entries(self, top_logprobs: int | None, choices: int, max_tokens: int | None) -> None:
+    @staticmethod
+    def check_logprob_entries(top_logprobs: int | None, choices: int, max_tokens: int | None) -> None:
         """Refuse a response of more than MAX_LOGPROB_ENTRIES logprob entries (choices x (top + 1) x tokens); an
         unknown max_tokens (no max_tokens, and a model whose context size is unknown) is not checked here."""
         if top_logprobs is None or max_tokens is None:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from models.sources import SourceError, check_source
 from serving.config import ModelConfig
+from serving.upstream.config import key_problem
 
 # Ray's resource names as the config spells them (custom resources keep their own names).
 FIELD = {"CPU": "num_cpus", "GPU": "num_gpus"}
@@ -20,7 +21,11 @@ class NodeResources:
 
 
 def source_problem(spec: ModelConfig) -> str | None:
-    """Why `spec.source` cannot be served from here (unresolvable, or offline and not cached), or None."""
+    """Why `spec.source` cannot be served from here (unresolvable, or offline and not cached), or None. An upstream
+    model's remote is not called here (it may be down now; its circuit breaker handles that): only its key is
+    checked."""
+    if spec.upstream is not None:
+        return key_problem(spec.upstream)
     try:
         check_source(spec.source, spec.revision)
     except SourceError as e:

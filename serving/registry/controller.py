@@ -166,6 +166,9 @@ class ModelController:
             await self._stop(name, entry)
 
     async def _deploy(self, entry: ModelEntry) -> None:
+        if entry.spec.upstream is not None:
+            await self._serve_upstream(entry)
+            return
         app, spec = entry.spec.deployment_name, entry.spec.deployment_spec()
         started = time.monotonic()
         if self._running.get(entry.name) != spec or await asyncio.to_thread(self.ops.state, app) is None:
@@ -181,6 +184,22 @@ class ModelController:
             self._running[entry.name] = spec
             log.info("deploying %s (version %d)", entry.name, entry.version)
         await self._watch(entry, app, started)
+
+    async def _serve_upstream(self, entry: ModelEntry) -> None:
+        """An upstream model has no Serve application (each ingress calls the remote itself): it is ready once its
+        key can be read. An application left from when the model was local goes, after the routes moved on."""
+        problem = await asyncio.to_thread(source_problem, entry.spec)
+        if problem:
+            await self._fail(entry, problem)
+            return
+        self._running.pop(entry.name, None)
+        if await asyncio.to_thread(
+            self.store.set_status, entry.name, "ready", None, version=entry.version, deployed=True
+        ):
+            log.info("%s is ready (upstream %s)", entry.name, entry.spec.upstream.base_url)
+        if await asyncio.to_thread(self.ops.state, entry.spec.deployment_name) is not None:
+            await asyncio.sleep(self.settings.route_grace_s)
+            await asyncio.to_thread(self.ops.delete, entry.spec.deployment_name)
 
     async def _preflight(self, spec: ModelConfig) -> str | None:
         problem = await asyncio.to_thread(source_problem, spec)

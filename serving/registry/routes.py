@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from serving.clients import ModelCard
 from serving.config import ModelConfig
@@ -27,6 +27,20 @@ CARD_OPTIONS = ("default_size", "default_steps", "default_guidance_scale", "size
                 "max_model_len")
 
 
+class ClientFactory(Protocol):
+    """Makes the client that reaches a model, and hears when the routes stop using one."""
+
+    def make(self, spec: ModelConfig) -> Any: ...  # may run in a worker thread
+    def drop(self, client: Any) -> None: ...  # on the event loop
+
+
+def client_key(spec: ModelConfig) -> tuple:
+    """What a model's client depends on (its remote server, its deadlines): a client is kept across reloads while
+    this stays the same."""
+    return (spec.name, spec.task, spec.upstream.model_dump_json() if spec.upstream else None, spec.queue_timeout_s,
+            spec.request_timeout_s, spec.cold_start_timeout_s)
+
+
 def serving_state(status: str, replicas: Replicas | None) -> str:
     """What /v1/models says of a routed model: updating, or whether a replica runs, starts, or none is wanted."""
     if status == "updating":
@@ -39,6 +53,8 @@ def serving_state(status: str, replicas: Replicas | None) -> str:
 def card_of(model: ModelConfig, created: int = 0, state: str = "ready") -> ModelCard:
     """What /v1/models says of `model` (and what the HTTP layer reads of its options)."""
     metadata = {"source": model.source, **{k: v for k, v in model.options.items() if k in CARD_OPTIONS}}
+    if model.upstream is not None:
+        metadata["upstream"] = model.upstream.base_url
     if model.description:
         metadata["description"] = model.description
     return ModelCard(id=model.name, task=model.task, created=created, owned_by="openserve", metadata=metadata,
@@ -56,18 +72,17 @@ def served_model(model: ModelConfig, make_client: Callable[[ModelConfig], Any]) 
 
 class RegistryRoutes:
     def __init__(
-        self, store: RegistryStore, router: ModelRouter, make_client: Callable[[ModelConfig], Any],
-        interval_s: float = 1.0, replica_view: Callable[[], Awaitable[dict[str, Replicas]]] | None = None,
-        states_every_s: float = 2.0,
+        self, store: RegistryStore, router: ModelRouter, clients: ClientFactory, interval_s: float = 1.0,
+        replica_view: Callable[[], Awaitable[dict[str, Replicas]]] | None = None, states_every_s: float = 2.0,
     ):
         self.store = store
         self.router = router
-        self.make_client = make_client  # a client for the model's application (a Ray handle client in the ingress)
+        self.clients = clients  # in the ingress: Ray handle clients, and upstream clients that call remotes directly
         self.interval_s = interval_s
         self.replica_view = replica_view  # model name -> its replicas (the controller's view)
         self.states_every_s = states_every_s
         self._generation: int | None = None
-        self._clients: dict[tuple, Any] = {}  # (name, task, cold-start bound) -> client, kept across reloads
+        self._clients: dict[tuple, Any] = {}  # client_key -> client, kept across reloads
         self._scaling_to_zero: set[str] = set()  # routed models with min_replicas 0
         self._replicas: tuple[float, dict[str, Replicas]] = (float("-inf"), {})
         self._states: dict[str, str] = {}
@@ -81,8 +96,11 @@ class RegistryRoutes:
             if loaded is not None:
                 generation, served, clients = loaded
                 self.router.replace(served)
+                dropped = [c for key, c in self._clients.items() if clients.get(key) is not c]
                 self._clients = clients
                 self._generation = generation
+                for client in dropped:
+                    self.clients.drop(client)
 
     async def _watched_replicas(self) -> dict[str, Replicas]:
         """The replicas of the models that scale to zero, looked at most every states_every_s ({} if none)."""
@@ -107,9 +125,9 @@ class RegistryRoutes:
         for entry in self.store.list():
             if entry.status not in ROUTED_STATUSES:
                 continue
-            key = (entry.name, entry.spec.task, entry.spec.cold_start_timeout_s)
+            key = client_key(entry.spec)
             try:
-                clients[key] = self._clients.get(key) or self.make_client(entry.spec)
+                clients[key] = self._clients.get(key) or self.clients.make(entry.spec)
             except Exception as e:  # e.g. its application is being deleted: retry on the next poll
                 log.warning("no route to %s yet: %r", entry.name, e)
                 generation = None
@@ -117,7 +135,8 @@ class RegistryRoutes:
             if entry.spec.cold_start_timeout_s is not None:
                 zero.add(entry.name)
             state = serving_state(entry.status, replicas.get(entry.name))
-            served.append(ServedModel(model_card(entry, state), clients[key], tuple(entry.spec.aliases)))
+            spec = entry.spec
+            served.append(ServedModel(model_card(entry, state), clients[key], tuple(spec.aliases), tuple(spec.fallbacks)))
         self._scaling_to_zero, self._states = zero, self._states_of(zero, replicas)
         return generation, served, clients
 

@@ -102,23 +102,47 @@ def _v2(conn: Connection) -> None:
     conn.execute(insert(frozen.tables["api_keys_state"]).values(id=1, generation=0))
 
 
-def _custom_resources_column() -> Column:
-    return Column("custom_resources", JSON)  # Ray custom resources per replica ({} or NULL: none)
+def _add_columns(conn: Connection, columns: list[Column]) -> None:
+    for column in columns:
+        conn.execute(text(f"ALTER TABLE models ADD COLUMN {column.name} {column.type.compile(dialect=conn.dialect)}"))
+
+
+def _bounds_columns() -> list[Column]:
+    return [Column("max_queued_requests", Integer), Column("queue_timeout_s", Float), Column("request_timeout_s", Float)]
 
 
 def _v3(conn: Connection) -> None:
-    """models.custom_resources (placement on nodes that have a custom resource)."""
-    column = _custom_resources_column()
-    conn.execute(text(f"ALTER TABLE models ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"))
+    """Each model's queue bound and deadlines (NULL: derived from its capacity, or the server's defaults)."""
+    _add_columns(conn, _bounds_columns())
+
+
+def _upstream_columns() -> list[Column]:
+    return [Column("upstream", JSON), Column("fallbacks", JSON)]
+
+
+def _v4(conn: Connection) -> None:
+    """Upstream models (the remote server's settings; NULL: a local model) and every model's fallbacks."""
+    _add_columns(conn, _upstream_columns())
+
+
+def _v5(conn: Connection) -> None:
+    """Ray custom resources per replica ({} or NULL: none), for placement on nodes that have them."""
+    _add_columns(conn, [_custom_resources_column()])
+
+
+def _custom_resources_column() -> Column:
+    return Column("custom_resources", JSON)
 
 
 Migration = Callable[[Connection], None]
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3]  # MIGRATIONS[i] takes a database from version i to i + 1
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5]  # MIGRATIONS[i] takes a database from version i to i + 1
 
-# The tables as this release reads and writes them (today: version 3).
+# The tables as this release reads and writes them (today: version 5).
 metadata = MetaData()
 _model_tables(metadata)
 _key_tables(metadata)
+for _column in _bounds_columns() + _upstream_columns():
+    metadata.tables["models"].append_column(_column)
 models = metadata.tables["models"]
 models.append_column(_custom_resources_column())
 model_names = metadata.tables["model_names"]

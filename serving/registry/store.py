@@ -28,8 +28,8 @@ __all__ = ["InvalidEntry", "RegistryListing", "RegistryStore", "create_registry_
 log = logging.getLogger("serving.registry")
 
 _SPEC_COLUMNS = (
-    "task", "source", "revision", "dtype", "device", "num_replicas", "max_ongoing_requests", "torch_threads",
-    "options", "description",
+    "task", "source", "revision", "dtype", "device", "num_replicas", "torch_threads", "options", "description",
+    "max_queued_requests", "queue_timeout_s", "request_timeout_s",
 )
 
 
@@ -50,12 +50,15 @@ class RegistryListing:
 def _row_values(spec: ModelConfig) -> dict:
     values = {c: getattr(spec, c) for c in _SPEC_COLUMNS}
     values.update(
+        max_ongoing_requests=spec.max_ongoing_requests or 0,  # version 1's column is NOT NULL: 0 means derived
         num_cpus=spec.resources.num_cpus,
         num_gpus=spec.resources.num_gpus,
         custom_resources=spec.resources.custom or None,
         max_batch_size=spec.batching.max_batch_size,
         batch_wait_timeout_s=spec.batching.batch_wait_timeout_s,
         autoscaling=spec.autoscaling.model_dump() if spec.autoscaling else None,
+        upstream=spec.upstream.model_dump() if spec.upstream else None,
+        fallbacks=list(spec.fallbacks),
     )
     return values
 
@@ -63,11 +66,14 @@ def _row_values(spec: ModelConfig) -> dict:
 def _entry(row, aliases: list[str]) -> ModelEntry:
     data = {c: getattr(row, c) for c in _SPEC_COLUMNS}
     data.update(
+        max_ongoing_requests=row.max_ongoing_requests or None,
         name=row.name,
         resources={"num_cpus": row.num_cpus, "num_gpus": row.num_gpus, "custom": row.custom_resources or {}},
         batching={"max_batch_size": row.max_batch_size, "batch_wait_timeout_s": row.batch_wait_timeout_s},
         autoscaling=row.autoscaling,
         aliases=aliases,
+        upstream=row.upstream,
+        fallbacks=row.fallbacks or [],
     )
     return ModelEntry(
         spec=ModelConfig.model_validate(data),

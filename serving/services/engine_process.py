@@ -1,163 +1,164 @@
-"""An LLM engine in its own process, behind an LLMEngine-shaped proxy that LLMService drives as usual.
+"""EngineProcess: an LLM engine in a child process of its own (engine_child.py), an EngineClient over one Pipe.
 
-Why: inside a Ray Serve replica the engine thread shares the GIL with Ray's threads and the replica's event loops,
-which hand every streamed token along. HF models run thousands of small Python-level ops per step, each a GIL
-hand-off, so the engine stalls: measured on this 2-core box, 16 streams x 96 tokens through the server gave 86
-tok/s with the engine in the replica, while the same engine in a plain Ray actor ran 190-250 tok/s. In its own
-process the engine has a GIL of its own; the replica keeps only the streaming (as vLLM splits API server and core).
+Why a process: inside a Ray Serve replica the engine thread would share the GIL with Ray's threads and the
+replica's event loops, which hand every streamed token along; HF models run many small Python-level ops per step,
+each a GIL hand-off, and the engine stalls (figures: docs/engine-process.md). In its own process the engine has a
+GIL of its own and the replica keeps only the streaming, as vLLM splits its API server and engine core.
 
-Protocol over one duplex Pipe (pickled tuples), parent -> child: ("add", rid, prompt_ids, params), ("abort", rids),
-("stop",); child -> parent: ("ready", EngineInfo) once, then ("outputs", [RequestOutput]) after every step (empty
-lists included, so the parent never waits on a step that produced nothing), or ("error", text) if the engine
-broke. The proxy validates requests itself, with the engine's own rules and numbers, so `add_request` still raises
-ModelInputError / EngineOverloadedError synchronously; the child never refuses what the proxy accepted.
+The messages are serving/services/engine_messages.py's. The child runs an EngineCore, so no request can stop it.
+The parent treats the engine as dead (EngineDeadError) when the pipe reaches EOF (the child exited, or was
+killed), when the child reports EngineFailed, when no step ends within `step_timeout_s` while requests are pending
+(a hung engine), and when the child is not ready within `start_timeout_s`.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
-import traceback
-from dataclasses import dataclass
+import subprocess
+import sys
 from typing import Any, Callable
 
-from models.errors import EngineOverloadedError
-from models.llm.types import RequestOutput, SamplingParams
-from models.llm.validation import validate_request
+from serving.services.engine_messages import (AbortRequests, AddRequest, EngineDeadError, EngineEvent, EngineFailed,
+                                              EngineInfo, EngineReady, EngineStatsReport, RequestFailed, Stop,
+                                              StepOutputs)
 
 log = logging.getLogger(__name__)
 
+START_TIMEOUT_S = 1800.0  # a first start may download and convert weights; the registry's deploy timeout is 1800 s
+STEP_TIMEOUT_S = 60.0  # far above any sane step (a prefill chunk of a large model on CPU takes seconds)
 
-@dataclass
-class EngineInfo:
-    """What the parent needs from the engine built in the child (the tokenizer pickles across)."""
 
-    tokenizer: Any
-    max_model_len: int
-    vocab_size: int | None
-    max_running: int
-    max_queued: int
+class EngineStartError(RuntimeError):
+    """The engine process did not become ready (its build raised, it exited, or it took too long)."""
 
 
 class EngineProcess:
-    """LLMEngine proxy (add_request / step / abort / has_unfinished_requests) for an engine in a child process."""
+    """EngineClient for an engine built in a child process by `build(*args)` (a picklable top-level function)."""
 
-    def __init__(self, build: Callable[..., Any], args: tuple = ()):
-        """Start the child, which runs `build(*args)` (a picklable top-level function); wait until it is ready."""
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or locks
-        self._conn, child_conn = context.Pipe()
-        self._process = context.Process(target=_child_main, args=(child_conn, build, args), daemon=True,
-                                        name="llm-engine")
-        self._process.start()
-        child_conn.close()
-        kind, payload = self._recv()
-        if kind != "ready":
-            self.close()
-            raise RuntimeError(f"the engine process failed to start:\n{payload}")
-        info: EngineInfo = payload
-        self.tokenizer = info.tokenizer
-        self.max_model_len = info.max_model_len
-        self.vocab_size = info.vocab_size
-        self.max_running = info.max_running
-        self.max_queued = info.max_queued
+    def __init__(self, build: Callable[..., Any], args: tuple = (), start_timeout_s: float = START_TIMEOUT_S,
+                 step_timeout_s: float = STEP_TIMEOUT_S):
+        """Start the child and wait until its engine is ready; EngineStartError if it is not."""
+        self._conn, child_conn = multiprocessing.Pipe()
+        fd = child_conn.fileno()
+        self._process = subprocess.Popen([sys.executable, "-m", "serving.services.engine_child", str(fd)],
+                                         pass_fds=(fd,))
+        child_conn.close()  # the child holds the only other end: its exit is an EOF here
+        self.step_timeout_s = step_timeout_s
+        self.stats: Any = None  # the latest EngineStatsReport's stats
         self._unfinished: set[str] = set()
+        try:
+            self._send(list(sys.path))
+            self._send((build, args))
+            self.info: EngineInfo = self._wait_ready(start_timeout_s)
+        except EngineDeadError as e:
+            self._abandon()
+            raise EngineStartError(f"the engine process failed to start: {e}") from None
+        except BaseException:
+            self._abandon()
+            raise
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        if request_id in self._unfinished:
-            raise ValueError(f"duplicate request id {request_id!r}")
-        prompt = [int(t) for t in prompt_token_ids]
-        validate_request(prompt, params, self.max_model_len, self.vocab_size)
-        if len(self._unfinished) >= self.max_running + self.max_queued:
-            raise EngineOverloadedError(f"the model is at capacity ({self.max_running} running + "
-                                        f"{self.max_queued} queued); retry later")
-        self._send(("add", request_id, prompt, params))
-        self._unfinished.add(request_id)
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
-    def step(self) -> list[RequestOutput]:
-        """Outputs of the child's next step (and of any later steps already sent, so a slow reader catches up)."""
-        outputs = self._outputs(self._recv())
+    def add(self, request: AddRequest) -> None:
+        self._send(request)
+        self._unfinished.add(request.request_id)
+
+    def abort(self, request_ids: list[str]) -> None:
+        ids = [rid for rid in request_ids if rid in self._unfinished]
+        if ids:
+            self._unfinished.difference_update(ids)
+            self._send(AbortRequests(ids))
+
+    def step(self) -> list[EngineEvent]:
+        """Events of the child's next step, and of later ones already sent (so a slow reader catches up)."""
+        if not self._conn.poll(self.step_timeout_s):
+            self._kill()
+            raise EngineDeadError(f"the engine made no progress for {self.step_timeout_s:.0f} s with requests "
+                                  "pending; its process was killed")
+        events = self._events(self._recv())
         while self._conn.poll(0):
-            outputs += self._outputs(self._recv())
-        live = [o for o in outputs if o.request_id in self._unfinished]  # drop what arrives after an abort
-        for out in live:
-            if out.finished:
-                self._unfinished.discard(out.request_id)
-        return live
+            events += self._events(self._recv())
+        return events
 
-    def abort(self, request_id: str) -> None:
-        if request_id in self._unfinished:
-            self._unfinished.discard(request_id)
-            try:
-                self._send(("abort", [request_id]))
-            except RuntimeError:  # the child is gone, and its KV memory with it
-                pass
-
-    def has_unfinished_requests(self) -> bool:
+    def has_unfinished(self) -> bool:
         return bool(self._unfinished)
 
     def is_alive(self) -> bool:
-        return self._process.is_alive()
+        """Drains what arrived while idle (outputs of aborted requests, stats); False at EOF or EngineFailed."""
+        if self._conn.closed:
+            return False
+        try:
+            while self._conn.poll(0):
+                self._events(self._recv())
+        except EngineDeadError:
+            return False
+        return self._process.poll() is None
 
     def close(self) -> None:
-        if self._process.is_alive():
+        if self._process.poll() is None:
             try:
-                self._conn.send(("stop",))
-            except (BrokenPipeError, OSError):
+                self._conn.send(Stop())
+                self._process.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
                 pass
-            self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+        self._kill()
+        self._conn.close()
 
-    def _send(self, message: tuple) -> None:
+    def _wait_ready(self, timeout_s: float) -> EngineInfo:
+        if not self._conn.poll(timeout_s):
+            raise EngineStartError(f"the engine process was not ready after {timeout_s:.0f} s")
+        message = self._recv()
+        if isinstance(message, EngineReady):
+            return message.info
+        detail = message.message if isinstance(message, EngineFailed) else repr(message)
+        raise EngineStartError(f"the engine process failed to start:\n{detail}")
+
+    def _events(self, message: Any) -> list[EngineEvent]:
+        if isinstance(message, StepOutputs):
+            live = [out for out in message.outputs if out.request_id in self._unfinished]  # none after an abort
+            for out in live:
+                if out.finished:
+                    self._unfinished.discard(out.request_id)
+            return [StepOutputs(live)] if live else []
+        if isinstance(message, RequestFailed):
+            if message.request_id not in self._unfinished:
+                return []
+            self._unfinished.discard(message.request_id)
+            return [message]
+        if isinstance(message, EngineStatsReport):
+            self.stats = message.stats
+            return []
+        self._kill()
+        if isinstance(message, EngineFailed):
+            raise EngineDeadError(f"the engine failed:\n{message.message}")
+        raise EngineDeadError(f"the engine process sent an unknown message: {type(message).__name__}")
+
+    def _send(self, message: Any) -> None:
         try:
             self._conn.send(message)
-        except (BrokenPipeError, ConnectionResetError):
-            raise RuntimeError(f"the engine process exited (code {self._process.exitcode})") from None
+        except OSError:  # BrokenPipeError, ConnectionResetError: the child is gone
+            raise EngineDeadError(f"the engine process exited (code {self._exitcode()})") from None
 
-    def _recv(self) -> tuple:
+    def _recv(self) -> Any:
         try:
             return self._conn.recv()
-        except EOFError:
-            raise RuntimeError(f"the engine process exited (code {self._process.exitcode})") from None
+        except (EOFError, OSError):
+            raise EngineDeadError(f"the engine process exited (code {self._exitcode()})") from None
 
-    @staticmethod
-    def _outputs(message: tuple) -> list[RequestOutput]:
-        kind, payload = message
-        if kind != "outputs":
-            raise RuntimeError(f"engine process error:\n{payload}")
-        return payload
+    def _exitcode(self) -> int | None:
+        try:
+            return self._process.wait(timeout=1)  # the pipe closes a moment before the process is reaped
+        except subprocess.TimeoutExpired:
+            return None
 
+    def _abandon(self) -> None:
+        """A child that never became ready has nothing to finish: kill it."""
+        self._kill()
+        self._conn.close()
 
-def _child_main(conn, build: Callable[..., Any], args: tuple) -> None:
-    """The child: build the engine, report it, then serve commands and step until told to stop or orphaned."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        engine = build(*args)
-        conn.send(("ready", EngineInfo(engine.tokenizer, engine.max_model_len, getattr(engine, "vocab_size", None),
-                                       engine.max_running, getattr(engine, "max_queued", 0))))
-    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(("error", traceback.format_exc()))
-        return
-    try:
-        _serve(conn, engine)
-    except EOFError:  # the parent is gone
-        return
-    except BaseException:  # noqa: BLE001 - the parent fails its requests and reports unhealthy
-        conn.send(("error", traceback.format_exc()))
-
-
-def _serve(conn, engine) -> None:
-    while True:
-        if not engine.has_unfinished_requests():
-            conn.poll(None)  # idle: sleep until a command comes
-        while conn.poll(0):
-            command = conn.recv()
-            if command[0] == "add":
-                engine.add_request(command[1], command[2], command[3])
-            elif command[0] == "abort":
-                for request_id in command[1]:
-                    engine.abort(request_id)
-            else:
-                return
-        if engine.has_unfinished_requests():
-            conn.send(("outputs", engine.step()))
+    def _kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()

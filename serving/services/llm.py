@@ -1,8 +1,13 @@
-"""Drives an LLMEngine from one background thread and streams each request's deltas to asyncio callers.
+"""LLMService: drives an engine from one background thread and streams each request's deltas to asyncio callers.
 
-The engine is not thread-safe, so everything that touches it (tokenizer included: fast tokenizers raise
-"Already borrowed" when shared across threads) runs on the engine thread. Callers talk to it through a
-command queue; outputs come back through `loop.call_soon_threadsafe` into one asyncio.Queue per call.
+Caller side (the replica's event loop): admission (429 past `max_pending`), the prompt's token ids (PromptEncoder:
+its own thread, a character cap first) and the length checks, all before the request reaches the engine thread;
+then one asyncio.Queue per call receives the deltas through `loop.call_soon_threadsafe`.
+
+Engine thread: the only one that touches the engine (an EngineClient). When the engine dies (its process exits,
+hangs, or its steps keep failing) every request in flight and every new one gets ModelUnavailableError (503 with
+Retry-After) while the engine restarts with backoff (RestartPolicy); the service reports unhealthy only when
+restarting cannot help, so that Serve replaces the replica.
 """
 from __future__ import annotations
 
@@ -10,15 +15,37 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, replace
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, Iterator
 
 from models.errors import EngineOverloadedError, ModelInputError
-from models.llm.types import LLMEngine, RequestOutput
+from models.llm.types import RequestOutput
+from models.llm.validation import validate_request
 from serving.clients import GenerationChunk, GenerationRequest
-from serving.errors import InvalidRequestError, ServerOverloadedError
+from serving.errors import (InvalidRequestError, ModelExecutionError, ModelUnavailableError, ServerOverloadedError,
+                            ServingError)
+from serving.services.engine_messages import (AddRequest, EngineClient, EngineDeadError, EngineInfo,
+                                              RequestFailed, StepOutputs)
+from serving.services.prompts import MAX_CHARS_PER_TOKEN, PromptEncoder
 
 log = logging.getLogger(__name__)
+
+IDLE_CHECK_S = 0.5  # an idle engine thread looks this often whether the engine is still there
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When to restart an engine that died, and when to give up (the replica then reports unhealthy)."""
+
+    max_failures: int = 5  # deaths or failed starts in a row (within `stable_after_s` of a start); 1: never restart
+    first_delay_s: float = 0.0  # the first restart is immediate: a killed engine has no reason to wait
+    max_delay_s: float = 16.0  # later ones wait 1, 2, 4 ... seconds, up to this
+    stable_after_s: float = 60.0  # an engine that ran this long starts a new count
+
+    def delay_s(self, failures: int) -> float:
+        """The wait before the restart that follows the `failures`-th failure in a row (1-based)."""
+        return self.first_delay_s if failures <= 1 else min(self.max_delay_s, 2.0 ** (failures - 2))
 
 
 @dataclass
@@ -30,43 +57,57 @@ class _Stream:
     index: int
 
 
+@dataclass(frozen=True)
+class _Add:
+    request: GenerationRequest
+    prompt_token_ids: list[int]
+    streams: dict[str, _Stream]
+
+
+@dataclass(frozen=True)
+class _Abort:
+    request_ids: list[str]
+
+
 class LLMService:
-    """Implements serving.clients.ChatClient over an engine. `max_pending` bounds queued + running requests.
+    """Implements serving.clients.ChatClient over the engine that `start_engine()` returns (called again to restart
+    it). `max_pending` bounds queued + running requests; by default the engine's own bound, max_running +
+    max_queued, so a request the engine would refuse is answered 429 at once, on the caller's side."""
 
-    By default `max_pending` is the engine's own bound, `max_running + max_queued`, so a request the engine would
-    refuse is answered 429 at once on the caller's side, without a round trip through the engine thread.
-    """
-
-    def __init__(self, engine: LLMEngine, max_pending: int | None = None):
-        self.engine = engine
-        if max_pending is None:
-            max_pending = getattr(engine, "max_running", 16) + getattr(engine, "max_queued", 240)
-        self.max_pending = max_pending
+    def __init__(self, start_engine: Callable[[], EngineClient], max_pending: int | None = None,
+                 restarts: RestartPolicy = RestartPolicy()):
+        self._start_engine = start_engine
+        self.restarts = restarts
+        self.engine = self._start()
+        info: EngineInfo = self.engine.info
+        self.max_model_len = info.max_model_len
+        self.max_pending = info.max_running + info.max_queued if max_pending is None else max_pending
+        self._prompts = PromptEncoder(info.tokenizer, max_chars=MAX_CHARS_PER_TOKEN * info.max_model_len)
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}  # engine request id -> stream; touched on the engine thread only
         self._pending = 0  # engine requests accepted and not finished; guarded by _lock
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
-        self._stopped = False
-        self.error: BaseException | None = None  # set if the loop itself died; health checks read it
+        self._stop = threading.Event()
+        self._available = threading.Event()  # clear while the engine restarts: callers get a 503 at once
+        self._available.set()
+        self._failures = 0  # engine deaths in a row (see RestartPolicy)
+        self._retry_after_s = self._start_s
+        self.error: BaseException | None = None  # set when restarting cannot help; health checks read it
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
         self._thread.start()
 
-    @property
-    def max_model_len(self) -> int:
-        return self.engine.max_model_len
-
-    def is_alive(self) -> bool:
-        engine_alive = getattr(self.engine, "is_alive", None)  # an EngineProcess: is the child still there?
-        return self._thread.is_alive() and self.error is None and (engine_alive is None or engine_alive())
+    def check_health(self) -> None:
+        """Raise when this service cannot recover by itself (its engine thread ended or restarts keep failing)."""
+        if self.error is not None or not self._thread.is_alive():
+            raise RuntimeError(f"the LLM engine cannot be restarted: {self.error!r}")
 
     def shutdown(self) -> None:
-        self._stopped = True
+        self._stop.set()
         self._wakeup.set()
-        self._thread.join(timeout=5)
-        close = getattr(self.engine, "close", None)
-        if close is not None:
-            close()
+        self._thread.join(timeout=10)
+        self.engine.close()
+        self._prompts.close()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks of all n choices; on exit (done, error or cancelled) abort what is still running."""
@@ -80,13 +121,19 @@ class LLMService:
         Under load, when the consumer falls behind the engine, several deltas travel as one item: fewer Ray stream
         items (each has a fixed cost) exactly when that cost matters. Nothing is held back to wait for more.
         """
+        self._check_available()
         ids = [f"{request.request_id}-{i}" for i in range(request.n)]
         self._reserve(len(ids))
+        try:
+            prompt_ids = await self._prompts.encode(request)
+            self._check_fits(prompt_ids, request)
+        except BaseException:
+            self._release(len(ids))
+            raise
         loop = asyncio.get_running_loop()
         out_queue: asyncio.Queue = asyncio.Queue()
-        streams = {rid: _Stream(loop, out_queue, i) for i, rid in enumerate(ids)}
         unfinished = set(ids)
-        self._submit(("add", request, streams))
+        self._submit(_Add(request, prompt_ids, {rid: _Stream(loop, out_queue, i) for i, rid in enumerate(ids)}))
         try:
             while unfinished:
                 items = [await out_queue.get()]
@@ -105,9 +152,22 @@ class LLMService:
                 yield chunks
         finally:
             if unfinished:
-                self._submit(("abort", sorted(unfinished)))
+                self._submit(_Abort(sorted(unfinished)))
 
     # -- caller side ------------------------------------------------------------------------------------------
+
+    def _check_available(self) -> None:
+        if self.error is not None:
+            raise ModelUnavailableError("The model's engine failed and could not be restarted; retry later.")
+        if not self._available.is_set():
+            raise ModelUnavailableError("The model's engine is restarting; retry shortly.",
+                                        retry_after=self._retry_after_s)
+
+    def _check_fits(self, prompt_ids: list[int], request: GenerationRequest) -> None:
+        try:
+            validate_request(prompt_ids, request.params, self.max_model_len)
+        except ModelInputError as e:
+            raise InvalidRequestError(e.message, param=e.param) from None
 
     def _reserve(self, count: int) -> None:
         with self._lock:
@@ -121,116 +181,163 @@ class LLMService:
         with self._lock:
             self._pending -= count
 
-    def _submit(self, command: tuple) -> None:
+    def _submit(self, command: _Add | _Abort) -> None:
         self._commands.put(command)
         self._wakeup.set()
 
     # -- engine thread ----------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            while not self._stopped:
-                self._drain_commands()
-                if not self.engine.has_unfinished_requests():
-                    self._wakeup.wait(timeout=1.0)
+        while not self._stop.is_set():
+            try:
+                self._serve()
+            except EngineDeadError as e:
+                if not self._recover(e):
+                    return
+            except BaseException as e:  # the loop must never die silently: fail every caller, report unhealthy
+                log.exception("LLM engine loop died")
+                self.error = e
+                self._fail_everything(ModelUnavailableError("The model's engine stopped; retry later."))
+                return
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._drain_commands()
+            if not self.engine.has_unfinished():
+                if self._wakeup.wait(timeout=IDLE_CHECK_S):
                     self._wakeup.clear()
-                    continue
-                for out in self._step():
-                    self._deliver(out)
-        except BaseException as e:  # the loop must never die silently: fail every caller, report unhealthy
-            log.exception("LLM engine loop died")
-            self.error = e
-            for rid in list(self._streams):
-                self._fail(rid, RuntimeError("the model's engine stopped; see the server log"))
+                elif not self.engine.is_alive():
+                    raise EngineDeadError("the engine process exited while idle")
+                continue
+            for event in self.engine.step():
+                if isinstance(event, StepOutputs):
+                    for out in event.outputs:
+                        self._deliver(out)
+                else:
+                    self._fail_request(event)
 
-    def _step(self) -> list[RequestOutput]:
-        try:
-            return self.engine.step()
-        except Exception:
-            # A step failure is not attributable to one request: fail those running, keep serving new ones.
-            log.exception("engine step failed; failing its requests")
-            for rid in list(self._streams):
-                self.engine.abort(rid)
-                self._fail(rid, RuntimeError("generation failed; see the server log"))
-            return []
+    def _recover(self, cause: EngineDeadError) -> bool:
+        """Fail what is in flight with a 503, then restart the engine with backoff; False when giving up."""
+        up_s = time.monotonic() - self._started_at
+        self._failures = 1 if up_s >= self.restarts.stable_after_s else self._failures + 1
+        delay_s = self.restarts.delay_s(self._failures)
+        self._retry_after_s = self._start_s + delay_s
+        self._available.clear()
+        log.error("the model's engine stopped after %.1f s (%d in a row): %s", up_s, self._failures, cause)
+        self._fail_everything(ModelUnavailableError("The model's engine stopped and is restarting; retry shortly.",
+                                                    retry_after=self._retry_after_s))
+        self.engine.close()
+        while self._failures < self.restarts.max_failures:
+            if self._stop.wait(delay_s):
+                return False
+            try:
+                self.engine = self._start()
+            except Exception as e:  # noqa: BLE001 - counted and retried; the last one is kept for the health check
+                cause = e
+                self._failures += 1
+                delay_s = self.restarts.delay_s(self._failures)
+                log.error("restarting the model's engine failed (%d in a row): %s", self._failures, e)
+                continue
+            if self._stop.is_set():  # shut down while it started
+                self.engine.close()
+                return False
+            log.info("the model's engine restarted in %.1f s", self._start_s)
+            self._available.set()
+            return True
+        self.error = cause
+        log.error("the model's engine failed %d times in a row; reporting unhealthy", self._failures)
+        return False
 
-    def _drain_commands(self) -> None:
+    def _start(self) -> EngineClient:
+        started = time.monotonic()
+        engine = self._start_engine()
+        self._started_at = time.monotonic()
+        self._start_s = self._started_at - started
+        return engine
+
+    def _queued_commands(self) -> Iterator[_Add | _Abort]:
         while True:
             try:
-                command = self._commands.get_nowait()
+                yield self._commands.get_nowait()
             except queue.Empty:
                 return
-            if command[0] == "add":
-                self._add(command[1], command[2])
+
+    def _drain_commands(self) -> None:
+        for command in self._queued_commands():
+            if isinstance(command, _Add):
+                self._add(command)
             else:
-                for rid in command[1]:
-                    if rid in self._streams:
-                        self.engine.abort(rid)
-                        self._forget(rid)
+                live = [rid for rid in command.request_ids if rid in self._streams]
+                for rid in live:
+                    self._forget(rid)
+                self.engine.abort(live)
 
-    def _add(self, request: GenerationRequest, streams: dict[str, _Stream]) -> None:
-        try:
-            prompt_ids = self._prompt_ids(request)
-            for i, rid in enumerate(streams):
-                params = request.params
-                if params.seed is not None and i > 0:
-                    params = replace(params, seed=params.seed + i)
-                self.engine.add_request(rid, prompt_ids, params)
-                self._streams[rid] = streams[rid]
-        except Exception as e:
-            for rid in streams:
-                if rid in self._streams:
-                    self.engine.abort(rid)
-            first = next(iter(streams.values()))
-            first.loop.call_soon_threadsafe(first.queue.put_nowait, _as_client_error(e))
-            self._release(len(streams) - sum(rid in self._streams for rid in streams))
-            for rid in list(streams):
-                self._forget(rid)
+    def _add(self, command: _Add) -> None:
+        self._streams.update(command.streams)  # first, so that an engine death below fails them too
+        for i, rid in enumerate(command.streams):
+            params = command.request.params
+            if params.seed is not None and i > 0:
+                params = replace(params, seed=params.seed + i)
+            self.engine.add(AddRequest(rid, command.prompt_token_ids, params))
 
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        tok = self.engine.tokenizer
-        if request.messages is not None:
-            ids = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "keys"):  # transformers 5 may return a BatchEncoding
-                ids = ids["input_ids"]
-            return list(ids)
-        if isinstance(request.prompt, str):
-            return list(tok.encode(request.prompt, add_special_tokens=False)) if request.prompt else []
-        return list(request.prompt or [])
+    def _fail_everything(self, error: ServingError) -> None:
+        """Fail every request in flight and every command not yet run (their callers hear `error`)."""
+        for rid in list(self._streams):
+            self._fail(rid, error)
+        for command in self._queued_commands():
+            if isinstance(command, _Add):
+                first = next(iter(command.streams.values()))
+                _call_soon(first, error)
+                self._release(len(command.streams))
 
     def _deliver(self, out: RequestOutput) -> None:
         stream = self._streams.get(out.request_id)
         if stream is None:
             return
-        if self._post(out.request_id, stream, (stream.index, out)) and out.finished:
+        if out.finished:  # released first: a caller that reads its last chunk finds its capacity back
             self._forget(out.request_id)
+        self._post(out.request_id, stream, (stream.index, out))
+
+    def _fail_request(self, failed: RequestFailed) -> None:
+        self._fail(failed.request_id, _as_client_error(failed.error))
 
     def _fail(self, rid: str, error: BaseException) -> None:
         stream = self._streams.get(rid)
-        if stream is not None and self._post(rid, stream, error):
+        if stream is not None:
             self._forget(rid)
+            self._post(rid, stream, error)
 
-    def _post(self, rid: str, stream: _Stream, item) -> bool:
+    def _post(self, rid: str, stream: _Stream, item) -> None:
         """Hand `item` to the caller's loop; if that loop is closed nobody listens: abort the request instead."""
+        if _call_soon(stream, item):
+            return
+        self._forget(rid)
         try:
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
-            return True
-        except RuntimeError:  # "Event loop is closed"
-            self.engine.abort(rid)
-            self._forget(rid)
-            return False
+            self.engine.abort([rid])
+        except EngineDeadError:  # the next step or idle check finds it dead and restarts it
+            pass
 
     def _forget(self, rid: str) -> None:
         if self._streams.pop(rid, None) is not None:
             self._release(1)
 
 
-def _as_client_error(e: Exception) -> Exception:
+def _call_soon(stream: _Stream, item) -> bool:
+    """Put `item` on the stream's queue from the engine thread; False when the caller's loop is closed."""
+    try:
+        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+        return True
+    except RuntimeError:  # "Event loop is closed"
+        return False
+
+
+def _as_client_error(e: Exception) -> ServingError:
     if isinstance(e, ModelInputError):
         return InvalidRequestError(e.message, param=e.param)
     if isinstance(e, EngineOverloadedError):
         return ServerOverloadedError(str(e))
-    return e
+    return ModelExecutionError("Generation failed in the model's engine; the server log has the details.",
+                               code="model_error")
 
 
 def _to_chunk(index: int, out: RequestOutput) -> GenerationChunk:

@@ -85,6 +85,38 @@ class ServerProcess:
                 found.append(f"{p.pid}: {cmd[:160]}")
         return found
 
+    def processes(self) -> list[psutil.Process]:
+        """The server's processes: its session (the driver, Ray's GCS, raylet and workers)."""
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) == self.proc.pid:
+                    found.append(p)
+            except (OSError, psutil.Error):
+                pass
+        return found
+
+    def pss_mb(self) -> float:
+        """The summed PSS (proportional set size: shared pages split among their users) of the server's processes."""
+        total = 0
+        for p in self.processes():
+            try:
+                total += p.memory_full_info().pss
+            except psutil.Error:  # ended meanwhile
+                pass
+        return total / 2**20
+
+    def listening_sockets(self) -> list[tuple[str, str, int]]:
+        """(process name, address, port) of every TCP socket the server's processes listen on."""
+        found = []
+        for p in self.processes():
+            try:
+                found += [(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="tcp")
+                          if c.status == psutil.CONN_LISTEN]
+            except psutil.Error:
+                pass
+        return found
+
     def stop(self, timeout_s: float = 90) -> int | None:
         """SIGINT (Ctrl-C) and wait; returns the exit code, or None if it had to be killed."""
         if self.proc.poll() is None:

@@ -3,16 +3,19 @@ driven over HTTP by the official openai client. Ends by stopping the server with
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 import time
 
 import httpx
 import numpy as np
+import ollama
 import openai
 import pytest
 import soundfile
@@ -213,6 +216,29 @@ def test_client_leaving_mid_stream_does_not_hurt_the_server(client):
     assert "Paris" in r.choices[0].message.content
 
 
+def test_ollama_client_lists_chats_generates_embeds_and_shows(server, client):
+    """The official ollama client, unchanged, on the same port (OLLAMA_HOST would point it here)."""
+    o = ollama.Client(host=server.base_url, timeout=120)
+    assert {m.model for m in o.list().models} == {f"{CHAT}:latest", f"{EMBED}:latest"}
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = o.chat(model=CHAT, messages=question, options={"temperature": 0, "num_predict": 32})
+    assert "Paris" in reply.message.content and reply.done and reply.eval_count <= 32
+    parts = list(o.chat(model=f"{CHAT}:latest", messages=question, options={"temperature": 0, "num_predict": 32},
+                        stream=True))
+    assert "".join(p.message.content for p in parts) == reply.message.content and len(parts) > 5
+    generated = o.generate(model=CHAT, prompt="What is the capital of France?", options={"temperature": 0,
+                                                                                        "num_predict": 32})
+    assert "Paris" in generated.response
+    texts = ["A man is playing a guitar.", "The stock market fell sharply today."]
+    vectors = np.array(o.embed(model=EMBED, input=texts).embeddings)
+    direct = np.array([d.embedding for d in client.embeddings.create(model=EMBED, input=texts).data])
+    np.testing.assert_allclose(vectors, direct, atol=1e-4)
+    assert o.show(CHAT).capabilities == ["completion"] and o.show(EMBED).capabilities == ["embedding"]
+    with pytest.raises(ollama.ResponseError) as missing:
+        o.chat(model="llama3", messages=question)
+    assert missing.value.status_code == 404
+
+
 def test_health(server):
     assert httpx.get(server.base_url + "/health").status_code == 200
 
@@ -258,6 +284,21 @@ def test_the_readme_worked_example_passes_as_written(server, client):
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="text-embedding-3-small", input=["gone"])
     assert run(commands[4]).strip() == "minilm: deleted"
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
+def test_nothing_listens_beyond_loopback_and_ray_requires_its_token(server):
+    sockets = server.listening_sockets()
+    assert any(port == server.port for _, _, port in sockets)
+    assert [s for s in sockets if not is_loopback(s[1])] == []
+    gcs = [p for p in server.processes() if p.name() == "gcs_server"]
+    assert gcs and gcs[0].environ()["RAY_AUTH_MODE"] == "token"
+    for name in ("ray_auth_token", "secrets.json"):
+        assert stat.S_IMODE(os.stat(os.path.join(server.data_dir, name)).st_mode) == 0o600
 
 
 def test_ctrl_c_stops_everything(server):

@@ -105,10 +105,12 @@ def test_update_batching_redeploys_while_the_model_keeps_serving(admin, oai):
 
 
 def test_a_client_that_hangs_up_mid_stream_frees_its_slot_at_once(admin, oai):
-    """One slot and no queue: while a request runs, the next gets 429. Hanging up must abort it in the engine
-    (through the ingress's HTTP server, the handle and the replica), not leave it running its 1000 tokens (20 s)."""
+    """One slot and no queue in the engine: while a request runs, the next gets the engine's 429 (the replica is
+    let take two, so that the second reaches the engine rather than waiting in Serve's queue at the ingress).
+    Hanging up must abort the first in the engine (through the ingress's HTTP server, the handle and the replica),
+    not leave it running its 1000 tokens (20 s)."""
     body = {"name": "one-slot-chat", "task": "chat", "source": "fake:", "resources": {"num_cpus": 0.1},
-            "options": {"step_delay": 0.02, "max_running": 1, "max_queued": 0}}
+            "max_ongoing_requests": 2, "options": {"step_delay": 0.02, "max_running": 1, "max_queued": 0}}
     assert admin.post("/models", json=body).status_code == 201
     assert wait_status(admin, "one-slot-chat", ("ready", "failed"))["status"] == "ready"
     messages = [{"role": "user", "content": "Hi"}]

@@ -104,6 +104,6 @@ def test_a_model_at_zero_with_no_room_answers_503_within_its_cold_start_bound(se
     started = time.monotonic()
     r = httpx.post(server.base_url + "/v1/embeddings", json={"model": "no-room", "input": "x"}, timeout=60)
     waited = time.monotonic() - started
-    assert (r.status_code, r.json()["error"]["code"]) == (503, "model_starting"), r.text
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "queue_timeout"), r.text
     assert int(r.headers["retry-after"]) >= 1 and 5 <= waited < 20
     assert admin.delete("/models/no-room").status_code == 200

@@ -24,7 +24,9 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 # The request schemas whose `model` names a model of one task.
 MODEL_TASKS = {"ChatCompletionRequest": "chat", "CompletionRequest": "chat", "EmbeddingRequest": "embedding",
-               "ImageGenerationRequest": "image", "SpeechRequest": "speech"}
+               "ImageGenerationRequest": "image", "SpeechRequest": "speech",
+               "OllamaChatRequest": "chat", "OllamaGenerateRequest": "chat", "OllamaEmbedRequest": "embedding",
+               "OllamaEmbeddingsRequest": "embedding", "OllamaShowRequest": "chat"}
 
 
 def one_of(values: list) -> dict:

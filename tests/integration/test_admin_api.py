@@ -162,7 +162,7 @@ async def test_admin_keys_are_required_and_api_keys_do_not_count(tmp_path):
 async def test_openapi_documents_every_admin_route(http):
     paths = (await http.get("/admin/openapi.json")).json()["paths"]
     assert set(paths) == {"/admin/models", "/admin/models/{name}", "/admin/models/{name}/deploy",
-                          "/admin/models/{name}/undeploy"}
+                          "/admin/models/{name}/undeploy", "/admin/upstreams", "/admin/upstreams/{name}"}
     assert set(paths["/admin/models/{name}"]) == {"get", "patch", "delete"}
 
 

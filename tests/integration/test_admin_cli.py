@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import pytest
 
 from serving.cli import main
+from serving.config import ServerConfig
 from serving.deployments.ingress import http_server
 from tests.e2e.server_process import free_port
 from tests.registry_fakes import admin_stack
@@ -19,7 +20,7 @@ START_DEADLINE_S = 30
 def served(app):
     """`app` behind the ingress' own uvicorn settings (serving.deployments.ingress.http_server), on a free port."""
     port = free_port()
-    server = http_server(app, "127.0.0.1", port)
+    server = http_server(app, "127.0.0.1", port, max_connections=ServerConfig().max_connections)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + START_DEADLINE_S

@@ -6,7 +6,9 @@ import math
 import pytest
 
 from serving.api.app import build_app
-from tests.api_fakes import CHAT, EMBED, TOKENIZER, app, assert_error, chat_prompt_tokens, fakes, http, oai  # noqa: F401
+from tests.api_fakes import (  # noqa: F401
+    CHAT, EMBED, TOKENIZER, app, assert_error, chat_prompt_tokens, fakes, http, leave_mid_stream, oai,
+)
 
 USER = [{"role": "user", "content": "hello there"}]
 REPLY = "hello there"  # the fake engine answers with the last user message, greedily (temperature 0)
@@ -185,7 +187,8 @@ async def test_error_after_stream_started_is_an_error_event(http, fakes):
     r = await http.post("/v1/chat/completions", json=body)
     assert r.status_code == 200
     events = sse_events(r.text)
-    assert events[-1] == {"error": {"message": "internal error", "type": "server_error", "param": None, "code": None}}
+    assert events[-1] == {"error": {"message": "Generation failed in the model's engine; the server log has the "
+                                               "details.", "type": "server_error", "param": None, "code": "model_error"}}
     assert len(events) > 2 and "secret" not in r.text and "[DONE]" not in r.text  # failed after its first tokens
     assert (await http.post("/v1/chat/completions", json={"model": CHAT, "messages": USER})).status_code == 200
 
@@ -194,7 +197,7 @@ async def test_openai_client_raises_on_error_event(oai):
     stream = await oai.chat.completions.create(
         model=CHAT, messages=[{"role": "user", "content": "FAIL_MIDSTREAM"}], stream=True
     )
-    with pytest.raises(Exception, match="internal error"):
+    with pytest.raises(Exception, match="Generation failed"):
         async for _ in stream:
             pass
 
@@ -204,39 +207,12 @@ async def test_wrong_task_model(http):
     assert "/v1/embeddings" in assert_error(r, 400, param="model")
 
 
-def _scope(body: bytes, spec_version: str) -> dict:
-    return {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": spec_version}, "http_version": "1.1",
-        "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000), "server": ("test", 80),
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    }
-
-
 @pytest.mark.parametrize("spec_version", ["2.3", "2.4"])  # disconnect via receive(), or via send() raising OSError
 async def test_client_disconnect_mid_stream_aborts_the_engine_request(fakes, spec_version):
     fakes.chat.engine.hold_after(5)  # the reply is longer: it cannot finish before the client goes
     app = build_app(fakes.router())
     text = "a reply far longer than five tokens"
     body = json.dumps({"model": CHAT, "messages": [{"role": "user", "content": text}], "stream": True}).encode()
-    request_sent, gone, bodies = False, asyncio.Event(), []
-
-    async def receive():
-        nonlocal request_sent
-        if not request_sent:
-            request_sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        if gone.is_set() and spec_version == "2.4":
-            raise OSError("connection lost")
-        if message["type"] == "http.response.body":
-            bodies.append(message["body"])
-            if len(bodies) == 3:
-                gone.set()
-
-    await asyncio.wait_for(app(_scope(body, spec_version), receive, send), timeout=5)
+    bodies = await leave_mid_stream(app, "/v1/chat/completions", body, spec_version=spec_version)
     assert await fakes.chat.wait_aborted(1) == [f"{fakes.chat.requests[-1].request_id}-0"]
     assert fakes.chat.requests[-1].request_id.startswith("chatcmpl-") and b"[DONE]" not in b"".join(bodies)

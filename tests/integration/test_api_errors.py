@@ -154,8 +154,8 @@ async def test_model_input_error_is_400_with_its_param(http, fakes):
 
 
 class FailingHandle:
-    """A Serve deployment handle whose every call fails as Ray fails it: a RayTaskError carrying the replica's
-    exception in `.cause` (and, as Ray raises it, an instance of the cause's class too)."""
+    """A Serve deployment handle whose every call fails as Ray fails it: its response raises a RayTaskError
+    carrying the replica's exception in `.cause` (and, as Ray raises it, an instance of the cause's class too)."""
 
     def __init__(self, error: BaseException):
         self.error = error
@@ -166,19 +166,33 @@ class FailingHandle:
     def __getattr__(self, method: str):
         return self
 
-    async def remote(self, *args):
+    def remote(self, *args):
+        return FailedResponse(self.error)
+
+
+class FailedResponse:
+    """A DeploymentResponse (as the handle clients use it) whose replica took the call and raised `error`."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    async def _fetch_future_result_async(self) -> None:
         from ray.exceptions import RayTaskError
 
         raise RayTaskError("embed", "traceback", self.error).as_instanceof_cause()
+
+    def cancel(self) -> None:
+        pass
 
 
 @pytest.fixture
 def failing_embed():
     """An app whose embedding model is reached through the real Ray boundary client over a FailingHandle."""
-    from serving.deployments.handle_clients import HandleEmbeddingClient
+    from serving.deployments.handle_clients import Deadlines, HandleEmbeddingClient
 
     def build(error: BaseException):
-        served = ServedModel(ModelCard(EMBED, "embedding", 0), HandleEmbeddingClient(FailingHandle(error)))
+        client = HandleEmbeddingClient(FailingHandle(error), Deadlines(queue_s=10, request_s=10))
+        served = ServedModel(ModelCard(EMBED, "embedding", 0), client)
         return asgi_client(build_app(ModelRouter([served])))
 
     return build

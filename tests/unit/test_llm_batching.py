@@ -7,6 +7,7 @@ import transformers as tf
 from models.errors import EngineOverloadedError
 from models.llm.cpu_linear import PackedLinear, pack_linears
 from models.llm.cuda_graphs import CudaGraphDecoder, len_buckets, slot_buckets
+from models.llm.config import EngineConfig
 from models.llm.engine import HFEngine
 from models.llm.fake import FakeTokenizer
 from models.llm.loader import load_causal_lm
@@ -54,7 +55,7 @@ def poison(engine):
 
 def test_many_requests_joining_and_leaving_match_generate_token_for_token(loaded):
     model, tok = loaded
-    engine = HFEngine(model, tok, max_running=4, max_batched_tokens=16)  # prompts > 12 tokens prefill in chunks
+    engine = HFEngine(model, tok, EngineConfig(max_running=4, max_batched_tokens=16))  # prompts > 12 tokens: chunks
     assert engine.batched
     poison(engine)
     gen = torch.Generator().manual_seed(1)
@@ -72,7 +73,7 @@ def test_many_requests_joining_and_leaving_match_generate_token_for_token(loaded
 
 def test_queue_bound_refuses_with_overloaded_and_waiting_requests_take_freed_slots(loaded):
     model, tok = loaded
-    engine = HFEngine(model, tok, max_running=2, max_queued=1)
+    engine = HFEngine(model, tok, EngineConfig(max_running=2, max_queued=1))
     for rid in ("a", "b", "c"):
         engine.add_request(rid, [5, 6, 7], greedy(4 if rid == "a" else 8))
     with pytest.raises(EngineOverloadedError):
@@ -93,7 +94,7 @@ def test_queue_bound_refuses_with_overloaded_and_waiting_requests_take_freed_slo
 
 def test_abort_mid_prefill_and_mid_decode_frees_the_slot_for_the_next_step(loaded):
     model, tok = loaded
-    engine = HFEngine(model, tok, max_running=1, max_batched_tokens=4)
+    engine = HFEngine(model, tok, EngineConfig(max_running=1, max_batched_tokens=4))
     engine.add_request("long", list(range(5, 25)), greedy(5))  # a 20-token prompt: 5 chunks of 4
     engine.add_request("next", [5, 6], greedy(2))
     assert engine.step() == [] and engine.runner.cache is not None  # chunk 1 of 5: no token yet
@@ -107,7 +108,7 @@ def test_abort_mid_prefill_and_mid_decode_frees_the_slot_for_the_next_step(loade
 def test_cuda_graph_decode_layout_matches_eager_decoding(loaded):
     """The static-buffer layout of cuda_graphs.py (row i = slot i, dummy rows), replayed eagerly on CPU."""
     model, tok = loaded
-    engine = HFEngine(model, tok, max_running=5)
+    engine = HFEngine(model, tok, EngineConfig(max_running=5))
     graphs = EagerReplayDecoder(engine.runner.forward, engine.runner.cache)
     engine.runner.graphs = graphs
     prompts = {f"g{i}": (list(range(10 + i, 14 + 3 * i)), 6 + i) for i in range(5)}
@@ -146,7 +147,7 @@ def test_bf16_linears_are_packed_and_exact_and_the_engine_runs(tmp_path):
         before = model(x).logits
         assert pack_linears(model) > 0 and isinstance(model.lm_head, PackedLinear)
         assert torch.equal(model(x).logits, before)
-    engine = HFEngine(model, tok, cpu_packed_linear=False)  # already packed
+    engine = HFEngine(model, tok, EngineConfig(cpu_packed_linear=False))  # already packed
     assert engine.batched
     engine.add_request("a", [5, 6, 7, 8], greedy(5))
     tokens = []
@@ -175,7 +176,7 @@ def test_architectures_match_generate_on_their_path(arch):
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                           initializer_range=0.2, **extra)
     model = model_class(config).eval()
-    engine = HFEngine(model, FakeTokenizer(), max_running=3, max_batched_tokens=8)
+    engine = HFEngine(model, FakeTokenizer(), EngineConfig(max_running=3, max_batched_tokens=8))
     assert engine.batched is batched
     gen = torch.Generator().manual_seed(0)
     prompts = {f"r{i}": torch.randint(3, 300, (3 + 4 * i,), generator=gen).tolist() for i in range(4)}

@@ -3,7 +3,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from models.llm.detokenizer import IncrementalDetokenizer
+from models.llm.detokenizer import IncrementalDetokenizer, decodes_in_backend, window_decoder
 from models.llm.fake import FakeTokenizer
 from tests.fixtures.tiny_llm import build_tokenizer
 
@@ -71,3 +71,58 @@ def test_works_with_the_fake_character_tokenizer():
     deltas, rest = deltas_for(fake, fake.encode("<|im_start|>assistant\n"), ids + [fake.eos_token_id])
     assert deltas == list("héllo 😀") + [""]
     assert rest == ""
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_the_backend_shortcut_decodes_exactly_like_the_tokenizer(tok, skip):
+    import random
+
+    rng = random.Random(0)
+    ids = tok.encode(TEXT, add_special_tokens=False) + [tok.eos_token_id, 1, 0]
+    decode = window_decoder(tok, skip)
+    assert decodes_in_backend(tok) and not decodes_in_backend(FakeTokenizer())
+    for _ in range(200):
+        window = [rng.choice(ids) if rng.random() < 0.8 else rng.randrange(len(tok)) for _ in range(rng.randrange(7))]
+        assert decode(window) == tok.decode(window, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
+    fake = FakeTokenizer()  # not a transformers tokenizer: its own decode
+    assert window_decoder(fake, True)(fake.encode("a<|im_end|>b")) == "ab"
+
+
+class PreviousDetokenizer:
+    """The algorithm as it was before the backend shortcut and the kept prefix text: two decodes per token through
+    the tokenizer's own decode. The current one must give exactly its deltas."""
+
+    def __init__(self, tokenizer, prompt_ids):
+        self.tokenizer, self.ids = tokenizer, list(prompt_ids[-5:])
+        self.prefix, self.read = 0, len(self.ids)
+
+    def decode(self, ids):
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) if ids else ""
+
+    def add(self, token_id):
+        self.ids.append(token_id)
+        prefix_text, full_text = self.decode(self.ids[self.prefix : self.read]), self.decode(self.ids[self.prefix :])
+        if full_text == prefix_text:
+            self.read = len(self.ids)
+            return ""
+        if len(full_text) <= len(prefix_text) or full_text.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return full_text[len(prefix_text) :]
+
+    def flush(self):
+        prefix_text, full_text = self.decode(self.ids[self.prefix : self.read]), self.decode(self.ids[self.prefix :])
+        return full_text[len(prefix_text) :] if len(full_text) > len(prefix_text) else ""
+
+
+def test_deltas_are_exactly_the_previous_algorithms_on_random_streams(tok):
+    import random
+
+    rng = random.Random(3)
+    specials = [tok.eos_token_id, 0, 1]
+    for _ in range(60):  # random ids: split characters, invalid UTF-8, special tokens anywhere
+        prompt = [rng.randrange(len(tok)) for _ in range(rng.randrange(8))]
+        stream = [rng.choice(specials) if rng.random() < 0.1 else rng.randrange(len(tok)) for _ in range(40)]
+        new, old = IncrementalDetokenizer(tok, prompt), PreviousDetokenizer(tok, prompt)
+        assert [new.add(t) for t in stream] == [old.add(t) for t in stream]
+        assert new.flush() == old.flush()

@@ -3,13 +3,16 @@
 Every engine here runs the batched path (slot attention) unless a test says otherwise; `make_engine` checks it,
 since a model that fails the load-time probe would silently run the per-request fallback instead.
 """
+import inspect
+
 import pytest
 import torch
 
 from models.errors import ModelInputError
+from models.llm.config import EngineConfig
 from models.llm.engine import HFEngine
 from models.llm.loader import load_causal_lm
-from models.llm.types import SamplingParams
+from models.llm.types import LLMEngine, SamplingParams
 from tests.fixtures.tiny_llm import build_tiny_llm
 
 
@@ -24,7 +27,7 @@ def loaded(tiny_path):
 
 
 def make_engine(model, tokenizer, **options):
-    engine = HFEngine(model, tokenizer, **options)
+    engine = HFEngine(model, tokenizer, EngineConfig(**options))
     assert engine.batched
     return engine
 
@@ -98,6 +101,19 @@ def test_seeded_sampling_is_reproducible_and_independent_of_neighbours(engine):
     assert sample(42) == first
     assert sample(42, neighbours=2) == first
     assert sample(43) != first
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, -(2**63), 2**63])
+def test_any_64_bit_seed_samples_reproducibly(engine, seed):
+    prompt = ids(engine.tokenizer, "Hello world")
+
+    def sample(seed):
+        params = SamplingParams(temperature=1.0, max_tokens=6, seed=seed, ignore_eos=True)
+        return run(engine, {"x": (prompt, params)})["x"][0]
+
+    first = sample(seed)
+    assert len(first) == 6 and sample(seed) == first
+    assert sample(seed - 2**64 if seed >= 2**63 else seed + 2**64) == first  # the same 64 bits, signed or not
 
 
 def test_stop_string_spanning_two_tokens_cuts_exactly(engine):
@@ -191,6 +207,16 @@ def test_abort_frees_capacity_immediately(loaded):
         (5, SamplingParams(temperature=-1.0), "temperature"),
         (5, SamplingParams(top_p=0.0), "top_p"),
         (5, SamplingParams(logprobs=True, top_logprobs=21), "top_logprobs"),
+        (5, SamplingParams(seed=2**64), "seed"),  # torch.Generator.manual_seed raised on these inside step()
+        (5, SamplingParams(seed=2**70), "seed"),
+        (5, SamplingParams(seed=-(2**63) - 1), "seed"),
+        (5, SamplingParams(seed=True), "seed"),
+        (5, SamplingParams(temperature=float("inf")), "temperature"),
+        (5, SamplingParams(top_k=2.5), "top_k"),
+        (5, SamplingParams(logit_bias={10**6: 1.0}), "logit_bias"),
+        (5, SamplingParams(logit_bias={3: 101.0}), "logit_bias"),
+        (5, SamplingParams(logit_bias={3: float("nan")}), "logit_bias"),
+        (5, SamplingParams(stop=[3]), "stop"),
     ],
 )
 def test_requests_that_cannot_run_are_refused(loaded, prompt_len, params, param):
@@ -213,5 +239,75 @@ def test_out_of_vocabulary_ids_and_duplicate_ids_are_refused(engine):
 def test_max_model_len_defaults_to_the_config_and_is_capped_by_the_argument(loaded):
     model, tok = loaded
     assert HFEngine(model, tok).max_model_len == model.config.max_position_embeddings == 256
-    assert HFEngine(model, tok, max_model_len=100).max_model_len == 100
-    assert HFEngine(model, tok, max_model_len=10_000).max_model_len == 256
+    assert HFEngine(model, tok, EngineConfig(max_model_len=100)).max_model_len == 100
+    assert HFEngine(model, tok, EngineConfig(max_model_len=10_000)).max_model_len == 256
+
+
+def assert_implements_llm_engine(engine):
+    """Every attribute and method of the LLMEngine protocol is there, methods with the protocol's parameters."""
+    for name in LLMEngine.__annotations__:
+        assert hasattr(engine, name), name
+    methods = [n for n, v in vars(LLMEngine).items() if inspect.isfunction(v) and not n.startswith("_")]
+    assert {"add_request", "step", "abort", "has_unfinished_requests", "stats", "is_alive", "close"} <= set(methods)
+    for name in methods:
+        wanted = list(inspect.signature(getattr(LLMEngine, name)).parameters)[1:]
+        assert list(inspect.signature(getattr(engine, name)).parameters)[: len(wanted)] == wanted, name
+
+
+def test_the_engine_implements_the_protocol_and_counts_what_it_does(loaded):
+    model, tok = loaded
+    engine = make_engine(model, tok, max_running=2, max_queued=5)
+    assert_implements_llm_engine(engine)
+    assert (engine.max_running, engine.max_queued, engine.vocab_size) == (2, 5, model.config.vocab_size)
+    prompts = {rid: ids(tok, text) for rid, text in (("a", "Hello"), ("b", "The capital of"), ("c", "One two"))}
+    for rid, prompt in prompts.items():
+        engine.add_request(rid, prompt, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+    engine.step()
+    stats = engine.stats()
+    assert (stats.running, stats.waiting, stats.kv_slots_used, stats.kv_slots_total) == (2, 1, 2, 2)
+    assert stats.prompt_tokens == len(prompts["a"]) + len(prompts["b"]) and stats.generated_tokens == 2
+    assert stats.kv_tokens_used == stats.prompt_tokens and stats.batched and stats.cuda_graphs == 0
+    engine.abort("c")
+    while engine.has_unfinished_requests():
+        engine.step()
+    stats = engine.stats()
+    assert (stats.finished_requests, stats.aborted_requests, stats.generated_tokens) == (2, 1, 8)
+    assert stats.steps == 4 and stats.busy_s > 0 and (stats.running, stats.kv_slots_used) == (0, 0)
+    assert engine.is_alive()
+    engine.add_request("d", prompts["a"], SamplingParams(max_tokens=4))
+    engine.close()
+    assert not engine.is_alive() and not engine.has_unfinished_requests() and engine.step() == []
+    with pytest.raises(RuntimeError):
+        engine.add_request("e", prompts["a"], SamplingParams())
+
+
+class AllowOnly:
+    """A trivial TokenMask: only `allowed` may be sampled; records what the engine says was sampled."""
+
+    def __init__(self, allowed):
+        self.allowed, self.accepted = sorted(allowed), []
+
+    def fill_bitmask(self, bitmask, row):
+        for t in self.allowed:
+            word = int(bitmask[row, t // 32]) % 2**32 | 1 << (t % 32)
+            bitmask[row, t // 32] = word - 2**32 if word >= 2**31 else word
+
+    def accept_token(self, token_id):
+        self.accepted.append(token_id)
+
+
+def test_a_token_mask_limits_a_request_and_hears_every_token(engine):
+    prompt = ids(engine.tokenizer, "The capital of France is")
+    free = run(engine, {"f": (prompt, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))})["f"][0]
+    allowed = {t for t in range(40, 60)} - set(free)  # none of the tokens greedy decoding picks
+    greedy, sampled = AllowOnly(allowed), AllowOnly(allowed)
+    engine.add_request("g", prompt, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True), constraint=greedy)
+    engine.add_request("s", prompt, SamplingParams(temperature=1.0, max_tokens=6, ignore_eos=True, seed=1),
+                       constraint=sampled)
+    engine.add_request("n", prompt, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
+    tokens = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
+    assert greedy.accepted == tokens["g"] and sampled.accepted == tokens["s"] and len(tokens["g"]) == 6
+    assert set(tokens["g"]) <= allowed and set(tokens["s"]) <= allowed and tokens["n"] == free  # "n" is free

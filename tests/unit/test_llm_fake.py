@@ -118,3 +118,28 @@ def test_validation_scheduling_and_abort():
 def test_fake_module_does_not_import_torch():
     code = "import sys, models.llm.fake; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).parents[2]))
+
+
+def test_the_fake_implements_the_whole_engine_protocol_with_stats_and_close():
+    from tests.unit.test_llm_engine import assert_implements_llm_engine
+
+    engine = FakeEngine(max_running=1, max_queued=2)
+    assert_implements_llm_engine(engine)
+    assert engine.vocab_size == FakeTokenizer.vocab_size
+    prompt = chat_ids("ab")
+    for rid in ("a", "b", "c"):
+        engine.add_request(rid, prompt, SamplingParams(temperature=0, max_tokens=100))
+    engine.step()
+    stats = engine.stats()
+    assert (stats.running, stats.waiting, stats.kv_slots_used, stats.kv_slots_total) == (1, 2, 1, 1)
+    assert (stats.prompt_tokens, stats.generated_tokens, stats.steps) == (len(prompt), 1, 1)
+    engine.abort("c")
+    while engine.has_unfinished_requests():
+        engine.step()
+    stats = engine.stats()
+    assert (stats.finished_requests, stats.aborted_requests, stats.generated_tokens) == (2, 1, 2 * 3)
+    assert engine.is_alive()
+    engine.close()
+    assert not engine.is_alive()
+    with pytest.raises(RuntimeError):
+        engine.add_request("d", prompt, SamplingParams())

@@ -7,6 +7,7 @@ from torch import nn
 
 from models.llm.cpu_int4 import (SMALL_ROWS, Int4DecodeLinear, attach_int4, capture_lossless_int4, int4_supported,
                                  lossless_int4)
+from models.llm.config import EngineConfig
 from models.llm.engine import HFEngine
 from models.llm.loader import load_causal_lm
 from models.llm.types import SamplingParams
@@ -79,7 +80,7 @@ def test_engine_on_int4_decode_weights_matches_generate_token_for_token(tmp_path
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
                              eos_token_id=None, pad_token_id=0)  # [1, T + 12]
         references.append(out[0, len(prompt):].tolist())
-    engine = HFEngine(model, tok, max_running=4, int4_weights=capture_lossless_int4(model))
+    engine = HFEngine(model, tok, EngineConfig(max_running=4), int4_weights=capture_lossless_int4(model))
     assert engine.batched and engine.int4_linears == 2 * 7 + 1  # q, k, v, o, gate, up, down x 2 layers; lm_head
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))

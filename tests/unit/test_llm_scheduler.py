@@ -7,7 +7,7 @@ from models.errors import EngineOverloadedError
 from models.llm.fake import FakeTokenizer
 from models.llm.kv_cache import KVShape, SlotAllocator, fit_num_slots
 from models.llm.request import EngineRequest
-from models.llm.sampler import RequestSampler
+from models.llm.sampler import SampledToken
 from models.llm.scheduler import Scheduler
 from models.llm.sequence import Sequence
 from models.llm.types import SamplingParams
@@ -16,25 +16,23 @@ from models.llm.types import SamplingParams
 def request(rid: str, prompt_len: int) -> EngineRequest:
     params = SamplingParams(max_tokens=8)
     seq = Sequence(rid, [5] * prompt_len, params, FakeTokenizer(), [2], 8)
-    return EngineRequest(seq, RequestSampler(params, 10))
+    return EngineRequest(seq)
 
 
-def run(step):
-    """Pretend the model ran the step: the fed tokens are cached; a finished prefill or decode samples one token."""
-    for r, n in step.work:
-        r.num_computed += n
-        if r.num_pending == 0:
-            r.append_output(7)
-    return [(r.request_id, n) for r, n in step.work]
+def run(step, s):
+    """Pretend the model ran the step: a finished prefill or decode samples token 7; the scheduler postprocesses."""
+    work = [(r.request_id, n) for r, n in step.work]
+    s.postprocess(step, [(r, SampledToken(7)) for r, n in step.work if n == r.num_pending])
+    return work
 
 
 def test_decodes_go_first_then_prefill_chunks_oldest_first_then_admissions():
     s = Scheduler(SlotAllocator(3), max_queued=4, max_batched_tokens=8)
     for rid, n in (("a", 3), ("b", 10), ("c", 4), ("d", 2)):
         s.add(request(rid, n))
-    assert run(s.schedule()) == [("a", 3), ("b", 5)]  # budget 8: "b" gets a first chunk; "c" waits for budget
-    assert run(s.schedule()) == [("a", 1), ("b", 5), ("c", 2)]  # "a" decodes; "b" finishes; "c" admitted (slot 3)
-    assert run(s.schedule()) == [("a", 1), ("b", 1), ("c", 2)]  # no slot left for "d"
+    assert run(s.schedule(), s) == [("a", 3), ("b", 5)]  # budget 8: "b" gets a first chunk; "c" waits for budget
+    assert run(s.schedule(), s) == [("a", 1), ("b", 5), ("c", 2)]  # "a" decodes; "b" finishes; "c" admitted (slot 3)
+    assert run(s.schedule(), s) == [("a", 1), ("b", 1), ("c", 2)]  # no slot left for "d"
     assert [r.request_id for r in s.waiting] == ["d"] and s.slots.num_free == 0
 
 
@@ -43,10 +41,10 @@ def test_finish_and_abort_free_slots_for_the_next_schedule():
     a, b, c = request("a", 2), request("b", 2), request("c", 2)
     for r in (a, b, c):
         s.add(r)
-    assert run(s.schedule()) == [("a", 2)] and a.slot == 0
+    assert run(s.schedule(), s) == [("a", 2)] and a.slot == 0
     assert s.abort("c") is c and [r.request_id for r in s.waiting] == ["b"]  # a waiting one: just dropped
     assert s.abort("a") is a and a.slot is None and s.slots.num_free == 1
-    assert run(s.schedule()) == [("b", 2)] and b.slot == 0
+    assert run(s.schedule(), s) == [("b", 2)] and b.slot == 0
     s.finish(b)
     assert not s.has_unfinished() and s.abort("unknown") is None and s.schedule().work == []
 

@@ -79,18 +79,45 @@ def test_a_failing_step_leaves_the_old_version_intact(tmp_path):
     engine.dispose()
 
 
-def test_a_version_1_file_gets_custom_resources_and_keeps_its_models(tmp_path):
+def _file_at(tmp_path, version: int, task: str) -> str:
+    """A registry file as release `version` left it, holding one model `m` of `task`; returns its URL."""
     url = f"sqlite:///{tmp_path}/r.db"
     engine = create_registry_engine(url)
-    with engine.begin() as conn:  # the first release's database, with one model in it
-        migrate(conn, schema.MIGRATIONS[:1])
+    with engine.begin() as conn:  # max_ongoing_requests is NOT NULL before the bounds (version 3)
+        migrate(conn, schema.MIGRATIONS[:version])
         conn.execute(text(
-            "INSERT INTO models VALUES ('m', 'chat', 'fake:', NULL, 'auto', 'auto', 1, 64, NULL, 0.5, 0.0, 8, 0.01, "
-            "NULL, '{}', NULL, 1, 'ready', NULL, 1, '2026-01-01', '2026-01-01', '2026-01-01', 'a', 'a')"
+            "INSERT INTO models (name, task, source, dtype, device, num_replicas, max_ongoing_requests, num_cpus, "
+            "num_gpus, max_batch_size, batch_wait_timeout_s, options, deployed, status, version, created_at, "
+            f"updated_at, status_at, created_by, updated_by) VALUES ('m', '{task}', 'fake:', 'auto', 'auto', 1, "
+            "64, 0.5, 0, 8, 0.01, '{}', 1, 'ready', 1, '2026-01-01', '2026-01-01', '2026-01-01', 'a', 'a')"
         ))
-        conn.execute(text("INSERT INTO model_names VALUES ('m', 'm')"))
+        conn.execute(text("INSERT INTO model_names (name, model) VALUES ('m', 'm')"))
     engine.dispose()
-    store = RegistryStore.open(url)
+    return url
+
+
+def test_a_file_from_before_the_bounds_gets_their_columns_and_its_models_keep_their_values(tmp_path):
+    store = RegistryStore.open(_file_at(tmp_path, 2, "embedding"))
+    spec = store.get("m").spec
+    assert (spec.max_ongoing_requests, spec.max_queued_requests, spec.queue_timeout_s) == (64, None, None)
+    bounded = spec.model_copy(update={"max_ongoing_requests": None, "max_queued_requests": 5, "request_timeout_s": 9.5})
+    assert store.update(bounded, actor="b").spec == bounded  # None (derived) survives the NOT NULL column
+    store.close()
+
+
+def test_a_file_from_before_upstreams_gains_upstream_and_fallbacks_and_its_models_read_as_local(tmp_path):
+    store = RegistryStore.open(_file_at(tmp_path, 3, "chat"))
+    entry = store.get("m")
+    assert (entry.spec.upstream, entry.spec.fallbacks, entry.spec.source) == (None, [], "fake:")
+    upstream = ModelConfig(name="u", task="chat", upstream={"base_url": "http://remote:8000/v1", "model": "big"},
+                           fallbacks=["m"])
+    store.create(upstream, deployed=True, actor="a")
+    assert store.get("u").spec == upstream
+    store.close()
+
+
+def test_a_file_from_before_custom_resources_gets_them_and_keeps_its_models(tmp_path):
+    store = RegistryStore.open(_file_at(tmp_path, 4, "chat"))
     assert store.get("m").spec.resources.custom == {} and store.get("m").spec.resources.num_cpus == 0.5
     changed = {**store.get("m").spec.model_dump(), "resources": {"num_cpus": 0.1, "custom": {"special": 1}}}
     store.update(ModelConfig.model_validate(changed), actor="b")

@@ -30,7 +30,7 @@ def store(db):
 def test_create_get_list_round_trip_every_field(store):
     full = spec(
         "org/m", task="chat", revision=None, dtype="bfloat16", device="cpu", num_replicas=2, max_ongoing_requests=7,
-        torch_threads=3, batching={"max_batch_size": 4, "batch_wait_timeout_s": 0.2},
+        max_queued_requests=11, queue_timeout_s=2.5, request_timeout_s=30.0, torch_threads=3, batching={"max_batch_size": 4, "batch_wait_timeout_s": 0.2},
         resources={"num_cpus": 1.5, "num_gpus": 0.25}, autoscaling={"min_replicas": 0, "max_replicas": 3},
         options={"max_model_len": 128, "nested": [1, 2]}, description="d", aliases=["a1", "a2"],
     )

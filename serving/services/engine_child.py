@@ -1,0 +1,108 @@
+"""The engine process itself: `python -m serving.services.engine_child <fd>`, started by EngineProcess.
+
+A plain interpreter rather than a multiprocessing child: a spawned child re-runs its parent's main module first,
+and a Ray worker's is Ray's own (seconds of imports that the engine never uses, paid again on every restart).
+
+On the connection `fd`: the parent's sys.path, then (build, args); the child builds the engine with `build(*args)`,
+answers EngineReady (or EngineFailed), then runs commands and steps through an EngineCore until Stop or EOF.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+from serving.services.engine_core import EngineCore
+from serving.services.engine_messages import (AbortRequests, AddRequest, EngineFailed, EngineInfo, EngineReady,
+                                              EngineStatsReport)
+
+log = logging.getLogger("serving.services.engine_child")
+
+STATS_INTERVAL_S = 1.0  # how often a busy engine reports its stats
+
+
+def main(fd: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    conn = Connection(fd)
+    try:
+        sys.path[:] = conn.recv()  # before unpickling `build`, which may live anywhere the parent could import
+        build, args = conn.recv()
+    except (EOFError, OSError):
+        return
+    run(conn, build, args)
+
+
+def run(conn: Connection, build: Callable[..., Any], args: tuple) -> None:
+    """Build the engine, report it, then serve the parent until told to stop or orphaned."""
+    try:
+        engine = build(*args)
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        _report_failure(conn)
+        return
+    try:
+        conn.send(EngineReady(EngineInfo.of(engine)))
+        serve(conn, EngineCore(engine))
+    except (EOFError, OSError):  # the parent is gone
+        return
+    except BaseException:  # noqa: BLE001 - the parent restarts the engine
+        log.exception("the engine cannot go on")
+        _report_failure(conn)
+
+
+def _report_failure(conn: Connection) -> None:
+    try:
+        conn.send(EngineFailed(traceback.format_exc()))
+    except OSError:  # the parent is gone: nobody to tell
+        pass
+
+
+def serve(conn: Connection, core: EngineCore) -> None:
+    """Run commands as they come and step while there is work; one StepOutputs per step, empty ones included."""
+    stats = _StatsReporter(core.engine)
+    while True:
+        if not core.has_work():
+            conn.poll(None)  # idle: sleep until a command comes (or the parent goes: EOF)
+        while conn.poll(0):
+            message = conn.recv()
+            if isinstance(message, AddRequest):
+                refused = core.add(message)
+                if refused is not None:
+                    conn.send(refused)
+            elif isinstance(message, AbortRequests):
+                core.abort(message.request_ids)
+            else:  # Stop
+                return
+        if core.has_work():
+            for event in core.step():
+                conn.send(event)
+            stats.maybe_send(conn)
+
+
+class _StatsReporter:
+    """Sends the engine's stats() every STATS_INTERVAL_S while busy. Stats never stop the engine: if stats()
+    raises, that is logged once and no more are sent."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self._next = time.monotonic()
+        self._enabled = True
+
+    def maybe_send(self, conn: Connection) -> None:
+        now = time.monotonic()
+        if not self._enabled or now < self._next:
+            return
+        self._next = now + STATS_INTERVAL_S
+        try:
+            stats = self._engine.stats()
+        except Exception as e:  # noqa: BLE001 - telemetry only
+            log.warning("the engine's stats() failed (%r); no stats will be reported", e)
+            self._enabled = False
+            return
+        conn.send(EngineStatsReport(stats))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
