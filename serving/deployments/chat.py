@@ -10,7 +10,7 @@ from serving.config import ModelConfig
 from serving.deployments.chat_engine import build_engine
 from serving.deployments.observability import model_replica
 from serving.deployments.placement import place_replica
-from serving.metrics.models import observe_generation
+from serving.metrics.models import engine_load, observe_generation, watch_engine
 from serving.services.engine_process import EngineProcess
 from serving.services.llm import LLMService
 
@@ -29,6 +29,8 @@ class ChatDeployment:
         self.model = ModelConfig.model_validate(spec)
         self.service = LLMService(lambda: EngineProcess(build_engine, (spec, data_dir)))
         model_replica(self.model.name)
+        # Read at each scrape from the engine's last report (a restarted engine's too): never a call into it.
+        watch_engine(self.model.name, lambda: engine_load(self.service.engine.stats))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationChunk]]:
         """Streams lists of chunks (all those ready at once: one Ray stream item each); when the caller goes away

@@ -78,23 +78,23 @@ def serve(conn: Connection, core: EngineCore) -> None:
         if core.has_work():
             for event in core.step():
                 conn.send(event)
-            stats.maybe_send(conn)
+            stats.maybe_send(conn, now=not core.has_work())  # the last step's stats too: idle shows idle
 
 
 class _StatsReporter:
-    """Sends the engine's stats() every STATS_INTERVAL_S while busy. Stats never stop the engine: if stats()
-    raises, that is logged once and no more are sent."""
+    """Sends the engine's stats() every STATS_INTERVAL_S while busy, and when it falls idle. Stats never stop the
+    engine: if stats() raises, that is logged once and no more are sent."""
 
     def __init__(self, engine):
         self._engine = engine
         self._next = time.monotonic()
         self._enabled = True
 
-    def maybe_send(self, conn: Connection) -> None:
-        now = time.monotonic()
-        if not self._enabled or now < self._next:
+    def maybe_send(self, conn: Connection, now: bool = False) -> None:
+        clock = time.monotonic()
+        if not self._enabled or (clock < self._next and not now):
             return
-        self._next = now + STATS_INTERVAL_S
+        self._next = clock + STATS_INTERVAL_S
         try:
             stats = self._engine.stats()
         except Exception as e:  # noqa: BLE001 - telemetry only

@@ -82,6 +82,7 @@ class LocalEngine:
     def __init__(self, engine: LLMEngine):
         self.core = EngineCore(engine)
         self.info = EngineInfo.of(engine)
+        self.stats = engine.stats()  # refreshed after each step, so readers on other threads never call the engine
         self._refusals: list[RequestFailed] = []  # reported with the next step, as an engine process would
 
     def add(self, request: AddRequest) -> None:
@@ -98,6 +99,7 @@ class LocalEngine:
             events, self._refusals = list(self._refusals), []
         if self.core.has_work():
             events += self.core.step()
+            self.stats = self.core.engine.stats()
         return events
 
     def has_unfinished(self) -> bool:
@@ -107,4 +109,4 @@ class LocalEngine:
         return True
 
     def close(self) -> None:
-        """Nothing to stop; the engine's memory goes with the last reference (engine.close() once it has one)."""
+        self.core.engine.close()

@@ -90,6 +90,7 @@ class EngineClient(Protocol):
     """What LLMService drives, from one thread: an engine in this process or in a child process."""
 
     info: EngineInfo
+    stats: Any  # the engine's latest stats() snapshot (models.llm.types.EngineStats); None before the first
 
     def add(self, request: AddRequest) -> None:
         """Queue a request; a refusal comes back later as a RequestFailed event. EngineDeadError if gone."""

@@ -11,6 +11,7 @@ from models.llm.fake import FakeEngine
 from models.llm.types import SamplingParams
 from serving.clients import GenerationRequest
 from serving.errors import InvalidRequestError, ModelUnavailableError, ServingError
+from serving.metrics.models import EngineLoad, engine_load
 from serving.services.engine_messages import AddRequest, RequestFailed, StepOutputs
 from serving.services.engine_process import EngineProcess, EngineStartError
 from serving.services.llm import LLMService
@@ -163,6 +164,24 @@ async def test_a_busy_child_reports_its_engines_stats(faulty):
     await collect(faulty, chat("count my steps", max_tokens=50, temperature=0))
     await wait_until(lambda: faulty.engine.stats is not None, what="a stats report")
     assert faulty.engine.stats.steps >= 1
+
+
+async def test_an_engine_that_falls_idle_reports_it_and_the_gauges_read_that_report():
+    """The gauges of ChatDeployment read the engine's last report: one sent when the engine falls idle, so a
+    finished burst never shows as still running (reports while busy come at most once a second)."""
+    svc = LLMService(lambda: EngineProcess(FakeEngine, (None, 2048, 4, 4, 0.002)))
+    try:
+        streams = [svc.generate(chat(f"s{i}", max_tokens=10**3, ignore_eos=True)) for i in range(3)]
+        for s in streams:
+            await s.__anext__()
+        for s in streams:
+            await s.aclose()
+        assert await collect(svc, chat("last one", max_tokens=50, temperature=0)) == "last one"
+        await wait_until(lambda: svc.engine.stats is not None and svc.engine.stats.finished_requests == 1
+                         and svc.engine.stats.aborted_requests == 3, what="the idle engine's report")
+        assert engine_load(svc.engine.stats) == EngineLoad(running=0, waiting=0, kv_cache_usage=0.0)
+    finally:
+        svc.shutdown()
 
 
 async def test_a_seed_torch_cannot_take_fails_that_request_only_and_the_real_engine_goes_on(tmp_path):
