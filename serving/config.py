@@ -21,6 +21,23 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _lone_surrogate(value: Any) -> str | None:
+    """The first string in `value` (nested dicts and lists too) that is not valid Unicode, or None. JSON and YAML
+    escapes can carry lone surrogates ("\\ud800"), which no database, log or JSON response can encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        bad = _lone_surrogate(key) if isinstance(key, str) else None
+        if bad is not None or (bad := _lone_surrogate(item)) is not None:
+            return bad
+    return None
+
+
 class BatchingConfig(StrictModel):
     """Per-replica batching (serving/deployments/merge.py): calls per forward pass, and how long the next pass waits
     for more after a pass of several (embedding, image and speech models)."""
@@ -118,7 +135,7 @@ class ModelConfig(StrictModel):
     resources: ResourcesConfig = ResourcesConfig()
     autoscaling: AutoscalingConfig | None = Field(None, description="when set, Ray Serve scales the replicas")
     options: dict[str, Any] = Field(default_factory=dict, description="backend-specific settings")
-    description: str | None = None
+    description: str | None = Field(None, max_length=4096)
     aliases: list[str] = Field(default_factory=list, description="other `model` ids that reach this model")
     upstream: UpstreamConfig | None = Field(None, description="served by this remote server, not by a replica")
     fallbacks: list[str] = Field(
@@ -149,6 +166,13 @@ class ModelConfig(StrictModel):
         if {self.name, *self.aliases} & set(self.fallbacks):
             raise ValueError("a model cannot be its own fallback")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        if _lone_surrogate(data) is not None:
+            raise ValueError("text must be valid Unicode (a lone surrogate escape such as \\ud800 is not)")
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -130,11 +130,12 @@ class ModelController:
             self._workers[name] = asyncio.get_running_loop().create_task(self._work(name))
 
     async def reconcile_all(self) -> None:
-        """Look at every entry, and delete model applications that no entry owns (left by a crash)."""
-        entries = await asyncio.to_thread(self.store.list)
-        for entry in entries:
+        """Look at every entry, and delete model applications that no entry owns (left by a crash). A row that cannot
+        be read still owns its application: a damaged row must not take its running model down."""
+        listing = await asyncio.to_thread(self.store.listing)
+        for entry in listing.entries:
             self.notify(entry.name)
-        owned = {e.spec.deployment_name for e in entries}
+        owned = {e.spec.deployment_name for e in listing.entries} | {deployment_name(e.name) for e in listing.invalid}
         for app in await asyncio.to_thread(lambda: list(self.ops.states())):
             if app not in owned:
                 log.info("deleting application %s: no registry entry owns it", app)

@@ -88,6 +88,22 @@ async def test_invalid_registrations_are_400_and_store_nothing(stack, http, body
     assert (await http.get("/admin/models")).json()["data"] == []
 
 
+@pytest.mark.parametrize("field", ['"description": "\\ud800"', '"options": {"k\\udc00": 1}', '"source": "fake:\\ud800"'])
+async def test_text_that_is_not_unicode_is_400_on_create_and_update(stack, http, field):
+    """JSON escapes can carry lone surrogates, which the database cannot store (they were a 500)."""
+    raw = lambda text: http.request(method, url, content=text.encode(), headers={"content-type": "application/json"})
+    method, url = "POST", "/admin/models"
+    assert_error(await raw('{"name": "u", "task": "embedding", "source": "fake:", %s}' % field), 400)
+    assert (await http.post("/admin/models", json={"name": "u", "task": "embedding", "source": "fake:"})).status_code == 201
+    method, url = "PATCH", "/admin/models/u"
+    assert_error(await raw("{%s}" % field), 400)
+    assert (await http.get("/admin/models/u")).json()["config"]["description"] is None
+
+
+async def test_a_description_is_bounded(stack, http):
+    assert_error(await http.post("/admin/models", json={**CHAT, "description": "x" * 5000}), 400, param="description")
+
+
 async def test_taken_name_or_alias_is_409(stack, http):
     await http.post("/admin/models", json=CHAT)
     assert_error(await http.post("/admin/models", json={**CHAT, "aliases": []}), 409, code="model_exists")

@@ -1,4 +1,6 @@
 """ModelController over an in-memory Serve: deploys, failures with reasons, timeouts, updates, undeploys."""
+import sqlite3
+
 import pytest
 
 from serving.registry.controller import AppState, ModelController, failure_reason
@@ -120,6 +122,17 @@ async def test_reconcile_all_deploys_wanted_models_and_removes_orphans(store, op
     await controller.wait_idle()
     assert {e.name: e.status for e in store.list()} == {"a": "ready", "b": "registered"}
     assert "model:gone" in ops.deleted
+
+
+async def test_reconcile_all_keeps_the_application_of_a_row_it_cannot_read(tmp_path, store, ops, controller):
+    store.create(spec("a"), deployed=True, actor="x")
+    await controller.reconcile_all()
+    await controller.wait_idle()
+    with sqlite3.connect(tmp_path / "r.db") as conn:  # damaged by hand, or written by another release
+        conn.execute("UPDATE models SET options = '{not json' WHERE name = 'a'")
+    await controller.reconcile_all()
+    await controller.wait_idle()
+    assert "model:a" in ops.running and ops.deleted == []
 
 
 def test_failure_reason_is_the_final_exception_with_all_its_lines():
