@@ -215,6 +215,14 @@ def _start_ray(config: AppConfig, address: str | None) -> None:
     )
 
 
+def _head_ip() -> str | None:
+    """The address of the cluster's head node (None if Ray does not say)."""
+    import ray
+
+    heads = [n for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
+    return heads[0]["NodeManagerAddress"] if heads else None
+
+
 RAY_TOKEN_FILE = "ray_auth_token"
 
 
@@ -252,14 +260,14 @@ def up(config: AppConfig, args: argparse.Namespace) -> int:
     import ray
     from ray import serve  # only now: refusing to start must not wait for Ray's import
 
-    from serving.application import APP_NAME, build_application, for_replicas
+    from serving.application import APP_NAME, build_application, for_replicas, placement_here
 
     _start_ray(config, args.address)
     _install_signal_handlers()  # again: ray.init installs its own SIGTERM handler, which aborts the process
     try:
         serve.start(proxy_location="Disabled")  # the ingress replica serves HTTP itself (deployments/ingress.py)
         settings, secrets_path = write_secrets(for_replicas(config.server))
-        app = build_application(settings, secrets_path, ray.util.get_node_ip_address())
+        app = build_application(settings, secrets_path, placement_here(ray.util.get_node_ip_address(), _head_ip()))
         ingress = serve.run(app, name=APP_NAME, route_prefix=None)
         if not ingress.ready.remote().result():
             raise RuntimeError(f"the HTTP server did not start on {config.server.host}:{config.server.port}")

@@ -15,7 +15,7 @@ def ingress_app(args: dict) -> Application:
     server = ServerConfig.model_validate(args["server"]).model_dump()
     models = [ModelConfig.model_validate(m).model_dump() for m in args.get("models", [])]
     return Ingress.options(name="ingress", ray_actor_options=ON_HEAD, max_ongoing_requests=1000).bind(
-        server, None, models
+        server, secrets_path=None, controller=None, models=models
     )
 
 

@@ -252,7 +252,7 @@ def test_kill_9_during_20_concurrent_registrations_then_a_restart_brings_back_th
         names = dict(conn.execute("SELECT name, model FROM model_names WHERE model LIKE 'crash-%'").fetchall())
 
     servers.append(ServerProcess(CONFIG, data_dir=data_dir, extra_args=OPEN))
-    with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60) as admin:
+    with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60, headers=JSON) as admin:
         listing = admin.get("/models").json()
         after = {e["name"]: e for e in listing["data"]}
     crashed = {n for n in after if n.startswith("crash-")}

@@ -50,3 +50,11 @@ def test_the_placement_is_reported_and_a_failed_report_is_harmless(ray_gave, mon
 
     monkeypatch.setattr(placement.serve, "get_deployment_handle", unreachable)
     assert placement.place_replica({"name": "m", "device": "auto"}, "openserve")["device"] == "cuda"
+
+
+def test_the_ingress_goes_on_the_head_when_the_head_is_on_this_machine_else_on_this_node():
+    from serving.application import ON_HEAD, placement_here
+
+    assert placement_here("10.0.0.5", "10.0.0.5") == ON_HEAD  # one machine, several nodes: each has node:10.0.0.5
+    assert placement_here("10.0.0.7", "10.0.0.5") == {"num_cpus": 0, "resources": {"node:10.0.0.7": 0.001}}
+    assert placement_here("10.0.0.7", None)["resources"] == {"node:10.0.0.7": 0.001}
