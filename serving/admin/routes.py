@@ -17,8 +17,9 @@ async def get_admin(request: Request) -> RegistryAdmin:
 
 @router.get("")
 async def list_models(admin: RegistryAdmin = Depends(get_admin)) -> RegistryModelList:
-    """Every registered model, whatever its status; rows that cannot be read are listed apart, with the reason."""
-    return RegistryModelList.of(await admin.list())
+    """Every registered model, whatever its status, with its replicas (target, running, ...); rows that cannot be
+    read are listed apart, with the reason."""
+    return RegistryModelList.of(await admin.list(), await admin.replicas())
 
 
 @router.post("", status_code=201)
@@ -56,7 +57,9 @@ async def get_engine(name: str, admin: RegistryAdmin = Depends(get_admin)) -> En
 
 @router.get("/{name:path}")
 async def get_model(name: str, admin: RegistryAdmin = Depends(get_admin)) -> RegistryModel:
-    return RegistryModel.of(await admin.get(name))
+    """The entry and its replicas: `replicas.target` is what Serve's autoscaler aims for, `running` what serves."""
+    entry = await admin.get(name)
+    return RegistryModel.of(entry, (await admin.replicas()).get(name))
 
 
 @router.patch("/{name:path}")

@@ -9,6 +9,7 @@ from ray import serve
 
 from models.images.types import ImageBackend, ImageParams
 from serving.deployments.common import batch_merger, item_result, load_backend
+from serving.deployments.placement import place_replica
 
 
 def to_png(image) -> bytes:
@@ -23,8 +24,8 @@ def generate_images(backend: ImageBackend, items: list[tuple[str, ImageParams]])
 
 @serve.deployment
 class ImageDeployment:
-    def __init__(self, spec: dict, data_dir: str):
-        self.model, self.backend = load_backend(spec, data_dir)
+    def __init__(self, spec: dict, data_dir: str, report_to: str | None = None):
+        self.model, self.backend = load_backend(place_replica(spec, report_to), data_dir)
         run = lambda items: generate_images(self.backend, items)  # noqa: E731
         self._merger = batch_merger(self.model, run)
 
