@@ -44,12 +44,13 @@ def cuda_unusable_reason() -> str | None:
 def chat_engine_config(src: ResolvedSource, options: dict[str, Any] | None):
     """The typed options of a chat model from `src` (EngineConfig, or FakeEngineConfig for `fake:`); ValueError
     naming the key for an unknown or mistyped option. Cheap and without torch: run it when a model is registered."""
+    from models.llm.config import EngineConfig, chat_engine_options
+
+    options = chat_engine_options(options)
     if src.kind == "fake":
         from models.llm.fake import FakeEngineConfig
 
         return FakeEngineConfig.from_options(options)
-    from models.llm.config import EngineConfig
-
     return EngineConfig.from_options(options)
 
 

@@ -10,6 +10,7 @@ from typing import AsyncIterator, Protocol
 import numpy as np
 
 from models.images.types import ImageParams
+from models.llm.guided import Grammar
 from models.llm.types import SamplingParams, TokenLogprob
 from models.speech.types import SpeechParams
 
@@ -23,6 +24,7 @@ class GenerationRequest:
     messages: list[dict] | None = None  # [{"role": ..., "content": str}], content already flattened to text
     prompt: str | list[int] | None = None  # text, or token ids
     n: int = 1  # choices; choice i uses seed + i when a seed is given
+    grammar: Grammar | None = None  # what the output must match (response_format, forced tool calls)
 
 
 @dataclass

@@ -14,6 +14,19 @@ from typing import Any, Mapping, TypeVar
 
 T = TypeVar("T")
 
+# How a chat model's `auto` tool calls are read from its text (serving/tools/parsers.py): a model option that the
+# serving side uses (options.tool_parser), not the engine, so chat_engine_options() takes it out.
+TOOL_PARSERS = ("hermes", "json")
+
+
+def chat_engine_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A chat model's options without the serving-side ones (tool_parser), which are checked here."""
+    options = dict(options or {})
+    parser = options.pop("tool_parser", TOOL_PARSERS[0])
+    if parser not in TOOL_PARSERS:
+        raise ValueError(f"options.tool_parser: expected one of {', '.join(TOOL_PARSERS)}, got {parser!r}")
+    return options
+
 
 def options_to_config(cls: type[T], options: Mapping[str, Any] | None) -> T:
     """Build the dataclass `cls` from `options`; ValueError("options.<key>: ...") for an unknown key or a value of

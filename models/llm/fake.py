@@ -38,7 +38,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from models.errors import EngineOverloadedError
+from models.errors import EngineOverloadedError, ModelInputError
 from models.llm.config import options_to_config
 from models.llm.sequence import Sequence
 from models.llm.stats import StepCounters
@@ -134,7 +134,10 @@ class FakeEngine:
     def from_config(cls, config: FakeEngineConfig) -> "FakeEngine":
         return cls(**asdict(config))
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    constraint: object | None = None) -> None:
+        if constraint is not None:
+            raise ModelInputError("The fake engine cannot constrain its output.", param="response_format")
         if self._closed:
             raise RuntimeError("the engine is closed")
         if request_id in self._waiting or request_id in self._running:

@@ -79,9 +79,11 @@ class LLMEngine(Protocol):
     max_running: int  # requests decoded together
     max_queued: int  # requests waiting beyond max_running before add_request raises EngineOverloadedError
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    constraint: Any = None) -> None:
         """Queue a request. Raises ModelInputError if it can never run (bad params, prompt + max_tokens >
-        max_model_len), EngineOverloadedError past max_running + max_queued, ValueError for a duplicate id."""
+        max_model_len, a constraint the engine cannot apply), EngineOverloadedError past max_running +
+        max_queued, ValueError for a duplicate id. `constraint`: a constraints.TokenMask, or None."""
 
     def step(self) -> list[RequestOutput]:
         """Advance every running request by (at most) one token; return the deltas produced."""

@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
+from models.llm.guided import Grammar
 from models.llm.types import SamplingParams, TokenLogprob
 from serving.clients import GenerationRequest
 from serving.errors import InvalidRequestError
@@ -21,6 +22,19 @@ from serving.protocol.limits import (
     check_total,
     one_message,
 )
+from serving.protocol.tools import (
+    MAX_TOOLS,
+    ChatTool,
+    NamedToolChoice,
+    ResponseFormat,
+    ToolCall,
+    ToolCallOut,
+    ToolChoice,
+    bounded_tools,
+    checked,
+    forced_call_grammar,
+)
+from serving.tools.template import render_tools
 
 
 class ContentPart(OpenAIRequest):
@@ -31,13 +45,14 @@ class ContentPart(OpenAIRequest):
 class ChatMessage(OpenAIRequest):
     """One input message; content is text or a list of text parts (other part types are refused)."""
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Annotated[
         Prompt | bounded_list(ContentPart, MAX_CONTENT_PARTS) | None,
         one_message("content must be a string or a list of content parts"),
     ] = None
     name: Name | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: bounded_list(ToolCall, MAX_TOOLS) | None = None
+    tool_call_id: Name | None = None
 
     @field_validator("content")
     @classmethod
@@ -60,13 +75,15 @@ class ChatMessage(OpenAIRequest):
         return "\n".join(self.texts())
 
     def to_engine_message(self) -> dict:
+        """{"role", "content"} and, for an assistant's calls, "tool_calls" [{"name", "arguments"}] (rendered into
+        text by serving/tools/template.py)."""
         # Most chat templates know no "developer" role; it is OpenAI's new name for "system".
         role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": self.text()}
-
-
-class ResponseFormat(OpenAIRequest):
-    type: Name
+        message = {"role": role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [{"name": c.function.name, "arguments": c.function.arguments}
+                                     for c in self.tool_calls]
+        return message
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -79,8 +96,9 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: bounded_tools() | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
     function_call: Any = None
     audio: Any = None
@@ -106,29 +124,64 @@ class ChatCompletionRequest(SamplingFields):
         return self.sampling_params(max_tokens=max_tokens, top_logprobs=top)
 
     def to_generation_request(self, request_id: str, context: int | None = None) -> GenerationRequest:
-        """The engine-side request: messages flattened to {"role", "content": str}, n choices (seed + i each)."""
+        """The engine-side request: messages flattened to text (tools and tool messages in the generic template,
+        serving/tools/template.py), the grammar of response_format or of a forced tool call, n choices."""
+        params = self.to_sampling_params(context)
+        tools = self.active_tools()
+        messages = [m.to_engine_message() for m in self.messages]
         return GenerationRequest(
             request_id=request_id,
-            params=self.to_sampling_params(context),
-            messages=[m.to_engine_message() for m in self.messages],
+            params=params,
+            messages=render_tools(messages, [t.function.model_dump(exclude_none=True) for t in tools]),
             n=self.n,
+            grammar=self._grammar(tools),
         )
 
+    def active_tools(self) -> list[ChatTool]:
+        """The tools the model is offered: none with tool_choice "none"."""
+        return [] if self.tool_choice == "none" else list(self.tools or [])
+
+    def forced_tool(self) -> str | None:
+        """"*" for tool_choice "required", the function's name for a named choice, else None."""
+        if self.tool_choice == "required":
+            return "*"
+        return self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+
+    def _grammar(self, tools: list[ChatTool]):
+        forced = self.forced_tool()
+        if forced is not None:
+            return forced_call_grammar(tools, None if forced == "*" else forced)
+        return self.response_format.grammar() if self.response_format is not None else None
+
     def _reject_unsupported(self) -> None:
-        """Refuse fields whose silent omission would change the answer's meaning."""
-        if self.tools or self.functions:
-            raise InvalidRequestError("Tool and function calling are not supported.", param="tools")
-        if self.tool_choice not in (None, "none") or self.function_call not in (None, "none"):
-            raise InvalidRequestError("Tool and function calling are not supported.", param="tool_choice")
-        if any(m.tool_calls for m in self.messages):
-            raise InvalidRequestError("Messages with tool_calls are not supported.", param="messages")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise InvalidRequestError(
-                f"response_format type '{self.response_format.type}' is not supported; only 'text' is.",
-                param="response_format",
-            )
+        """Refuse fields whose silent omission would change the answer's meaning, and tool requests that cannot
+        be met."""
+        if self.functions or self.function_call not in (None, "none"):
+            raise InvalidRequestError("The deprecated functions/function_call are not supported; use tools and "
+                                      "tool_choice.", param="functions")
+        self._check_tools()
         if self.audio is not None or "audio" in (self.modalities or []):
             raise InvalidRequestError("Audio output is not supported by chat models here.", param="modalities")
+
+    def _check_tools(self) -> None:
+        names = [t.function.name for t in self.tools or []]
+        forced = self.forced_tool()
+        if forced is not None and not names:
+            raise InvalidRequestError("tool_choice needs tools; none were given.", param="tool_choice")
+        if forced not in (None, "*") and forced not in names:
+            raise InvalidRequestError(f"tool_choice names the function '{forced}', which is not among the tools "
+                                      f"({', '.join(names)}).", param="tool_choice")
+        structured = self.response_format is not None and self.response_format.type != "text"
+        if structured and self.active_tools():
+            raise InvalidRequestError("response_format with a JSON schema and tools in the same request is not "
+                                      "supported; set tool_choice to 'none' or drop response_format.",
+                                      param="response_format")
+        for i, tool in enumerate(self.tools or []):
+            checked(Grammar.json_schema(tool.function.parameters_schema()), f"tools[{i}].function.parameters")
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
 
 
 class TopLogprob(OpenAIResponse):
@@ -162,8 +215,9 @@ class ChatChoiceLogprobs(OpenAIResponse):
 
 class AssistantMessage(OpenAIResponse):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = Field(default=None, exclude_if=_is_none)
 
 
 class ChatCompletionChoice(OpenAIResponse):
@@ -183,10 +237,6 @@ class ChatCompletionResponse(OpenAIResponse):
     system_fingerprint: str | None = None
 
 
-def _is_none(value: Any) -> bool:
-    return value is None
-
-
 class DeltaMessage(OpenAIResponse):
     """A streamed delta; unset fields are left out of the JSON, as OpenAI does."""
 
@@ -194,6 +244,7 @@ class DeltaMessage(OpenAIResponse):
 
     role: str | None = Field(default=None, exclude_if=_is_none)
     content: str | None = Field(default=None, exclude_if=_is_none)
+    tool_calls: list[dict] | None = Field(default=None, exclude_if=_is_none)  # OpenAI's partial tool-call deltas
 
 
 class ChatChunkChoice(OpenAIResponse):

@@ -25,6 +25,7 @@ from serving.protocol.limits import (
     too_many,
 )
 
+MAX_LOGIT_BIAS = 1024  # entries of logit_bias
 MIN_LOGPROB = -9999.0  # JSON has no -inf; reported instead of it, as OpenAI does
 
 
@@ -102,7 +103,7 @@ class SamplingFields(OpenAIRequest):
     ] = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: Annotated[dict[str, float], Field(max_length=MAX_LOGIT_BIAS)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Name | None = None
@@ -164,8 +165,6 @@ class SamplingFields(OpenAIRequest):
 
     def sampling_params(self, max_tokens: int | None, top_logprobs: int | None) -> SamplingParams:
         """SamplingParams from the shared fields; `top_logprobs` None means no logprobs at all."""
-        if self.logit_bias:
-            raise InvalidRequestError("logit_bias is not supported by this server.", param="logit_bias")
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
@@ -179,4 +178,19 @@ class SamplingFields(OpenAIRequest):
             top_logprobs=top_logprobs or 0,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
+            logit_bias=self.token_bias(),
         )
+
+    def token_bias(self) -> dict[int, float]:
+        """logit_bias as {token id: bias}: OpenAI's rules, keys are token ids written as strings and values lie in
+        -100..100 (ids outside the model's vocabulary are the engine's 400)."""
+        bias: dict[int, float] = {}
+        for key, value in (self.logit_bias or {}).items():
+            if not key.isdigit() or len(key) > 10:
+                raise InvalidRequestError(f"logit_bias: invalid key {key[:32]!r}; keys are token ids as strings.",
+                                          param="logit_bias")
+            if not -100.0 <= value <= 100.0:
+                raise InvalidRequestError(f"logit_bias: the bias of token {key} is {value}; it must lie in "
+                                          "-100..100.", param="logit_bias")
+            bias[int(key)] = float(value)
+        return bias

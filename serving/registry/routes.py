@@ -24,7 +24,7 @@ log = logging.getLogger("serving.registry")
 
 # Backend options the HTTP layer needs before calling the model (image defaults and limits, an LLM's context size).
 CARD_OPTIONS = ("default_size", "default_steps", "default_guidance_scale", "size_multiple", "max_pixels",
-                "max_model_len")
+                "max_model_len", "tool_parser")
 
 
 class ClientFactory(Protocol):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from models.errors import EngineOverloadedError, ModelInputError
+from models.llm.guided import Grammar
 from models.llm.types import RequestOutput, SamplingParams
 
 
@@ -35,6 +36,7 @@ class AddRequest:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    grammar: Grammar | None = None  # compiled on the engine side, off its thread (engine_core.GrammarStage)
 
 
 @dataclass(frozen=True)

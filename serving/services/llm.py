@@ -287,7 +287,7 @@ class LLMService:
             params = command.request.params
             if params.seed is not None and i > 0:
                 params = replace(params, seed=params.seed + i)
-            self.engine.add(AddRequest(rid, command.prompt_token_ids, params))
+            self.engine.add(AddRequest(rid, command.prompt_token_ids, params, command.request.grammar))
 
     def _fail_everything(self, error: ServingError) -> None:
         """Fail every request in flight and every command not yet run (their callers hear `error`)."""

@@ -139,11 +139,10 @@ async def test_message_content_parts_and_developer_role(http, fakes):
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"functions": [{"name": "f"}]}, "tools"),
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
-    ({"logit_bias": {"5": 10}}, "logit_bias"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"tool_choice": "required"}, "tool_choice"),  # without tools
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),  # the fake
+    ({"logit_bias": {"5": 101}}, "logit_bias"),
     ({"top_logprobs": 2}, "top_logprobs"),  # needs logprobs=true
 ])
 async def test_fields_that_would_change_meaning_are_refused(http, extra, param):

@@ -35,7 +35,7 @@ async def still_serves(http) -> None:
     ({"model": CHAT, "messages": []}, "messages", "messages: List should have at least 1 item"),
     ({"model": CHAT, "messages": "hi"}, "messages", "messages: Input should be a valid list"),
     ({"model": CHAT, "messages": [{"content": "hi"}]}, "messages[0].role", "messages[0].role: Field required"),
-    ({"model": CHAT, "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "messages[0].role: "),
+    ({"model": CHAT, "messages": [{"role": "function", "content": "x"}]}, "messages[0].role", "messages[0].role: "),
     ({"model": CHAT, "messages": USER, "max_tokens": -5}, "max_tokens", "max_tokens: Input should be greater"),
     ({"model": CHAT, "messages": USER, "max_tokens": "many"}, "max_tokens", "max_tokens: Input should be a valid"),
     ({"model": CHAT, "messages": USER, "temperature": "hot"}, "temperature", "temperature: Input should be"),

@@ -60,7 +60,7 @@ SAMPLING = [(path, [
     case(path, "n 10**6", n=10**6),
     case(path, "top_k 2**40", top_k=2**40),
     case(path, "1 MB user", code=TOO_LONG, user="x" * MB),
-    case(path, "100,000 logit_bias entries", logit_bias={str(i): 1 for i in range(100_000)}),
+    case(path, "100,000 logit_bias entries", code=TOO_MANY, logit_bias={str(i): 1 for i in range(100_000)}),
 ]) for path in (CHAT_PATH, COMPLETIONS)]
 
 CASES = [c for _, cases in SAMPLING for c in cases] + [
@@ -72,7 +72,7 @@ CASES = [c for _, cases in SAMPLING for c in cases] + [
          messages=[{"role": "user", "content": [{"type": "text", "text": "x"}] * 10_000}]),
     case(CHAT_PATH, "1 MB message name", code=TOO_LONG, messages=[{"role": "user", "content": "x", "name": "n" * MB}]),
     case(CHAT_PATH, "1 MB model name", code=TOO_LONG, model="m" * MB),
-    case(CHAT_PATH, "100,000 tools", tools=[{"type": "function"}] * 100_000),
+    case(CHAT_PATH, "100,000 tools", code=TOO_MANY, tools=[{"type": "function"}] * 100_000),
     case(CHAT_PATH, "logprobs x n x max_tokens", code="logprobs_too_large", logprobs=True, top_logprobs=20, n=16,
          max_tokens=1000),
     raw_case(CHAT_PATH, "lone surrogate", raw(CHAT_PATH, b'"user": "a\\ud800"'), code=BAD_TEXT),

@@ -64,3 +64,10 @@ def test_the_factory_checks_options_by_source_and_builds_the_fake_from_its_confi
     assert chat_engine_config(resolve_source("org/model"), {"max_running": 3}) == EngineConfig(max_running=3)
     engine = build_chat_engine(fake, "auto", "cpu", "/nonexistent", {"max_model_len": 64, "max_queued": 0})
     assert isinstance(engine, FakeEngine) and (engine.max_model_len, engine.max_queued) == (64, 0)
+
+
+def test_tool_parser_is_a_serving_option_checked_with_the_engine_options():
+    assert chat_engine_config(resolve_source("org/model"), {"tool_parser": "json"}) == EngineConfig()
+    assert chat_engine_config(resolve_source("fake:"), {"tool_parser": "hermes"}) == FakeEngineConfig()
+    with pytest.raises(ValueError, match="^options.tool_parser: expected one of hermes, json"):
+        chat_engine_config(resolve_source("org/model"), {"tool_parser": "mistral"})
