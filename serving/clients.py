@@ -68,6 +68,13 @@ class ChatClient(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks for all n choices, interleaved. Raises ServingError subclasses on bad input."""
 
+    async def tokenize(self, request: GenerationRequest, special: bool) -> list[int]:
+        """The token ids of the request's prompt or templated messages; `special`: special tokens around a
+        prompt, the generation prompt after messages."""
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        """The text of token ids (InvalidRequestError outside the vocabulary)."""
+
 
 class EmbeddingClient(Protocol):
     async def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult: ...

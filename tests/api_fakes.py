@@ -129,11 +129,21 @@ class FakeChatClient:
     def aborted(self) -> list[str]:
         return list(self.engine.aborted)
 
-    async def generate(self, request: GenerationRequest):
-        self.requests.append(request)
+    def _started(self) -> LLMService:
         if self._service is None:
             self._service = LLMService(lambda: LocalEngine(self.engine))
-        stream = self._service.generate(request)
+        return self._service
+
+    async def tokenize(self, request: GenerationRequest, special: bool) -> list[int]:
+        self.requests.append(request)
+        return await self._started().tokenize(request, special)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        return await self._started().detokenize(token_ids)
+
+    async def generate(self, request: GenerationRequest):
+        self.requests.append(request)
+        stream = self._started().generate(request)
         try:
             async for chunk in stream:
                 yield chunk

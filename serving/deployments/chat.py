@@ -43,6 +43,12 @@ class ChatDeployment:
         the first; read from the report, never a call into the engine."""
         return self.service.engine_stats()
 
+    async def tokenize(self, request: GenerationRequest, special: bool) -> list[int]:
+        return await self.service.tokenize(request, special)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        return await self.service.detokenize(token_ids)
+
     def check_health(self) -> None:
         """Unhealthy only when restarting the engine cannot help; Serve then replaces the replica."""
         self.service.check_health()

@@ -188,7 +188,8 @@ async def stream_within(stream, deadlines: Deadlines) -> AsyncIterator[Any]:
 
 class HandleChatClient:
     def __init__(self, handle, deadlines: Deadlines):
-        self._handle = direct(handle).options(stream=True)
+        self._unary = direct(handle)
+        self._handle = self._unary.options(stream=True)
         self._deadlines = deadlines
         self._unary = direct(handle)
 
@@ -196,6 +197,12 @@ class HandleChatClient:
         """One replica's engine stats (ChatDeployment.engine_stats): its path, load and counters; within the
         request deadlines like any call."""
         return await call_within(self._unary.engine_stats.remote(), self._deadlines)
+
+    async def tokenize(self, request: GenerationRequest, special: bool) -> list[int]:
+        return await call_within(self._unary.tokenize.remote(request, special), self._deadlines)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        return await call_within(self._unary.detokenize.remote(token_ids), self._deadlines)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """The replica streams lists of chunks (several deltas per Ray item under load); flatten them."""

@@ -118,6 +118,13 @@ class LLMService:
         self.engine.close()
         self._prompts.close()
 
+    async def tokenize(self, request: GenerationRequest, special: bool) -> list[int]:
+        """The prompt's token ids, as the engine would get them (PromptEncoder.tokenize)."""
+        return await self._prompts.tokenize(request, special)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        return await self._prompts.detokenize(token_ids)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks of all n choices; on exit (done, error or cancelled) abort what is still running."""
         async for chunks in self.generate_batches(request):

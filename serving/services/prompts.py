@@ -35,6 +35,20 @@ class PromptEncoder:
         self._check_size(request)
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, request)
 
+    async def tokenize(self, request: GenerationRequest, special: bool) -> list[int]:
+        """Token ids as /tokenize reports them: `special` adds the tokenizer's special tokens to a prompt, or the
+        assistant's turn opener to messages (add_generation_prompt)."""
+        self._check_size(request)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, request, special)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        """The text of `token_ids`; InvalidRequestError for an id outside the vocabulary."""
+        size = len(self._tokenizer)
+        bad = next((t for t in token_ids if not 0 <= t < size), None)
+        if bad is not None:
+            raise InvalidRequestError(f"Token id {bad} is outside the vocabulary (0..{size - 1}).", param="tokens")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._tokenizer.decode, token_ids)
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -48,11 +62,13 @@ class PromptEncoder:
             raise InvalidRequestError(f"The prompt has {size} characters; this model accepts at most "
                                       f"{self.max_chars}.", param=param)
 
-    def _encode(self, request: GenerationRequest) -> list[int]:
+    def _encode(self, request: GenerationRequest, special: bool | None = None) -> list[int]:
+        """special: the generation prompt after messages (default True) / special tokens around a prompt (False)."""
         tok = self._tokenizer
         if request.messages is not None:
-            ids = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
+            ids = tok.apply_chat_template(request.messages, add_generation_prompt=special is not False,
+                                          tokenize=True)
             if hasattr(ids, "keys"):  # transformers 5 may return a BatchEncoding
                 ids = ids["input_ids"]
             return list(ids)
-        return list(tok.encode(request.prompt, add_special_tokens=False)) if request.prompt else []
+        return list(tok.encode(request.prompt, add_special_tokens=bool(special))) if request.prompt else []
