@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from serving.api import audio, chat, completions, embeddings, images, models, ollama, ops, tokenize
+from serving.api import audio, chat, completions, embeddings, images, models, ollama, ops, responses, tokenize
 from serving.api.disconnect import DisconnectMiddleware
 from serving.api.errors import install_error_handlers
 from serving.api.middleware import BodyLimitMiddleware, KeyAuthMiddleware
@@ -27,7 +27,7 @@ def build_app(
     app.state.router = router
     app.state.readiness = readiness or ops.RouterReadiness(router)
     app.state.scraper = scraper
-    for module in (chat, completions, embeddings, images, audio, models, ollama, ops, tokenize):
+    for module in (chat, completions, responses, embeddings, images, audio, models, ollama, ops, tokenize):
         app.include_router(module.router)
     # Middlewares added later wrap earlier ones: keys are checked first (no body is read for a bad key), then the
     # body limit, then the disconnect watch (once the body has been read).

@@ -249,3 +249,21 @@ async def test_a_tool_result_message_round_trips(oai):
     reply = second.choices[0]
     assert reply.finish_reason in ("stop", "length", "tool_calls")
     assert reply.message.content or reply.message.tool_calls
+
+
+async def test_responses_create_text_and_streaming(oai):
+    r = await oai.responses.create(model=MODEL, input="What is the capital of France?", temperature=0,
+                                   max_output_tokens=24)
+    assert "Paris" in r.output_text
+    stream = await oai.responses.create(model=MODEL, input="What is the capital of France?", temperature=0,
+                                        max_output_tokens=24, stream=True)
+    events = [e async for e in stream]
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) > 3 and "".join(deltas) == r.output_text
+    assert events[-1].type in ("response.completed", "response.incomplete")
+
+
+async def test_responses_parse_with_a_schema(oai):
+    r = await oai.responses.parse(model=MODEL, input="Alice is 31 years old. Extract the person.", text_format=Person,
+                                  temperature=0, max_output_tokens=60)
+    assert isinstance(r.output_parsed, Person)
