@@ -51,6 +51,13 @@ class _Fallbacks:
 
 
 class FallbackChatClient(_Fallbacks):
+    async def tokenize(self, request: GenerationRequest, special: bool) -> list[int]:
+        """The model's own tokens: another model's would be of another vocabulary."""
+        return await self.primary.tokenize(request, special)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        return await self.primary.detokenize(token_ids)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """The first candidate whose stream starts (its first chunk arrives) answers the whole request."""
         first_error: BaseException | None = None

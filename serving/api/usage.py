@@ -43,6 +43,12 @@ class _Chat:
     def __init__(self, client, info: RequestInfo):
         self.client, self.info = client, info
 
+    async def tokenize(self, request: GenerationRequest, special: bool) -> list[int]:
+        return await self.client.tokenize(request, special)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        return await self.client.detokenize(token_ids)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Counts like the response's usage: the prompt once per request, completion tokens summed over choices."""
         prompt, completion = 0, {}

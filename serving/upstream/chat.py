@@ -11,7 +11,7 @@ from aiohttp.http_exceptions import LineTooLong
 
 from models.llm.types import SamplingParams, TokenLogprob
 from serving.clients import GenerationChunk, GenerationRequest
-from serving.errors import UpstreamError
+from serving.errors import InvalidRequestError, UpstreamError
 from serving.metrics.models import observe_generation
 from serving.upstream.transport import RemoteReply, UpstreamTransport
 
@@ -26,6 +26,7 @@ def sampling_fields(params: SamplingParams, chat: bool) -> dict:
         "presence_penalty": params.presence_penalty or None, "frequency_penalty": params.frequency_penalty or None,
         "top_k": params.top_k if params.top_k != -1 else None, "ignore_eos": params.ignore_eos or None,
         "stop_token_ids": params.stop_token_ids or None,
+        "logit_bias": {str(t): v for t, v in params.logit_bias.items()} or None,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     if params.logprobs:
@@ -136,9 +137,20 @@ class UpstreamChatClient:
         self.transport = transport
         self.remote_model = remote_model
 
+    async def tokenize(self, request: GenerationRequest, special: bool) -> list[int]:
+        raise InvalidRequestError("/tokenize is not available for upstream models.", param="model")
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        raise InvalidRequestError("/detokenize is not available for upstream models.", param="model")
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """The chunks, counted as a local model's replica counts them (tokens, time to first token, finish
-        reasons); the time runs from the ingress' call, the remote's network included."""
+        reasons); the time runs from the ingress' call, the remote's network included. A grammar (response_format,
+        a forced tool call) is refused: the remote would not enforce ours."""
+        if request.grammar is not None:
+            raise InvalidRequestError("response_format and forced tool calls (tool_choice required or a named "
+                                      "function) are not supported for upstream models yet.",
+                                      param="response_format")
         batches = observe_generation(self.transport.name, self._batches(request))
         try:
             async for batch in batches:
