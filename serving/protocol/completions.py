@@ -9,6 +9,7 @@ from models.llm.types import SamplingParams, TokenLogprob
 from serving.clients import GenerationRequest
 from serving.errors import InvalidRequestError
 from serving.protocol.common import MIN_LOGPROB, OpenAIResponse, SamplingFields, UsageInfo
+from serving.protocol.tools import ResponseFormat
 from serving.protocol.limits import (
     ARRAY_TOO_LONG,
     MAX_BEST_OF,
@@ -34,6 +35,7 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: Prompt | None = None
     best_of: int | None = Field(default=None, ge=1, le=MAX_BEST_OF)
+    response_format: ResponseFormat | None = None  # an extension (vLLM's too): the completion must match it
 
     @field_validator("prompt")
     @classmethod
@@ -61,8 +63,9 @@ class CompletionRequest(SamplingFields):
     def to_generation_requests(self, request_id: str, context: int | None = None) -> list[GenerationRequest]:
         """One engine request per prompt, ids `<request_id>-<prompt_i>`, each with n choices (seed + j each)."""
         params = self.to_sampling_params(context)
+        grammar = self.response_format.grammar() if self.response_format is not None else None
         return [
-            GenerationRequest(request_id=f"{request_id}-{i}", params=params, prompt=prompt, n=self.n)
+            GenerationRequest(request_id=f"{request_id}-{i}", params=params, prompt=prompt, n=self.n, grammar=grammar)
             for i, prompt in enumerate(self.prompts())
         ]
 

@@ -108,3 +108,13 @@ async def test_tool_choice_none_hides_the_tools(http, fakes):
     r = await http.post("/v1/chat/completions", json=ask(CALL_TEXT, tools=[WEATHER], tool_choice="none"))
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == CALL_TEXT
     assert fakes.chat.requests[-1].messages == [{"role": "user", "content": CALL_TEXT}]
+
+
+async def test_completions_take_response_format_as_an_extension(http, fakes):
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wat"}}}
+    r = await http.post("/v1/completions", json={"model": CHAT, "prompt": "hi", "response_format": bad})
+    assert_error(r, 400, param="response_format.json_schema.schema")
+    r = await http.post("/v1/completions", json={"model": CHAT, "prompt": "hi",
+                                                 "response_format": {"type": "json_object"}})
+    assert_error(r, 400, param="response_format")  # the fake engine cannot constrain: said, not ignored
+    assert fakes.chat.requests[-1].grammar.kind == "json_object"

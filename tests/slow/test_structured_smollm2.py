@@ -267,3 +267,12 @@ async def test_responses_parse_with_a_schema(oai):
     r = await oai.responses.parse(model=MODEL, input="Alice is 31 years old. Extract the person.", text_format=Person,
                                   temperature=0, max_output_tokens=60)
     assert isinstance(r.output_parsed, Person)
+
+
+async def test_completions_response_format_extension(oai):
+    r = await oai.completions.create(model=MODEL, prompt="Alice is 31 years old. As JSON:", temperature=0,
+                                     max_tokens=60, extra_body={"response_format": {
+                                         "type": "json_schema",
+                                         "json_schema": {"name": "person", "schema": Person.model_json_schema()}}})
+    assert r.choices[0].finish_reason == "stop"
+    Person.model_validate_json(r.choices[0].text)
