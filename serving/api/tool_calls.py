@@ -23,7 +23,8 @@ def new_reader(body: ChatCompletionRequest, card: ModelCard) -> ToolReader | Non
     """A reader for one choice of a request that offers tools, else None (plain text)."""
     if not body.active_tools():
         return None
-    return make_reader(body.forced_tool() is not None, tool_parser(card))
+    return make_reader(body.forced_tool() is not None, tool_parser(card),
+                       1 if body.parallel_tool_calls is False else None)
 
 
 def finish_reason(reader: ToolReader | None, reason: str | None) -> str | None:

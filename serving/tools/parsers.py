@@ -48,9 +48,10 @@ class ToolReader:
     """Base: feed(text) per delta, finish() at the end; both return what may be sent now. `calls` and `content`
     hold everything read so far (the non-streaming answer once finished)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_calls: int | None = None) -> None:
         self.calls: list[ParsedCall] = []
         self.content = ""
+        self.max_calls = max_calls  # parallel_tool_calls false: 1; calls past it are dropped
 
     def feed(self, text: str) -> Deltas:
         raise NotImplementedError
@@ -63,15 +64,18 @@ class ToolReader:
         return Deltas(content=text)
 
     def _whole_call(self, name: str, arguments: str) -> Deltas:
+        if self.max_calls is not None and len(self.calls) >= self.max_calls:
+            return Deltas()
         self.calls.append(ParsedCall(name, arguments))
         return Deltas(calls=[CallDelta(len(self.calls) - 1, name, arguments)])
 
 
-def make_reader(forced: bool, parser: str) -> ToolReader:
-    """The reader for a request: forced (required / named function) or the model's `tool_parser` for auto."""
+def make_reader(forced: bool, parser: str, max_calls: int | None = None) -> ToolReader:
+    """The reader for a request: forced (required / named function: one call) or the model's `tool_parser` for
+    auto, keeping at most `max_calls` calls."""
     if forced:
         return ForcedCallReader()
-    return JsonReader() if parser == "json" else HermesReader()
+    return JsonReader(max_calls) if parser == "json" else HermesReader(max_calls)
 
 
 class ForcedCallReader(ToolReader):
@@ -114,8 +118,8 @@ class ForcedCallReader(ToolReader):
 
 
 class HermesReader(ToolReader):
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, max_calls: int | None = None) -> None:
+        super().__init__(max_calls)
         self._pending = ""  # text not yet classified: a possible start of <tool_call>, or an open block
 
     def feed(self, text: str) -> Deltas:
@@ -150,8 +154,8 @@ class HermesReader(ToolReader):
 
 
 class JsonReader(ToolReader):
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, max_calls: int | None = None) -> None:
+        super().__init__(max_calls)
         self._text = ""
         self._buffering: bool | None = None  # decided by the first non-space character
 

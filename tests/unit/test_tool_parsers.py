@@ -66,3 +66,8 @@ def test_json_reader_takes_a_whole_object_or_streams_text():
     assert read(JsonReader(), [' {"name": "f", ', '"arguments": {"k": "v"}}']) == ("", [("f", '{"k": "v"}')])
     assert read(JsonReader(), ["hello ", "world"]) == ("hello world", [])
     assert read(JsonReader(), ['{"not": "a call"}']) == ('{"not": "a call"}', [])
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call():
+    content, calls = read(HermesReader(max_calls=1), [HERMES])
+    assert [n for n, _ in calls] == ["a"] and content == "Sure. and <tool_c"
