@@ -50,6 +50,12 @@ class GrammarStage:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def close(self) -> None:
+        """Forget pending compiles and let the worker thread go (a compile under way finishes on its own)."""
+        self._pending.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
     def compiled(self, wait_s: float) -> list[tuple[AddRequest, Future]]:
         """The requests whose compile is over (waiting up to `wait_s` for the first), in submission order."""
         if self._pending and wait_s > 0:
@@ -101,6 +107,10 @@ class EngineCore:
 
     def has_work(self) -> bool:
         return self.engine.has_unfinished_requests() or len(self._grammars) > 0
+
+    def close(self) -> None:
+        """Stop compiling; the engine itself is its owner's to close."""
+        self._grammars.close()
 
     def step(self) -> list[EngineEvent]:
         """One engine step as events (compiled requests join first); EngineDeadError when steps keep failing."""
@@ -177,4 +187,5 @@ class LocalEngine:
         return True
 
     def close(self) -> None:
+        self.core.close()
         self.core.engine.close()
