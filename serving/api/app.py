@@ -12,6 +12,7 @@ from serving.keys.records import config_records
 from serving.keys.ring import KeyRing
 from serving.metrics.scrape import Scraper
 from serving.protocol.chat import ChatCompletionChunk
+from serving.protocol.responses import ResponseEvent
 from serving.router import ModelRouter
 
 DEFAULT_MAX_REQUEST_BYTES = 10 * 2**20
@@ -36,5 +37,6 @@ def build_app(
     ring = keys if keys is not None else KeyRing(config_records(list(api_keys or []), []))
     app.add_middleware(KeyAuthMiddleware, ring=ring)
     install_error_handlers(app)
-    amend_openapi(app, lambda schema: add_models(schema, ChatCompletionChunk))  # streamed by chat; no route has it
+    # Streamed by chat and responses; no route returns them.
+    amend_openapi(app, lambda schema: add_models(schema, ChatCompletionChunk, ResponseEvent))
     return app

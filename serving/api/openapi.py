@@ -42,3 +42,13 @@ def streamed(chunk: str) -> dict:
     event = {"type": "object", "required": ["data"],
              "properties": {"data": {"anyOf": [json_text(chunk), json_text("ErrorResponse"), {"const": "[DONE]"}]}}}
     return {200: {"description": description, "content": {"text/event-stream": {"schema": event}}}}
+
+
+def named_events(event: str) -> dict:
+    """OpenAPI `responses` for a route that answers stream=true with named Server-Sent Events, `event: <type>` and
+    `data: <event>` (a component), as the Responses API streams; no [DONE]."""
+    description = (f"JSON, or with stream=true events `event: <type>` / `data: <{event}>`; an error after the first "
+                   "event is one `error` event, and the stream ends there")
+    schema = {"type": "object", "required": ["data"],
+              "properties": {"event": {"type": "string"}, "data": json_text(event)}}
+    return {200: {"description": description, "content": {"text/event-stream": {"schema": schema}}}}

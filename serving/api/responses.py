@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Response
 from serving.api.common import context_size, get_router, json_response
 from serving.api.errors import error_payload
 from serving.api.generation import ChoiceState, UsageCounter, collect, open_generation
+from serving.api.openapi import named_events
 from serving.api.streaming import ClosingStreamingResponse, MergedStream, close_stream
 from serving.api.tool_calls import message, new_reader
 from serving.clients import ModelCard
@@ -22,7 +23,7 @@ from serving.router import ModelRouter
 router = APIRouter(tags=["responses"])
 
 
-@router.post("/v1/responses", response_model=ResponseObject)
+@router.post("/v1/responses", response_model=ResponseObject, responses=named_events("ResponseEvent"))
 async def create_response(body: ResponsesRequest, models: ModelRouter = Depends(get_router)) -> Response:
     """A response; with stream=true, the Responses API's events (no [DONE])."""
     chat = body.to_chat()

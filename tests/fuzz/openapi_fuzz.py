@@ -26,7 +26,8 @@ MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 MODEL_TASKS = {"ChatCompletionRequest": "chat", "CompletionRequest": "chat", "EmbeddingRequest": "embedding",
                "ImageGenerationRequest": "image", "SpeechRequest": "speech",
                "OllamaChatRequest": "chat", "OllamaGenerateRequest": "chat", "OllamaEmbedRequest": "embedding",
-               "OllamaEmbeddingsRequest": "embedding", "OllamaShowRequest": "chat"}
+               "OllamaEmbeddingsRequest": "embedding", "OllamaShowRequest": "chat",
+               "ResponsesRequest": "chat", "TokenizeRequest": "chat", "DetokenizeRequest": "chat"}
 
 
 def one_of(values: list) -> dict:
