@@ -20,6 +20,7 @@ import openai
 import pytest
 import soundfile
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from tests.e2e.server_process import REPO, ServerProcess
 
@@ -87,6 +88,30 @@ def test_completions(client):
     r = client.completions.create(model=CHAT, prompt="The capital of France is", max_tokens=8, temperature=0)
     assert r.choices[0].text.strip()
     assert r.usage.completion_tokens <= 8
+
+
+def test_structured_output_tool_call_and_tokenize_through_the_engine_process(server, client):
+    """The grammar crosses the engine process's pipe and is compiled there; /tokenize reaches the replica."""
+    class City(BaseModel):
+        name: str = Field(max_length=24)
+        country: str = Field(max_length=24)
+
+    r = client.chat.completions.parse(model=CHAT, messages=[{"role": "user", "content": "Paris is in France."}],
+                                      response_format=City, temperature=0, max_tokens=40)
+    assert isinstance(r.choices[0].message.parsed, City)
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 24}}, "required": ["city"],
+        "additionalProperties": False}}}
+    r = client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Weather in Oslo?"}],
+                                       tools=[tool], tool_choice="required", temperature=0, max_tokens=40)
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert set(json.loads(call.function.arguments)) == {"city"}
+    tokens = httpx.post(server.base_url + "/tokenize", json={"model": CHAT, "prompt": "Hello world"}, timeout=60)
+    assert tokens.status_code == 200 and tokens.json()["count"] == len(tokens.json()["tokens"]) > 0
+    text = httpx.post(server.base_url + "/detokenize", json={"model": CHAT, "tokens": tokens.json()["tokens"]},
+                      timeout=60)
+    assert text.json()["prompt"].endswith("Hello world")
 
 
 def test_embeddings_rank_paraphrase_above_unrelated(client):
