@@ -19,6 +19,7 @@ import torch
 from models.llm import attention
 from models.llm.attention import BATCH_KWARG, PrefillChunk, StepBatch
 from models.llm.device_io import upload
+from models.llm.prefix_cache import PrefixCache
 from models.llm.kv_cache import KVShape, SlotKVCache
 from models.llm.request import EngineRequest
 
@@ -56,11 +57,14 @@ class SlotModelForward:
 class BatchedModelRunner:
     """Owns the slot KV cache and turns scheduled work into one forward (or one CUDA graph replay)."""
 
-    def __init__(self, model: Any, num_slots: int, slot_len: int, cuda_graphs: bool = True):
+    def __init__(self, model: Any, num_slots: int, slot_len: int, cuda_graphs: bool = True,
+                 prefix_blocks: int = 0, block_size: int = 16):
+        """prefix_blocks: blocks of `block_size` tokens for the prefix cache (0: no prefix caching)."""
         self.forward = SlotModelForward(model)
         self.device = self.forward.device
         dtype = next(model.parameters()).dtype
         self.cache = SlotKVCache(KVShape.of(model.config), num_slots, slot_len, dtype, self.device)
+        self.prefix = PrefixCache(self.cache, prefix_blocks, block_size) if prefix_blocks > 0 else None
         self.graphs = None
         if cuda_graphs and self.device.type == "cuda":
             from models.llm.cuda_graphs import CudaGraphDecoder

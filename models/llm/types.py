@@ -65,6 +65,8 @@ class EngineStats:
     aborted_requests: int  # requests aborted while unfinished
     batched: bool  # the batched slot-attention runner (False: the per-request fallback)
     cuda_graphs: int  # decode CUDA graphs captured so far (0 off CUDA or with graphs off)
+    prefix_cache_hit_tokens: int = 0  # prompt tokens whose KV came from the prefix cache (not computed)
+    prefix_cache_miss_tokens: int = 0  # prompt tokens computed while the prefix cache was on
 
 
 class LLMEngine(Protocol):
