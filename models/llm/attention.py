@@ -11,6 +11,7 @@ are decode tokens, one per decoding sequence, in ascending slot order; prefill c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,9 @@ class StepBatch:
     view_len: int
     context_lens: torch.Tensor | None  # [view_slots] long: tokens visible to each view row (0 = row unused)
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # Runs of view rows [start, end) attended over keys [0, length) each (split_by_length); None: one run, all rows
+    # over view_len.
+    decode_segments: list[tuple[int, int, int]] | None = None
     attention_calls: int = 0  # layers that attended with this batch (0 after a forward: the model dropped it)
     _masks: dict = field(default_factory=dict)  # sliding window -> decode mask [view_slots, 1, 1, view_len]
 
@@ -104,9 +108,14 @@ def _decode(batch: StepBatch, layer: int, q: torch.Tensor, scaling: float | None
         q = full
     # GQA without copying K/V: query head h uses kv head h // group, so group the query heads under their kv head.
     q = q.reshape(batch.view_slots, kv_heads, num_heads // kv_heads, head_dim)  # [S, Hkv, G, D]
-    keys = batch.cache.keys[layer][: batch.view_slots, :, : batch.view_len]  # [S, Hkv, L, D] (a view)
-    values = batch.cache.values[layer][: batch.view_slots, :, : batch.view_len]
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=batch.decode_mask(window), scale=scaling)
+    mask = batch.decode_mask(window)  # [S, 1, 1, L]
+    parts = []
+    for start, end, length in batch.decode_segments or [(0, batch.view_slots, batch.view_len)]:
+        keys = batch.cache.keys[layer][start:end, :, :length]  # [s, Hkv, l, D] (a view: no gather)
+        values = batch.cache.values[layer][start:end, :, :length]
+        parts.append(F.scaled_dot_product_attention(q[start:end], keys, values, attn_mask=mask[start:end, ..., :length],
+                                                    scale=scaling))  # [s, Hkv, G, D]
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
     out = out.reshape(batch.view_slots, num_heads, head_dim)  # [S, Hq, D]
     return out if batch.decode_rows is None else out[batch.decode_rows]  # [B, Hq, D]
 
@@ -127,6 +136,40 @@ def _prefill(cache: SlotKVCache, layer: int, chunk: PrefillChunk, q: torch.Tenso
     out = F.scaled_dot_product_attention(q[None], keys[None], values[None], attn_mask=mask, is_causal=mask is None,
                                          scale=scaling, enable_gqa=q.shape[0] != keys.shape[0])  # [1, Hq, T, D]
     return out[0].transpose(0, 1)
+
+
+MIN_SPLIT_SAVING = 16384  # (row, key) pairs a split must save: below it an extra SDPA call per layer costs more
+
+
+def split_by_length(lens: list[int], max_segments: int = 3) -> list[tuple[int, int, int]]:
+    """Runs [start, end, length) of view rows for decode attention, each reading keys up to its own longest context:
+    one long conversation then costs its own rows, not every row. Contiguous runs keep each a view of the slot cache.
+    Greedy: split the costliest run at its best point while that saves MIN_SPLIT_SAVING (row, key) pairs."""
+    segments = [(0, len(lens), max(lens, default=0))]
+    while len(segments) < max_segments:
+        best = max(((_best_split(lens, seg), i) for i, seg in enumerate(segments)), default=((0, 0), 0))
+        (saving, at), index = best
+        if saving < MIN_SPLIT_SAVING:
+            break
+        start, end, _ = segments[index]
+        segments[index : index + 1] = [(start, at, max(lens[start:at])), (at, end, max(lens[at:end]))]
+    return segments
+
+
+def _best_split(lens: list[int], segment: tuple[int, int, int]) -> tuple[int, int]:
+    """(pairs saved, split point) of the best cut of `segment` in two, (0, start) when none helps."""
+    start, end, length = segment
+    rows = lens[start:end]
+    if (end - start) * length - sum(rows) < MIN_SPLIT_SAVING:  # even one run per row would not save enough
+        return 0, start
+    prefix = list(accumulate(rows, max))  # prefix[i]: longest of rows[:i + 1]
+    suffix = list(accumulate(reversed(rows), max))[::-1]  # suffix[i]: longest of rows[i:]
+    n = end - start
+    savings = [n * length - i * prefix[i - 1] - (n - i) * suffix[i] for i in range(1, n)]
+    if not savings:
+        return 0, start
+    best = max(range(len(savings)), key=savings.__getitem__)
+    return savings[best], start + best + 1
 
 
 def register() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from models.llm import attention
-from models.llm.attention import BATCH_KWARG, PrefillChunk, StepBatch
+from models.llm.attention import BATCH_KWARG, PrefillChunk, StepBatch, split_by_length
 from models.llm.device_io import upload
 from models.llm.prefix_cache import PrefixCache
 from models.llm.kv_cache import KVShape, SlotKVCache
@@ -116,6 +116,7 @@ class BatchedModelRunner:
             cache=self.cache, write_slots=slots_t, write_positions=positions_t, num_decode=len(decodes),
             decode_rows=None if identity else rows_t, view_slots=view_slots, view_len=max(lens, default=0),
             context_lens=lens_t if decodes else None, prefills=prefills,
+            decode_segments=split_by_length(lens) if decodes else None,
         )
         return ids_t[None], positions_t[None], batch, keep_t, sampled
 
