@@ -45,8 +45,8 @@ class StepBatch:
     view_len: int
     context_lens: torch.Tensor | None  # [view_slots] long: tokens visible to each view row (0 = row unused)
     prefills: list[PrefillChunk] = field(default_factory=list)
-    # Runs of view rows [start, end) attended over keys [0, length) each (split_by_length); None: one run, all rows
-    # over view_len.
+    # Runs of view rows [start, end) attended over keys [0, length) each (split_by_length), when there are several;
+    # None: one SDPA call, all rows over view_len.
     decode_segments: list[tuple[int, int, int]] | None = None
     attention_calls: int = 0  # layers that attended with this batch (0 after a forward: the model dropped it)
     _masks: dict = field(default_factory=dict)  # sliding window -> decode mask [view_slots, 1, 1, view_len]
@@ -109,15 +109,24 @@ def _decode(batch: StepBatch, layer: int, q: torch.Tensor, scaling: float | None
     # GQA without copying K/V: query head h uses kv head h // group, so group the query heads under their kv head.
     q = q.reshape(batch.view_slots, kv_heads, num_heads // kv_heads, head_dim)  # [S, Hkv, G, D]
     mask = batch.decode_mask(window)  # [S, 1, 1, L]
-    parts = []
-    for start, end, length in batch.decode_segments or [(0, batch.view_slots, batch.view_len)]:
-        keys = batch.cache.keys[layer][start:end, :, :length]  # [s, Hkv, l, D] (a view: no gather)
-        values = batch.cache.values[layer][start:end, :, :length]
-        parts.append(F.scaled_dot_product_attention(q[start:end], keys, values, attn_mask=mask[start:end, ..., :length],
-                                                    scale=scaling))  # [s, Hkv, G, D]
-    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if batch.decode_segments is None:
+        keys = batch.cache.keys[layer][: batch.view_slots, :, : batch.view_len]  # [S, Hkv, L, D] (a view)
+        values = batch.cache.values[layer][: batch.view_slots, :, : batch.view_len]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scaling)
+    else:
+        out = torch.cat([_decode_run(batch, layer, q, mask, run, scaling) for run in batch.decode_segments])
     out = out.reshape(batch.view_slots, num_heads, head_dim)  # [S, Hq, D]
     return out if batch.decode_rows is None else out[batch.decode_rows]  # [B, Hq, D]
+
+
+def _decode_run(batch: StepBatch, layer: int, q: torch.Tensor, mask: torch.Tensor, run: tuple[int, int, int],
+                scaling: float | None) -> torch.Tensor:
+    """Decode attention of view rows [start, end) over keys [0, length): q [S, Hkv, G, D] -> [end - start, Hkv, G, D]."""
+    start, end, length = run
+    keys = batch.cache.keys[layer][start:end, :, :length]  # [s, Hkv, l, D] (a view: no gather)
+    values = batch.cache.values[layer][start:end, :, :length]
+    return F.scaled_dot_product_attention(q[start:end], keys, values, attn_mask=mask[start:end, ..., :length],
+                                          scale=scaling)
 
 
 def _prefill(cache: SlotKVCache, layer: int, chunk: PrefillChunk, q: torch.Tensor, scaling: float | None,

@@ -105,6 +105,7 @@ class BatchedModelRunner:
         for r in decodes:
             lens[r.slot] = r.num_computed + 1
         decode_slots = [r.slot for r in decodes]
+        runs = split_by_length(lens)  # one run (None below) unless contexts differ enough to pay for more calls
         identity = decode_slots == list(range(view_slots))
         # Before anything is written: zeroing never-used positions must not wipe this step's new tokens.
         self.cache.ensure_initialized(max(max(lens, default=0), max(positions) + 1))
@@ -116,7 +117,7 @@ class BatchedModelRunner:
             cache=self.cache, write_slots=slots_t, write_positions=positions_t, num_decode=len(decodes),
             decode_rows=None if identity else rows_t, view_slots=view_slots, view_len=max(lens, default=0),
             context_lens=lens_t if decodes else None, prefills=prefills,
-            decode_segments=split_by_length(lens) if decodes else None,
+            decode_segments=runs if len(runs) > 1 else None,
         )
         return ids_t[None], positions_t[None], batch, keep_t, sampled
 
