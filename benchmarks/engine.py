@@ -6,6 +6,8 @@
     python -m benchmarks.engine --model random:llama-3.2-1b --device cuda --requests 64 --baselines none
     python -m benchmarks.engine --model /path/to/hf/folder --prompt-len 512 --output-len 128
     python -m benchmarks.engine --prefix --prompt-len 1000 --rounds 3  # prefix cache: TTFT of a repeated system prompt
+    python -m benchmarks.engine --long-prompt-len 4000 --baselines none  # one long conversation among 16 short ones
+    python -m benchmarks.engine --long-prompt-len 4000 --baselines none --no-decode-split  # the same without the split
 
 All requests arrive at once; every request generates exactly --output-len tokens (ignore_eos / min_new_tokens).
 Baselines (default on CPU): `sequential` runs `generate` one request after another (on --baseline-requests of them,
@@ -216,6 +218,9 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.0, help="of the engine's requests (baselines: greedy)")
     ap.add_argument("--baselines", default=None, help="comma list of sequential,padded or 'none' (default: both on CPU)")
     ap.add_argument("--baseline-requests", type=int, default=4, help="requests for the sequential baseline")
+    ap.add_argument("--long-prompt-len", type=int, default=0, help="give the middle request a prompt this long")
+    ap.add_argument("--no-decode-split", action="store_true",
+                    help="decode attention in one call over the longest context, as before the split (A/B)")
     ap.add_argument("--prefix", action="store_true",
                     help="measure the prefix cache instead: TTFT of two requests sharing a --prompt-len system prompt")
     ap.add_argument("--rounds", type=int, default=3, help="--prefix: system prompts tried")
@@ -227,11 +232,17 @@ def main() -> None:
     baselines = args.baselines or ("sequential,padded" if args.device == "cpu" else "none")
     baselines = [] if baselines == "none" or args.prefix else baselines.split(",")
 
+    from models.llm import attention
     from models.llm.config import EngineConfig
     from models.llm.engine import HFEngine
 
+    if args.no_decode_split:
+        attention.MIN_SPLIT_SAVING = float("inf")
+
     model, tokenizer, int4 = load_model(args.model, args.dtype, args.device, not args.no_int4_decode)
     prompts = make_prompts(tokenizer, args.requests, args.prompt_len, model.config.vocab_size)
+    if args.long_prompt_len:  # one long conversation among short ones (decode attention split by length)
+        prompts[len(prompts) // 2] = make_prompts(tokenizer, 1, args.long_prompt_len, model.config.vocab_size)[0]
     report = {"command": " ".join(["python -m benchmarks.engine", *sys.argv[1:]]), "model": args.model, "dtype": str(next(model.parameters()).dtype), "device": args.device,
               "threads": torch.get_num_threads(), "requests": args.requests, "prompt_len": args.prompt_len,
               "output_len": args.output_len, "load_avg_before": os.getloadavg()[0]}
@@ -241,7 +252,7 @@ def main() -> None:
             model, prompts[: args.baseline_requests], args.output_len))
     if "padded" in baselines:
         report["hf_generate_padded_batch"] = phase(args, lambda: run_padded(model, prompts, args.output_len))
-    config = EngineConfig(max_model_len=args.prompt_len + args.output_len + 32,
+    config = EngineConfig(max_model_len=max(args.prompt_len, args.long_prompt_len) + args.output_len + 32,
                           max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens,
                           prefix_caching=not args.no_prefix_caching)
     engine = HFEngine(model, tokenizer, config, int4_weights=int4)
@@ -255,7 +266,7 @@ def main() -> None:
     report["engine"] = {"batched": engine.batched, "packed_linears": engine.packed_linears,
                         "int4_decode_linears": engine.int4_linears,
                         "max_batched_tokens": engine.scheduler.max_batched_tokens,
-                        "temperature": args.temperature,
+                        "temperature": args.temperature, "decode_split": not args.no_decode_split,
                         **phase(args, lambda: run_engine(engine, prompts, args.output_len, args.temperature))}
     for name in ("hf_generate_sequential", "hf_generate_padded_batch"):
         if name in report:

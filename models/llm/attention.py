@@ -147,38 +147,49 @@ def _prefill(cache: SlotKVCache, layer: int, chunk: PrefillChunk, q: torch.Tenso
     return out[0].transpose(0, 1)
 
 
-MIN_SPLIT_SAVING = 16384  # (row, key) pairs a split must save: below it an extra SDPA call per layer costs more
+# (row, key) pairs each extra run must save: one more SDPA call per layer costs about what reading this many keys
+# and values of a small model does.
+MIN_SPLIT_SAVING = 2048
+MAX_CUT_POINTS = 64  # cut points tried per run (every n/64-th row beyond 64 rows)
 
 
 def split_by_length(lens: list[int], max_segments: int = 3) -> list[tuple[int, int, int]]:
     """Runs [start, end, length) of view rows for decode attention, each reading keys up to its own longest context:
     one long conversation then costs its own rows, not every row. Contiguous runs keep each a view of the slot cache.
-    Greedy: split the costliest run at its best point while that saves MIN_SPLIT_SAVING (row, key) pairs."""
+    Greedy: cut the run whose best cut saves most, up to max_segments runs; keep the number of runs whose saving
+    beats MIN_SPLIT_SAVING per extra run by the most (one run when none does)."""
     segments = [(0, len(lens), max(lens, default=0))]
+    if len(lens) * segments[0][2] - sum(lens) < MIN_SPLIT_SAVING:  # even a run per row would not pay
+        return segments
+    cuts = [_best_split(lens, segments[0])]  # (saving, at) of each segment's best cut
+    best, best_gain, saved = segments, 0, 0
     while len(segments) < max_segments:
-        best = max(((_best_split(lens, seg), i) for i, seg in enumerate(segments)), default=((0, 0), 0))
-        (saving, at), index = best
-        if saving < MIN_SPLIT_SAVING:
+        index = max(range(len(segments)), key=lambda i: cuts[i][0])
+        saving, at = cuts[index]
+        if saving <= 0:
             break
         start, end, _ = segments[index]
-        segments[index : index + 1] = [(start, at, max(lens[start:at])), (at, end, max(lens[at:end]))]
-    return segments
+        halves = [(start, at, max(lens[start:at])), (at, end, max(lens[at:end]))]
+        segments = [*segments[:index], *halves, *segments[index + 1 :]]
+        cuts = [*cuts[:index], *(_best_split(lens, h) for h in halves), *cuts[index + 1 :]]
+        saved += saving
+        if saved - MIN_SPLIT_SAVING * (len(segments) - 1) > best_gain:
+            best, best_gain = segments, saved - MIN_SPLIT_SAVING * (len(segments) - 1)
+    return best
 
 
 def _best_split(lens: list[int], segment: tuple[int, int, int]) -> tuple[int, int]:
     """(pairs saved, split point) of the best cut of `segment` in two, (0, start) when none helps."""
     start, end, length = segment
     rows = lens[start:end]
-    if (end - start) * length - sum(rows) < MIN_SPLIT_SAVING:  # even one run per row would not save enough
+    if (end - start) * length - sum(rows) <= 0:  # every row as long as the longest: no cut saves anything
         return 0, start
     prefix = list(accumulate(rows, max))  # prefix[i]: longest of rows[:i + 1]
     suffix = list(accumulate(reversed(rows), max))[::-1]  # suffix[i]: longest of rows[i:]
     n = end - start
-    savings = [n * length - i * prefix[i - 1] - (n - i) * suffix[i] for i in range(1, n)]
-    if not savings:
-        return 0, start
-    best = max(range(len(savings)), key=savings.__getitem__)
-    return savings[best], start + best + 1
+    stride = -(-n // MAX_CUT_POINTS)  # bounds the host's work at many rows
+    savings = [(n * length - i * prefix[i - 1] - (n - i) * suffix[i], start + i) for i in range(stride, n, stride)]
+    return max(savings, default=(0, start))
 
 
 def register() -> None:

@@ -20,6 +20,7 @@ def test_one_long_context_costs_its_own_rows_only(monkeypatch):
     assert cost(segments) == 7 * 200 + 4000 + 8 * 180  # vs 16 x 4000 in one call
     assert split_by_length([300] * 16) == [(0, 16, 300)]  # nothing to save: one call
     assert split_by_length([100, 0, 120]) == [(0, 3, 120)]  # under MIN_SPLIT_SAVING: one call
+    assert len(split_by_length([70] * 8 + [2002] + [70] * 7)) == 3  # no single cut pays, the two together do
     assert split_by_length([]) == [(0, 0, 0)]
     monkeypatch.setattr(attention, "MIN_SPLIT_SAVING", 1)
     assert len(split_by_length([5, 50, 5, 50, 5], max_segments=3)) == 3  # bounded, however uneven
