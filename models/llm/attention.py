@@ -121,7 +121,7 @@ def _decode(batch: StepBatch, layer: int, q: torch.Tensor, scaling: float | None
 
 def _decode_run(batch: StepBatch, layer: int, q: torch.Tensor, mask: torch.Tensor, run: tuple[int, int, int],
                 scaling: float | None) -> torch.Tensor:
-    """Decode attention of view rows [start, end) over keys [0, length): q [S, Hkv, G, D] -> [end - start, Hkv, G, D]."""
+    """Decode attention of view rows [start, end) over keys [0, length): q [S, Hkv, G, D] -> [rows, Hkv, G, D]."""
     start, end, length = run
     keys = batch.cache.keys[layer][start:end, :, :length]  # [s, Hkv, l, D] (a view: no gather)
     values = batch.cache.values[layer][start:end, :, :length]

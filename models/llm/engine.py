@@ -166,8 +166,10 @@ class HFEngine:
                 dtype = next(self.model.parameters()).dtype
                 reserve = activation_reserve_of(self.model.config, step_tokens, config.max_running, dtype)
                 kv_budget = default_kv_budget_bytes(self.device, config.kv_cache_gb, config.gpu_memory_share, reserve)
-                slots = fit_num_slots(shape, config.max_running, self.max_model_len, dtype, kv_budget)
                 blocks = prefix_cache_blocks(shape, dtype, config) if config.prefix_caching else 0
+                if self.device.type == "cuda":  # the prefix pool is committed at once there: it comes out of the share
+                    kv_budget -= blocks * config.kv_block_size * shape.bytes_per_token(dtype)
+                slots = fit_num_slots(shape, config.max_running, self.max_model_len, dtype, kv_budget)
                 runner = BatchedModelRunner(self.model, slots, self.max_model_len, config.cuda_graphs, blocks,
                                             config.kv_block_size)
                 log.info("%s: batched engine, %d slots x %d tokens (%.2f GiB KV reserved), prefix cache of %d "

@@ -9,8 +9,8 @@ Policy, per step, under a budget of `max_batched_tokens` tokens:
 A request holds its slot (all the KV memory its budget can need) from admission to finish or abort, so running
 requests never run out of memory and there is nothing to preempt (admission reserves, it never deadlocks).
 With a prefix cache, an admitted request starts from the longest cached run of its prompt's blocks, and its full
-blocks are offered to the cache when its prompt is computed and when it leaves (prefix_cache.py). When all slots are taken and `max_queued`
-requests already wait, `add` refuses with EngineOverloadedError (the server answers 429).
+blocks are offered to the cache when its prompt is computed and when it leaves (prefix_cache.py).
+When all slots are taken and `max_queued` requests already wait, `add` refuses with EngineOverloadedError (the server answers 429).
 
 After the model ran, `postprocess` does the step's bookkeeping (as nano-vllm's Scheduler.postprocess): every fed
 token is now in the cache, each sampled token is appended to its request, and finished requests free their slot.
