@@ -46,9 +46,10 @@ def drive(engine, plan):
 
 
 def poison(engine):
-    """Fill the KV cache with NaN, as never-written memory may hold: masking must keep it out of every result."""
-    cache = engine.runner.cache
-    for t in (*cache.keys, *cache.values):
+    """Fill the KV cache (and the prefix cache's blocks) with NaN, as never-written memory may hold: masking must keep
+    it out of every result, and only blocks the prefix cache wrote may be copied from it."""
+    cache, prefix = engine.runner.cache, engine.runner.prefix
+    for t in (*cache.keys, *cache.values, *(prefix.keys + prefix.values if prefix is not None else ())):
         t.fill_(float("nan"))
     cache.initialized_len = 0
 

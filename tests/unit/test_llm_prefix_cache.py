@@ -8,7 +8,7 @@ from models.llm.config import EngineConfig
 from models.llm.engine import HFEngine
 from models.llm.loader import load_causal_lm
 from tests.fixtures.tiny_llm import build_tiny_llm
-from tests.unit.test_llm_batching import drive, greedy, poison, reference
+from tests.unit.test_llm_batching import drive, poison, reference
 
 
 def test_block_keys_chain_so_a_block_is_keyed_by_everything_before_it():
@@ -54,14 +54,6 @@ def loaded(tmp_path_factory):
     return load_causal_lm(build_tiny_llm(str(tmp_path_factory.mktemp("tiny_llm"))), dtype="float32")
 
 
-def poison_all(engine):
-    """NaN in the lanes and in every prefix block: a read of a block that was never written cannot pass."""
-    poison(engine)
-    prefix = engine.runner.prefix
-    for t in (*prefix.keys, *prefix.values):
-        t.fill_(float("nan"))
-
-
 def shared_prefix_plan(vocab: int) -> tuple[dict, dict]:
     """Requests sharing a 37-token system prefix, joining over time, and a second turn that extends a first turn's
     prompt with its output: {step: {rid: (prompt, n)}}, and {rid: (turn-one rid, new tokens)} for second turns."""
@@ -81,7 +73,7 @@ def test_prefix_caching_matches_generate_and_counts_hits(loaded, prefix_cache_gb
                           prefix_caching=prefix_cache_gb is not None, prefix_cache_gb=prefix_cache_gb or 0.5)
     engine = HFEngine(model, tok, config)
     assert (engine.runner.prefix is not None) == config.prefix_caching
-    poison_all(engine) if config.prefix_caching else poison(engine)
+    poison(engine)  # the lanes and every prefix block: a read of a block that was never written cannot pass
     plan, turns = shared_prefix_plan(len(tok))
     got, _ = drive(engine, plan)
     for joins in plan.values():
@@ -108,7 +100,9 @@ def test_a_hit_leaves_the_last_prompt_token_to_compute(loaded):
     engine = HFEngine(model, tok, EngineConfig(max_running=2, kv_block_size=4))
     prompt = list(range(5, 21))  # 16 tokens: 4 full blocks
     first, _ = drive(engine, {0: {"a": (prompt, 3)}})
-    poison(engine)  # "b" gets "a"'s lane back: only the copy from the pool may fill it
+    for t in (*engine.runner.cache.keys, *engine.runner.cache.values):  # "b" gets "a"'s lane back: only the copy
+        t.fill_(float("nan"))  # from the pool may fill it (the pool itself keeps "a"'s blocks)
+    engine.runner.cache.initialized_len = 0
     again, _ = drive(engine, {0: {"b": (prompt, 3)}})
     assert first["a"] == again["b"] == reference(model, prompt, 3)
     assert engine.stats().prefix_cache_hit_tokens == 12  # 3 blocks: the 4th holds the token whose logits we need
