@@ -7,6 +7,7 @@ from models.llm.block_manager import BlockPool, block_keys
 from models.llm.config import EngineConfig
 from models.llm.engine import HFEngine
 from models.llm.loader import load_causal_lm
+from models.llm.types import SamplingParams
 from tests.fixtures.tiny_llm import build_tiny_llm
 from tests.unit.test_llm_batching import drive, poison, reference
 
@@ -66,6 +67,13 @@ def shared_prefix_plan(vocab: int) -> tuple[dict, dict]:
     return plan, {"t2": ("q0", torch.randint(3, vocab, (6,), generator=gen).tolist())}
 
 
+def poison_lanes(engine):
+    """NaN in the slot lanes only (the pool keeps what earlier requests stored)."""
+    for t in (*engine.runner.cache.keys, *engine.runner.cache.values):
+        t.fill_(float("nan"))
+    engine.runner.cache.initialized_len = 0
+
+
 @pytest.mark.parametrize("prefix_cache_gb", [None, 1e-3, 2e-5])  # off; room for all; 3 blocks (evictions)
 def test_prefix_caching_matches_generate_and_counts_hits(loaded, prefix_cache_gb):
     model, tok = loaded
@@ -100,9 +108,26 @@ def test_a_hit_leaves_the_last_prompt_token_to_compute(loaded):
     engine = HFEngine(model, tok, EngineConfig(max_running=2, kv_block_size=4))
     prompt = list(range(5, 21))  # 16 tokens: 4 full blocks
     first, _ = drive(engine, {0: {"a": (prompt, 3)}})
-    for t in (*engine.runner.cache.keys, *engine.runner.cache.values):  # "b" gets "a"'s lane back: only the copy
-        t.fill_(float("nan"))  # from the pool may fill it (the pool itself keeps "a"'s blocks)
-    engine.runner.cache.initialized_len = 0
+    poison_lanes(engine)  # "b" gets "a"'s lane back: only the copy from the pool may fill it
     again, _ = drive(engine, {0: {"b": (prompt, 3)}})
     assert first["a"] == again["b"] == reference(model, prompt, 3)
     assert engine.stats().prefix_cache_hit_tokens == 12  # 3 blocks: the 4th holds the token whose logits we need
+
+
+def test_seeded_sampling_gives_the_same_output_from_a_cached_prefix(loaded):
+    model, tok = loaded
+    engine = HFEngine(model, tok, EngineConfig(max_running=2, kv_block_size=4))
+    prompt = tok.encode("The capital of France is Paris. The capital of Italy is")
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=7, max_tokens=12, stop=["Rome"], ignore_eos=True)
+    outputs = []
+    for rid in ("first", "again"):  # one after the other: "again" finds "first"'s blocks
+        poison_lanes(engine)
+        engine.add_request(rid, prompt, params)
+        tokens, text = [], ""
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                tokens += out.new_token_ids
+                text += out.new_text
+        outputs.append((tokens, text))
+    assert outputs[0] == outputs[1] and outputs[0][0]
+    assert engine.stats().prefix_cache_hit_tokens == 4 * ((len(prompt) - 1) // 4) > 0
