@@ -30,7 +30,7 @@ def build(model: ModelConfig, cache_dir: str = DEFAULT_CACHE, **option_overrides
     options = {**model.options, **option_overrides}
     started = time.perf_counter()
     backend = build_backend(model.task, resolve_source(model.source), model.dtype, model.device,
-                            os.path.expanduser(cache_dir), options)
+                            os.path.expanduser(cache_dir), options, model.resources.num_gpus)
     return backend, time.perf_counter() - started
 
 

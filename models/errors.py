@@ -18,3 +18,12 @@ class ModelInputError(ValueError):
 
 class EngineOverloadedError(RuntimeError):
     """The model's queue is full; the request was not accepted (maps to HTTP 429)."""
+
+
+class DeviceUnavailableError(RuntimeError):
+    """A model asks for a device this process cannot use (a GPU without usable CUDA); its deploy fails with this."""
+
+
+class FastPathError(RuntimeError):
+    """The fast path cannot run (batched runner probe, CUDA graph capture) and the model's options make that an
+    error (`strict: true`) rather than a logged fallback."""

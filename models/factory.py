@@ -4,16 +4,41 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from models.errors import DeviceUnavailableError
 from models.sources import ResolvedSource, SourceError
 
 
-def pick_device(device: str) -> str:
-    """'auto' means CUDA when present, else CPU."""
-    if device != "auto":
-        return device
+def pick_device(device: str, num_gpus: float = 0.0) -> str:
+    """The device a model runs on: "cpu" for `device: cpu`, and for `auto` with no GPU reserved (num_gpus 0: a
+    replica that reserved no GPU must not land on GPU 0 beside one that did); "cuda" when the model asks for a GPU
+    (`device: cuda` or num_gpus > 0), or DeviceUnavailableError saying why CUDA cannot be used, never a silent CPU."""
+    if not wants_gpu(device, num_gpus):
+        return "cpu"
+    reason = cuda_unusable_reason()
+    if reason is not None:
+        asked = f"device: {device}" + (f", num_gpus: {num_gpus:g}" if num_gpus > 0 else "")
+        raise DeviceUnavailableError(f"the model asks for a GPU ({asked}) but CUDA is not usable here: {reason}; "
+                                     "set device: cpu and num_gpus: 0 to run it on the CPU")
+    return "cuda"
+
+
+def wants_gpu(device: str, num_gpus: float) -> bool:
+    """Whether a model with these settings runs on a GPU (pick_device's rule, without torch)."""
+    return device == "cuda" or (device == "auto" and num_gpus > 0)
+
+
+def cuda_unusable_reason() -> str | None:
+    """None when torch can run on a CUDA device here, else why not (in words an operator can act on)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.version.cuda is None:
+        return f"this torch build ({torch.__version__}) has no CUDA support; install a CUDA wheel of torch"
+    if torch.cuda.is_available():
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU{where}: no device, or a "
+            "driver older than this CUDA build needs (nvidia-smi shows the driver's CUDA version)")
 
 
 def chat_engine_config(src: ResolvedSource, options: dict[str, Any] | None):
@@ -28,7 +53,8 @@ def chat_engine_config(src: ResolvedSource, options: dict[str, Any] | None):
     return EngineConfig.from_options(options)
 
 
-def build_chat_engine(src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any]):
+def build_chat_engine(src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any],
+                  num_gpus: float = 0.0):
     """An LLMEngine for a chat/completion model."""
     config = chat_engine_config(src, options)
     if src.kind == "fake":
@@ -39,11 +65,12 @@ def build_chat_engine(src: ResolvedSource, dtype: str, device: str, cache_dir: s
         raise SourceError(f"builtin `{src.location}` is not a chat model")
     from models.llm.engine import HFEngine
 
-    return HFEngine.load(src.location, gguf_file=src.file, dtype=dtype, device=pick_device(device),
+    return HFEngine.load(src.location, gguf_file=src.file, dtype=dtype, device=pick_device(device, num_gpus),
                          cache_dir=os.path.join(cache_dir, "llm"), config=config)
 
 
-def build_embedding_backend(src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any]):
+def build_embedding_backend(src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any],
+                  num_gpus: float = 0.0):
     if src.kind == "fake":
         from models.embeddings.fake import FakeEmbeddingBackend
 
@@ -52,10 +79,11 @@ def build_embedding_backend(src: ResolvedSource, dtype: str, device: str, cache_
         raise SourceError(f"`{src.path}` is not a sentence-transformers model directory or hub id")
     from models.embeddings.sentence import SentenceEmbeddingBackend
 
-    return SentenceEmbeddingBackend(src.location, device=pick_device(device), dtype=dtype, **options)
+    return SentenceEmbeddingBackend(src.location, device=pick_device(device, num_gpus), dtype=dtype, **options)
 
 
-def build_image_backend(src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any]):
+def build_image_backend(src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any],
+                  num_gpus: float = 0.0):
     if src.kind == "fake":
         from models.images.fake import FakeImageBackend
 
@@ -67,10 +95,11 @@ def build_image_backend(src: ResolvedSource, dtype: str, device: str, cache_dir:
         from models.images.tiny import build_tiny_pipeline
 
         location = build_tiny_pipeline(os.path.join(cache_dir, "images", src.location))
-    return DiffusersImageBackend(location, device=pick_device(device), dtype=dtype, **options)
+    return DiffusersImageBackend(location, device=pick_device(device, num_gpus), dtype=dtype, **options)
 
 
-def build_speech_backend(src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any]):
+def build_speech_backend(src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any],
+                  num_gpus: float = 0.0):
     if src.kind == "fake":
         from models.speech.fake import FakeSpeechBackend
 
@@ -80,10 +109,24 @@ def build_speech_backend(src: ResolvedSource, dtype: str, device: str, cache_dir
     if src.path.endswith(".onnx"):  # a Piper voice: model.onnx beside model.onnx.json
         from models.speech.piper_backend import PiperSpeechBackend
 
-        return PiperSpeechBackend(src.path, **options)
+        return PiperSpeechBackend(src.path, use_cuda=piper_uses_cuda(device, num_gpus), **options)
     from models.speech.vits_backend import VitsSpeechBackend
 
-    return VitsSpeechBackend(src.location, device=pick_device(device), **options)
+    return VitsSpeechBackend(src.location, device=pick_device(device, num_gpus), **options)
+
+
+def piper_uses_cuda(device: str, num_gpus: float) -> bool:
+    """Piper runs on onnxruntime, not torch: on its CUDA provider when the model asks for a GPU (as pick_device),
+    DeviceUnavailableError when onnxruntime-gpu is not installed (onnxruntime would quietly run on the CPU)."""
+    if not wants_gpu(device, num_gpus):
+        return False
+    import onnxruntime
+
+    providers = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        raise DeviceUnavailableError(f"the Piper voice asks for a GPU (device: {device}, num_gpus: {num_gpus:g}) but "
+                                     f"onnxruntime offers only {', '.join(providers)}; install onnxruntime-gpu")
+    return True
 
 
 BUILDERS = {
@@ -94,6 +137,8 @@ BUILDERS = {
 }
 
 
-def build_backend(task: str, src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any]):
-    """The backend (or LLM engine) for `task` from `src`; raises SourceError when the pair makes no sense."""
-    return BUILDERS[task](src, dtype, device, cache_dir, dict(options))
+def build_backend(task: str, src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any],
+                  num_gpus: float = 0.0):
+    """The backend (or LLM engine) for `task` from `src` on pick_device(device, num_gpus); raises SourceError when
+    the pair makes no sense, DeviceUnavailableError when the model asks for a GPU that cannot be used."""
+    return BUILDERS[task](src, dtype, device, cache_dir, dict(options), num_gpus)

@@ -14,7 +14,7 @@ OTHER_FRAMEWORKS = [
     "*.h5", "*.msgpack", "*.ot", "*.tflite", "tf_model*", "flax_model*", "rust_model*", "onnx/*", "openvino/*",
     "coreml/*",
 ]
-PICKLED_WEIGHTS = ["*.bin", "*.pt", "*.pth"]
+PICKLED_WEIGHTS = ["*.bin", "*.pt", "*.pth", "*.ckpt"]
 
 
 class HubError(RuntimeError):

@@ -1,6 +1,7 @@
 """`openserve up`: open the registry (seeding it from the YAML on first start), start (or join) Ray, serve HTTP and
-deploy every model marked deployed, until Ctrl-C. Also `openserve models ...` (serving/admin/cli.py). The benchmarks
-have their own entry point (`openserve-bench`, `python -m benchmarks`): the product never imports them."""
+deploy every model marked deployed, until Ctrl-C. Also `openserve models ...` (serving/admin/cli.py) and
+`openserve serve-config` (the same as a Ray Serve config file or KubeRay manifest). The benchmarks have their own
+entry point (`openserve-bench`, `python -m benchmarks`): the product never imports them."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--config", help="YAML configuration (default: configs/default.yaml, embedded)")
     up.add_argument("--host", help="listen address (default from config: 127.0.0.1)")
     up.add_argument("--port", type=int, help="listen port (default from config: 8000)")
-    up.add_argument("--address", help="join a running Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
+    up.add_argument("--address", help="join a running Ray cluster (e.g. auto, or head-ip:6379) instead of starting one")
     up.add_argument("--data-dir", help="where caches, the registry and Ray's files go (default from config)")
     up.add_argument("--registry-url", help="SQLAlchemy URL of the registry (default: sqlite in the data dir)")
     up.add_argument(
@@ -39,14 +40,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check-config", help="validate a configuration and print it (keys as their hashes)")
     check.add_argument("--config")
+    check.add_argument("--sources", action="store_true", help="also check that every model's source resolves")
+    health = sub.add_parser("health", help="exit 0 when a running server answers (e.g. a container HEALTHCHECK)")
+    health.add_argument("--url", default=os.environ.get("OPENSERVE_URL", "http://127.0.0.1:8000"))
+    health.add_argument("--ready", action="store_true",
+                        help="ask /ready instead of /health: every model marked deployed is served")
+    _serve_config_parser(sub)
     admin_cli.add_parser(sub)
     keys_cli.add_parser(sub)
     return p
 
 
+def _serve_config_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve-config", help="write the running configuration as a Ray Serve config file (serve deploy) or a "
+        "KubeRay RayService manifest",
+    )
+    p.add_argument("--config", help="YAML configuration (default: configs/default.yaml, embedded)")
+    p.add_argument("--host", help="listen address of the ingress (default from config)")
+    p.add_argument("--port", type=int, help="listen port of the ingress (default from config)")
+    p.add_argument("--data-dir", help="the data dir whose registry says which models run (default from config)")
+    p.add_argument("--registry-url", help="SQLAlchemy URL of the registry (default: sqlite in the data dir)")
+    p.add_argument("--from-config", action="store_true",
+                   help="the configuration file's models, not the registry's deployed ones")
+    p.add_argument("--format", choices=["serve", "kuberay"], default="serve")
+    p.add_argument("--output", "-o", help="file to write (default: standard output)")
+    p.add_argument("--image", default="openserve:gpu", help="kuberay: the container image (Dockerfile.gpu)")
+    p.add_argument("--name", default="openserve", help="kuberay: the RayService name")
+    p.add_argument("--gpu-workers", type=int, default=2, help="kuberay: at most this many one-GPU worker pods")
+
+
 def _with_overrides(config: AppConfig, args: argparse.Namespace) -> AppConfig:
     values = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "registry_url": args.registry_url,
-              "log_format": args.log_format}
+              "log_format": getattr(args, "log_format", None)}
     server = {k: v for k, v in values.items() if v}
     return config.model_copy(update={"server": config.server.model_copy(update=server)})
 
@@ -110,6 +136,50 @@ def redacted(config: AppConfig) -> dict:
     return data
 
 
+def serve_config_command(config: AppConfig, args: argparse.Namespace) -> int:
+    """Write the Serve config (or RayService) for the registry's deployed models, or the file's (--from-config)."""
+    from serving.registry.startup import running_models
+    from serving.serve_config import dump, rayservice, serve_config
+
+    models = config.models if args.from_config else running_models(config)
+    document = serve_config(config.server, models)
+    if args.format == "kuberay":
+        document = rayservice(document, args.name, args.image, args.gpu_workers)
+    text = dump(document)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"wrote {args.output}: {len(models)} model(s) ({', '.join(m.name for m in models)})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _check_sources(config: AppConfig) -> int:
+    from serving.registry.checks import source_problem
+
+    problems = [(m.name, source_problem(m)) for m in config.models]
+    for name, problem in problems:
+        if problem:
+            print(f"model {name}: {problem}", file=sys.stderr)
+    return 1 if any(problem for _, problem in problems) else 0
+
+
+def health(url: str, ready: bool) -> int:
+    """0 when the server answers /health (with `ready`: /ready, every deployed model routed); 1 with the reason."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + ("/ready" if ready else "/health"), timeout=5):
+            return 0
+    except urllib.error.HTTPError as e:
+        print(f"not ready: {e.code} {e.read()[:500].decode(errors='replace')}", file=sys.stderr)
+    except OSError as e:
+        print(f"not answering: {e}", file=sys.stderr)
+    return 1
+
+
 def _ray_environment(config: AppConfig, address: str | None) -> None:
     """Ray's settings that travel by environment; set before Ray is imported (it reads some of them then)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -125,6 +195,8 @@ def _start_ray(config: AppConfig, address: str | None) -> None:
     import ray
 
     if address:
+        # Ray's own way in: a cluster with token auth takes the token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+        # ~/.ray/auth_token (`ray get-auth-token`); RAY_AUTH_MODE is left as the operator set it.
         ray.init(address=address, log_to_driver=True)
         return
     from serving.deployments.loopback import LOOPBACK
@@ -133,6 +205,7 @@ def _start_ray(config: AppConfig, address: str | None) -> None:
     os.makedirs(temp_dir, mode=0o700, exist_ok=True)  # Ray's sockets and logs: this user's only
     ray.init(
         num_cpus=config.server.ray_num_cpus or os.cpu_count(),
+        num_gpus=config.server.ray_num_gpus,  # None: the GPUs Ray detects
         include_dashboard=False,
         object_store_memory=config.server.ray_object_store_mb * 2**20,
         _temp_dir=temp_dir,
@@ -140,6 +213,14 @@ def _start_ray(config: AppConfig, address: str | None) -> None:
         runtime_env={"worker_process_setup_hook": "serving.deployments.loopback.serve_replicas_on_loopback"},
         log_to_driver=True,
     )
+
+
+def _head_ip() -> str | None:
+    """The address of the cluster's head node (None if Ray does not say)."""
+    import ray
+
+    heads = [n for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
+    return heads[0]["NodeManagerAddress"] if heads else None
 
 
 RAY_TOKEN_FILE = "ray_auth_token"
@@ -179,14 +260,14 @@ def up(config: AppConfig, args: argparse.Namespace) -> int:
     import ray
     from ray import serve  # only now: refusing to start must not wait for Ray's import
 
-    from serving.application import APP_NAME, build_application, for_replicas
+    from serving.application import APP_NAME, build_application, for_replicas, placement_here
 
     _start_ray(config, args.address)
     _install_signal_handlers()  # again: ray.init installs its own SIGTERM handler, which aborts the process
     try:
         serve.start(proxy_location="Disabled")  # the ingress replica serves HTTP itself (deployments/ingress.py)
         settings, secrets_path = write_secrets(for_replicas(config.server))
-        app = build_application(settings, secrets_path, ray.util.get_node_ip_address())
+        app = build_application(settings, secrets_path, placement_here(ray.util.get_node_ip_address(), _head_ip()))
         ingress = serve.run(app, name=APP_NAME, route_prefix=None)
         if not ingress.ready.remote().result():
             raise RuntimeError(f"the HTTP server did not start on {config.server.host}:{config.server.port}")
@@ -249,6 +330,8 @@ def _kill_metrics_hub() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    if args.command == "health":
+        return health(args.url, args.ready)
     if args.command == "models":
         from serving.admin import cli as admin_cli
 
@@ -264,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "check-config":
         print(json.dumps(redacted(config), indent=2))
-        return 0
+        return _check_sources(config) if args.sources else 0
+    if args.command == "serve-config":
+        return serve_config_command(_with_overrides(config, args), args)
     try:
         return up(_with_overrides(config, args), args)
     except KeyboardInterrupt:

@@ -59,6 +59,7 @@ class ModelCard:
     created: int
     owned_by: str = "local"
     metadata: dict = field(default_factory=dict)
+    state: str = "ready"  # ready | updating | starting (from zero replicas) | scaled_to_zero
 
 
 class ChatClient(Protocol):

@@ -47,20 +47,46 @@ class BatchingConfig(StrictModel):
 
 
 class ResourcesConfig(StrictModel):
-    """Ray resources reserved by each replica of the model's deployment (num_gpus may be fractional)."""
+    """Ray resources reserved by each replica of the model's deployment (num_gpus may be fractional).
 
-    num_cpus: float = Field(0.5, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
+    They are Ray's logical resources, a share for placing replicas, not a limit on threads: a CPU replica computes
+    on every core (torch_threads). The small default lets several models share a small machine (docs/scaling.md)."""
+
+    num_cpus: float = Field(0.25, ge=0, description="Ray CPUs per replica (a share of the node, not threads)")
+    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per replica; fractions share a GPU")
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources per replica, e.g. {special: 1} (placement by node)"
+    )
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_is_not_cpu_or_gpu(cls, v: dict[str, float]) -> dict[str, float]:
+        reserved = sorted(set(v) & {"CPU", "GPU", "memory", "object_store_memory"})
+        if reserved:
+            raise ValueError(f"{reserved[0]} is not a custom resource (use num_cpus / num_gpus)")
+        if any(amount < 0 for amount in v.values()):
+            raise ValueError("custom resource amounts must not be negative")
+        return v
+
+    def demand(self) -> dict[str, float]:
+        """What one replica asks Ray for, by Ray's resource names (zero amounts left out)."""
+        need = {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.custom}
+        return {k: v for k, v in need.items() if v > 0}
 
 
 class AutoscalingConfig(StrictModel):
-    """Ray Serve autoscaling of a model's replicas (replaces num_replicas when set)."""
+    """Ray Serve autoscaling of a model's replicas (replaces num_replicas when set); min_replicas 0 scales to zero."""
 
-    min_replicas: int = Field(1, ge=0, le=64)
+    min_replicas: int = Field(1, ge=0, le=64, description="0: no replica while idle (a request starts one)")
     max_replicas: int = Field(1, ge=1, le=64)
     target_ongoing_requests: float = Field(2.0, gt=0, description="in-flight requests per replica to aim for")
-    upscale_delay_s: float = Field(30.0, ge=0)
-    downscale_delay_s: float = Field(600.0, ge=0)
+    upscale_delay_s: float = Field(30.0, ge=0, description="load must last this long before a replica is added")
+    downscale_delay_s: float = Field(600.0, ge=0, description="idleness must last this long before one is removed")
+    look_back_period_s: float = Field(30.0, gt=0, description="the window over which Serve averages the load")
+    cold_start_timeout_s: float = Field(
+        300.0, gt=0, le=3600,
+        description="at zero replicas, how long a request waits for one to start; then 503 with Retry-After",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> "AutoscalingConfig":
@@ -169,6 +195,18 @@ class ModelConfig(StrictModel):
     def deployment_name(self) -> str:
         return deployment_name(self.name)
 
+    @property
+    def initial_replicas(self) -> int:
+        """How many replicas a deploy starts (and places) before the model is ready."""
+        return self.num_replicas if self.autoscaling is None else self.autoscaling.min_replicas
+
+    @property
+    def cold_start_timeout_s(self) -> float | None:
+        """How long a request may wait for a replica to take it: bounded for a model that scales to zero."""
+        if self.autoscaling is None or self.autoscaling.min_replicas > 0:
+            return None
+        return self.autoscaling.cold_start_timeout_s
+
     def deployment_spec(self) -> dict:
         """What the model's replicas are built from: every field but those that only the router reads."""
         return self.model_dump(exclude={"aliases", "description", "fallbacks"})
@@ -183,6 +221,7 @@ class ServerConfig(StrictModel):
         default_factory=list, description="when set, requests need `Bearer <key>`; a key or its `sha256:<hex>`"
     )
     ray_num_cpus: int | None = Field(None, ge=1, description="default: the machine's cores")
+    ray_num_gpus: int | None = Field(None, ge=0, description="GPUs of a local Ray (default: the ones Ray detects)")
     ray_object_store_mb: int = Field(200, ge=64)
     admin_api_keys: list[str] = Field(
         default_factory=list, description="keys for /admin (Bearer), or their `sha256:<hex>`; when there is no admin "

@@ -56,15 +56,23 @@ class ModelRouter:
 
     def client(self, name: str, task: str) -> Any:
         """The client for `name` (with its fallbacks, if it has any); 404 if unknown, 400 if it serves another task."""
+        served = self._served_for(name, task)
+        if not served.fallbacks:
+            return served.client
+        return FALLBACK_CLIENTS[task](served.client, served.fallbacks, lambda other: self._fallback(other, task))
+
+    def own_client(self, name: str, task: str) -> Any:
+        """The model's own client, without its fallbacks (the admin API reads its replicas); 404 / 400 as client."""
+        return self._served_for(name, task).client
+
+    def _served_for(self, name: str, task: str) -> ServedModel:
         served = self._served(name)
         if served.card.task != task:
             raise InvalidRequestError(
                 f"The model `{name}` is a {served.card.task} model; use {TASK_ENDPOINTS[served.card.task]}.",
                 param="model",
             )
-        if not served.fallbacks:
-            return served.client
-        return FALLBACK_CLIENTS[task](served.client, served.fallbacks, lambda other: self._fallback(other, task))
+        return served
 
     def _fallback(self, name: str, task: str) -> Any:
         """A fallback's own client (not its fallbacks), or None when it is not served now or serves another task."""

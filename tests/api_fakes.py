@@ -140,6 +140,10 @@ class FakeChatClient:
         finally:
             await stream.aclose()
 
+    async def engine_stats(self) -> dict | None:
+        """What HandleChatClient.engine_stats gives: the service's last report (None before its first request)."""
+        return None if self._service is None else self._service.engine_stats()
+
     async def wait_aborted(self, count: int = 1, timeout_s: float = 10.0) -> list[str]:
         """The aborted ids once `count` requests were aborted; fails the test after `timeout_s`."""
         assert await asyncio.to_thread(self.engine.wait_aborted, count, timeout_s), self.aborted

@@ -7,21 +7,39 @@ from serving.admin.app import AdminSwitch, build_admin_app
 from serving.admin.service import RegistryAdmin
 from serving.api.app import build_app
 from serving.config import ModelConfig
-from serving.registry.controller import AppState, ControllerSettings, ModelController
+from serving.registry.checks import NodeResources
+from serving.registry.controller import AppState, ControllerSettings, ModelController, ReplicaInfo, Replicas
 from serving.registry.routes import RegistryRoutes
 from serving.registry.store import RegistryStore
 from serving.router import ModelRouter
 from serving.upstream.pool import UpstreamPool
 from tests.api_fakes import FakeChatClient, FakeEmbeddingClient, FakeImageClient, FakeSpeechClient
 
-FAST = ControllerSettings(deploy_timeout_s=5, schedule_timeout_s=0.2, route_grace_s=0, poll_s=0.01)
+def embedding(name: str, **kw) -> ModelConfig:
+    """A fake embedding model's configuration with `kw` on top."""
+    return ModelConfig.model_validate({"name": name, "task": "embedding", "source": "fake:", **kw})
+
+
+FAST = ControllerSettings(deploy_timeout_s=5, schedule_timeout_s=0.2, route_grace_s=0, poll_s=0.01, monitor_s=0.01)
+
+
+def node(cpus: float = 2.0, free: float | None = None, **other: float) -> NodeResources:
+    """A node with `cpus` CPUs (`free` of them unreserved; default all) and other resources, all free."""
+    total = {"CPU": cpus, "memory": 1e9, **other}
+    return NodeResources(total=total, free={**total, "CPU": cpus if free is None else free})
+
+
+def replicas(target: int, running: int, starting: int = 0) -> Replicas:
+    states = ["RUNNING"] * running + ["STARTING"] * starting
+    return Replicas(target, tuple(ReplicaInfo(f"r{i}", state, "node-1") for i, state in enumerate(states)))
 
 
 @dataclass
 class FakeServeOps:
-    """Applications that are RUNNING as soon as they run, unless `outcomes[model name]` says otherwise."""
+    """Applications that are RUNNING as soon as they run (one running replica per wanted one), unless
+    `outcomes[model name]` says otherwise."""
 
-    nodes_: list[dict] = field(default_factory=lambda: [{"CPU": 2.0, "memory": 1e9}])
+    nodes_: list[NodeResources] = field(default_factory=lambda: [node()])
     outcomes: dict[str, AppState] = field(default_factory=dict)
     running: dict[str, AppState] = field(default_factory=dict)
     runs: list[tuple[str, int]] = field(default_factory=list)  # (model, max_batch_size) per run
@@ -29,7 +47,9 @@ class FakeServeOps:
 
     def run(self, spec: ModelConfig) -> None:
         self.runs.append((spec.name, spec.batching.max_batch_size))
-        self.running[spec.deployment_name] = self.outcomes.get(spec.name, AppState("RUNNING"))
+        wanted = spec.initial_replicas
+        state = AppState("RUNNING", replicas=replicas(wanted, wanted))
+        self.running[spec.deployment_name] = self.outcomes.get(spec.name, state)
 
     def delete(self, app: str) -> None:
         self.running.pop(app, None)
@@ -38,10 +58,10 @@ class FakeServeOps:
     def state(self, app: str) -> AppState | None:
         return self.running.get(app)
 
-    def apps(self) -> list[str]:
-        return list(self.running)
+    def states(self) -> dict[str, AppState]:
+        return dict(self.running)
 
-    def nodes(self) -> list[dict]:
+    def nodes(self) -> list[NodeResources]:
         return self.nodes_
 
 
@@ -83,12 +103,17 @@ def admin_stack(db_path: str, admin_api_keys: list[str] = (), api_keys: list[str
     controller = ModelController(store, ops, FAST)
     router = ModelRouter()
     clients = FakeClients()
-    routes = RegistryRoutes(store, router, clients, interval_s=0.05)
+
+    async def replica_view() -> dict:
+        return await controller.replicas(max_age_s=0)  # tests change the fake Serve and look at once
+
+    routes = RegistryRoutes(store, router, clients, interval_s=0.05, replica_view=replica_view, states_every_s=0)
 
     async def notify(name: str) -> None:
         controller.notify(name)
 
-    admin = RegistryAdmin(store, notify, refresh=routes.refresh)
+    admin = RegistryAdmin(store, notify, refresh=routes.refresh, nodes=ops.nodes, replica_view=replica_view,
+                          engine_stats=lambda name: router.own_client(name, "chat").engine_stats())
     public = build_app(router, api_keys=list(api_keys))
     admin_app = build_admin_app(admin, admin_api_keys=list(admin_api_keys), max_request_bytes=65536,
                                 upstreams=clients.upstreams)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from models.errors import ModelInputError
-from models.images.limits import check_request
+from models.images.limits import check_request, with_defaults
 from models.images.types import ImageParams
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -54,6 +54,7 @@ class DiffusersImageBackend:
         """One RGB image of exactly params[i]'s size per prompt, in input order; bad requests raise ModelInputError."""
         if len(prompts) != len(params):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} params")
+        params = [with_defaults(p, self.default_steps, self.default_guidance_scale) for p in params]
         for prompt, p in zip(prompts, params):
             check_request(prompt, p, self.size_multiple, self.max_pixels, self.max_steps)
             if p.negative_prompt and not self._accepts_negative:

@@ -7,7 +7,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from models.images.limits import check_request
+from models.images.limits import check_request, with_defaults
 from models.images.types import ImageParams
 
 
@@ -42,6 +42,7 @@ class FakeImageBackend:
         """One RGB image of exactly params[i]'s size per prompt, in order; bad requests raise ModelInputError."""
         if len(prompts) != len(params):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} params")
+        params = [with_defaults(p, self.default_steps, self.default_guidance_scale) for p in params]
         for prompt, p in zip(prompts, params):
             check_request(prompt, p, self.size_multiple, self.max_pixels, self.max_steps)
         self.calls.append(len(prompts))

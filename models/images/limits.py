@@ -1,11 +1,20 @@
 """Request checks shared by every image backend, so the fake rejects exactly what the real one does."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from models.errors import ModelInputError
 from models.images.types import ImageParams
 
 # What a torch.Generator takes (manual_seed raises outside it): int64 seeds, plus seed + i for a request's n images.
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
+
+
+def with_defaults(params: ImageParams, steps: int, guidance_scale: float) -> ImageParams:
+    """`params` with the model's own steps and guidance where the request left them unset (None)."""
+    given_steps, given_guidance = params.num_inference_steps, params.guidance_scale
+    return replace(params, num_inference_steps=steps if given_steps is None else given_steps,
+                   guidance_scale=guidance_scale if given_guidance is None else given_guidance)
 
 
 def check_request(prompt: str, params: ImageParams, size_multiple: int, max_pixels: int, max_steps: int) -> None:

@@ -11,8 +11,8 @@ from PIL import Image
 class ImageParams:
     width: int
     height: int
-    num_inference_steps: int
-    guidance_scale: float
+    num_inference_steps: int | None  # None: the model's own default (its options', else its pipeline's)
+    guidance_scale: float | None  # None: likewise
     seed: int | None = None
     negative_prompt: str | None = None
 

@@ -59,6 +59,9 @@ def _require(ok: bool, key: str, rule: str, value: Any) -> None:
         raise ValueError(f"options.{key}: {rule}, got {value!r}")
 
 
+DEFAULT_MAX_RUNNING = {"cpu": 16, "cuda": 256}  # see EngineConfig.max_running
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How an HFEngine runs. Every field is an option a model's config may set (configs/*.yaml `options:`)."""
@@ -67,7 +70,9 @@ class EngineConfig:
     # every KV slot reserves max_model_len tokens and 128k-token slots would rarely fit.
     max_model_len: int | None = None
     # Sequences decoded together, one KV slot each; fewer run when kv_cache_gb cannot hold that many slots.
-    max_running: int = 16
+    # None: DEFAULT_MAX_RUNNING for the device (16 on CPU, where a step's time grows with its rows; 256 on CUDA,
+    # where a decode step costs about the same at 1 and 256 rows and 16 would cap a 256-stream run at 16 wide).
+    max_running: int | None = None
     # Requests waiting for a slot; past it add_request raises EngineOverloadedError (the server answers 429).
     max_queued: int = 256
     # Tokens fed per step (decodes + prefill chunks). None: 512 on CPU, where a step's time grows with its tokens
@@ -96,11 +101,14 @@ class EngineConfig:
     kv_block_size: int = 16
     # Memory for cached prefix blocks in GiB. On CPU it is committed as blocks are first written.
     prefix_cache_gb: float = 0.5
+    # Make every fallback from the fast path an error at load instead of a logged warning: the batched runner's
+    # probe failing (per-request runner) and a CUDA graph capture failing (eager decode).
+    strict: bool = False
 
     def __post_init__(self) -> None:
         _require(self.max_model_len is None or self.max_model_len >= 2, "max_model_len", "must be >= 2",
                  self.max_model_len)
-        _require(self.max_running >= 1, "max_running", "must be >= 1", self.max_running)
+        _require(self.max_running is None or self.max_running >= 1, "max_running", "must be >= 1", self.max_running)
         _require(self.max_queued >= 0, "max_queued", "must be >= 0", self.max_queued)
         _require(self.max_batched_tokens is None or self.max_batched_tokens >= 1, "max_batched_tokens",
                  "must be >= 1", self.max_batched_tokens)
@@ -108,6 +116,10 @@ class EngineConfig:
         _require(0 < self.gpu_memory_share <= 1, "gpu_memory_share", "must be in (0, 1]", self.gpu_memory_share)
         _require(1 <= self.kv_block_size <= 1024, "kv_block_size", "must be in 1..1024", self.kv_block_size)
         _require(self.prefix_cache_gb > 0, "prefix_cache_gb", "must be > 0", self.prefix_cache_gb)
+
+    def running_on(self, device_type: str) -> int:
+        """max_running, or the default for `device_type` ("cpu", "cuda") when the options leave it unset."""
+        return self.max_running or DEFAULT_MAX_RUNNING.get(device_type, DEFAULT_MAX_RUNNING["cpu"])
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None) -> "EngineConfig":

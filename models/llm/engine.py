@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from models.llm.config import EngineConfig
+from models.errors import FastPathError
 from models.llm.constraints import TokenMask
 from models.llm.cpu_int4 import Int4Weight, attach_int4
 from models.llm.cpu_linear import pack_linears
@@ -63,7 +64,7 @@ class HFEngine:
         self.int4_linears = attach_int4(model, int4_weights) if int4_weights and self.device.type == "cpu" else 0
         self._threads = LoneDecodeThreads(enabled=self.int4_linears > 0)
         budget = config.max_batched_tokens or DEFAULT_MAX_BATCHED_TOKENS.get(self.device.type, 512)
-        self.runner, self.max_running = self._make_runner(max(budget, config.max_running))
+        self.runner, self.max_running = self._make_runner(max(budget, config.running_on(self.device.type)))
         if self.device.type == "cpu":
             warn_if_openmp_spins()
         prefix = self.runner.prefix if self.batched else None
@@ -125,7 +126,8 @@ class HFEngine:
             kv_tokens_used=sum(r.num_computed for r in s.running.values()),
             steps=c.steps, busy_s=c.busy_s, prompt_tokens=c.prompt_tokens, generated_tokens=c.generated_tokens,
             finished_requests=c.finished_requests, aborted_requests=c.aborted_requests,
-            batched=self.batched, cuda_graphs=len(graphs.graphs) if graphs is not None else 0,
+            batched=self.batched, cuda_graphs=graphs.num_captured if graphs is not None else 0,
+            device=self.device.type, cuda_graphs_on=graphs is not None and graphs.enabled,
             prefix_cache_hit_tokens=prefix.hit_tokens if prefix else 0,
             prefix_cache_miss_tokens=prefix.miss_tokens if prefix else 0,
         )
@@ -156,27 +158,32 @@ class HFEngine:
             raise RuntimeError("the engine is closed")
 
     def _make_runner(self, step_tokens: int):
-        """(BatchedModelRunner, slots) when the probe passes, else (PerRequestRunner, max_running)."""
+        """(BatchedModelRunner, slots) when the probe passes, else (PerRequestRunner, max_running); with
+        `strict`, FastPathError instead of the per-request fallback."""
         config, name = self.config, type(self.model).__name__
+        max_running = config.running_on(self.device.type)
         if config.batched:
             previous = enable_slot_attention(self.model)
             reason = probe_slot_attention(self.model, self.vocab_size)
             if reason is None:
                 shape = KVShape.of(self.model.config)
                 dtype = next(self.model.parameters()).dtype
-                reserve = activation_reserve_of(self.model.config, step_tokens, config.max_running, dtype)
+                reserve = activation_reserve_of(self.model.config, step_tokens, max_running, dtype)
                 kv_budget = default_kv_budget_bytes(self.device, config.kv_cache_gb, config.gpu_memory_share, reserve)
                 blocks = prefix_cache_blocks(shape, dtype, config) if config.prefix_caching else 0
                 if self.device.type == "cuda":  # the prefix pool is committed at once there: it comes out of the share
                     kv_budget -= blocks * config.kv_block_size * shape.bytes_per_token(dtype)
-                slots = fit_num_slots(shape, config.max_running, self.max_model_len, dtype, kv_budget)
+                slots = fit_num_slots(shape, max_running, self.max_model_len, dtype, kv_budget)
                 runner = BatchedModelRunner(self.model, slots, self.max_model_len, config.cuda_graphs, blocks,
-                                            config.kv_block_size)
+                                            config.kv_block_size, strict=config.strict)
                 log.info("%s: batched engine, %d slots x %d tokens (%.2f GiB KV reserved), prefix cache of %d "
                          "blocks x %d tokens, %d packed linears, %d with int4 decode weights", name, slots,
                          self.max_model_len, runner.cache.reserved_bytes / 2**30, blocks, config.kv_block_size,
                          self.packed_linears, self.int4_linears)
                 return runner, slots
             restore_attention(self.model, previous)
+            if config.strict:
+                raise FastPathError(f"{name}: the batched engine is unavailable ({reason}) and options.strict "
+                                    "forbids the per-request fallback")
             log.warning("%s: batched engine unavailable (%s); running one forward per request per step", name, reason)
-        return PerRequestRunner(self.model), config.max_running
+        return PerRequestRunner(self.model), max_running

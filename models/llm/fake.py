@@ -103,6 +103,10 @@ class FakeEngineConfig:
     max_queued: int = 256
     step_delay: float = 0.0  # seconds each non-empty step sleeps (to act while a request is in flight)
 
+    def running_on(self, device_type: str) -> int:
+        """max_running, whatever the device (EngineConfig.running_on's contract)."""
+        return self.max_running
+
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None) -> "FakeEngineConfig":
         """The config a model's `options` ask for; ValueError("options.<key>: ...") naming an unknown or bad key."""

@@ -21,6 +21,7 @@ from models.llm.attention import BATCH_KWARG, PrefillChunk, StepBatch, split_by_
 from models.llm.device_io import upload
 from models.llm.prefix_cache import PrefixCache
 from models.llm.kv_cache import KVShape, SlotKVCache
+from models.llm.loader import vocab_size_of
 from models.llm.request import EngineRequest
 
 log = logging.getLogger(__name__)
@@ -58,18 +59,23 @@ class BatchedModelRunner:
     """Owns the slot KV cache and turns scheduled work into one forward (or one CUDA graph replay)."""
 
     def __init__(self, model: Any, num_slots: int, slot_len: int, cuda_graphs: bool = True,
-                 prefix_blocks: int = 0, block_size: int = 16):
-        """prefix_blocks: blocks of `block_size` tokens for the prefix cache (0: no prefix caching)."""
+                 prefix_blocks: int = 0, block_size: int = 16, strict: bool = False, graph_api: Any = None):
+        """prefix_blocks: blocks of `block_size` tokens for the prefix cache (0: no prefix caching). On CUDA with
+        `cuda_graphs` (or with a fake `graph_api`, in tests) every decode graph is captured here, at load; a capture
+        failure turns graphs off with a warning, or raises FastPathError when `strict`."""
         self.forward = SlotModelForward(model)
         self.device = self.forward.device
         dtype = next(model.parameters()).dtype
         self.cache = SlotKVCache(KVShape.of(model.config), num_slots, slot_len, dtype, self.device)
         self.prefix = PrefixCache(self.cache, prefix_blocks, block_size) if prefix_blocks > 0 else None
         self.graphs = None
-        if cuda_graphs and self.device.type == "cuda":
+        if cuda_graphs and (self.device.type == "cuda" or graph_api is not None):
             from models.llm.cuda_graphs import CudaGraphDecoder
 
-            self.graphs = CudaGraphDecoder(self.forward, self.cache)
+            self.cache.ensure_initialized(slot_len)  # graphs read every position of their view (no-op on CUDA)
+            self.graphs = CudaGraphDecoder(self.forward, self.cache, vocab_size_of(model), dtype, strict, graph_api)
+            with torch.inference_mode():
+                self.graphs.capture_all()
 
     def execute(self, work: list[tuple[EngineRequest, int]]) -> tuple[list[EngineRequest], torch.Tensor]:
         """Feed each (request, count) its next `count` tokens; return (requests that sample, their logits [R, V])."""

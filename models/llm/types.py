@@ -64,7 +64,10 @@ class EngineStats:
     finished_requests: int  # requests that finished (stop or length)
     aborted_requests: int  # requests aborted while unfinished
     batched: bool  # the batched slot-attention runner (False: the per-request fallback)
-    cuda_graphs: int  # decode CUDA graphs captured so far (0 off CUDA or with graphs off)
+    cuda_graphs: int  # decode CUDA graphs captured (at load; 0 off CUDA or with graphs off)
+    device: str = "cpu"  # the torch device type the model runs on ("cpu", "cuda")
+    cuda_graphs_on: bool = False  # decode steps replay CUDA graphs (False off CUDA, with graphs off, or after a
+    # capture failure)
     prefix_cache_hit_tokens: int = 0  # prompt tokens whose KV came from the prefix cache (not computed)
     prefix_cache_miss_tokens: int = 0  # prompt tokens computed while the prefix cache was on
 

@@ -1,6 +1,7 @@
 """`openserve models list|show|add|update|deploy|undeploy|rm`: the admin API of a running server, from a shell.
 
     openserve models add bge-small --task embedding --source BAAI/bge-small-en-v1.5 --num-cpus 1
+    openserve models update bge-small --min-replicas 0 --max-replicas 3 --downscale-delay-s 300
     openserve models list --url http://gpu-box:8000 --admin-key "$OPENSERVE_ADMIN_KEY"
 
 Exit status: 0 done, 1 the server refused or the model failed (the reason is printed), 2 bad arguments.
@@ -80,6 +81,23 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _resource(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    try:
+        if sep and key:
+            return key, float(value)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT, got `{text}`")
+
+
+# Autoscaling flags (the `autoscaling` group of the configuration; setting any turns autoscaling on).
+AUTOSCALING = (("min_replicas", int, "0: no replica while idle"), ("max_replicas", int, None),
+               ("target_ongoing_requests", float, "in-flight requests per replica to aim for"),
+               ("upscale_delay_s", float, None), ("downscale_delay_s", float, None),
+               ("cold_start_timeout_s", float, "at zero replicas: wait this long for one, then 503"))
+
+
 def _spec_flags(p: argparse.ArgumentParser) -> None:
     """The configuration flags shared by `add` and `update` (everything else: --file)."""
     p.add_argument("--source", help="package:..., builtin:..., fake:, hf:org/name, org/name, or a local path")
@@ -90,6 +108,10 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-ongoing-requests", type=int)
     p.add_argument("--num-cpus", type=float, help="Ray CPUs per replica")
     p.add_argument("--num-gpus", type=float, help="Ray GPUs per replica (fractions share a GPU)")
+    p.add_argument("--resource", action="append", type=_resource, dest="custom",
+                   help="a Ray custom resource per replica NAME=AMOUNT (repeatable): placed on nodes that have it")
+    for key, kind, text in AUTOSCALING:
+        p.add_argument("--" + key.replace("_", "-"), type=kind, help=text)
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--batch-wait-timeout-s", type=float)
     p.add_argument("--alias", action="append", dest="aliases", help="another model id for it (repeatable)")
@@ -111,14 +133,17 @@ def _spec_from_flags(args: argparse.Namespace) -> dict:
                 "description", "aliases", "fallbacks"):
         if getattr(args, key, None) is not None:
             spec[key] = getattr(args, key)
-    groups = {"resources": ("num_cpus", "num_gpus"), "batching": ("max_batch_size", "batch_wait_timeout_s")}
+    groups = {"resources": ("num_cpus", "num_gpus", "custom"), "batching": ("max_batch_size", "batch_wait_timeout_s"),
+              "autoscaling": tuple(key for key, _, _ in AUTOSCALING)}
     upstream = {"base_url": args.base_url, "model": args.remote_model, "api_key_env": args.api_key_env}
     if any(v is not None for v in upstream.values()):
         spec["upstream"] = {**spec.get("upstream", {}), **{k: v for k, v in upstream.items() if v is not None}}
     for group, keys in groups.items():
-        values = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+        values = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+        if "custom" in values:
+            values["custom"] = dict(values["custom"])
         if values:
-            spec[group] = {**spec.get(group, {}), **values}
+            spec[group] = {**(spec.get(group) or {}), **values}
     if args.options:
         spec["options"] = {**spec.get("options", {}), **dict(args.options)}
     return spec
@@ -160,15 +185,22 @@ def add_parser(sub) -> None:
         actions.add_parser(action, parents=parents, help=text).add_argument("name")
 
 
+def _replicas(entry: dict) -> str:
+    """RUNNING/TARGET, and the autoscaling range when there is one (e.g. 1/2 (0-3))."""
+    replicas, scaling = entry.get("replicas"), entry["config"].get("autoscaling")
+    shown = f"{replicas['running']}/{replicas['target']}" if replicas else "-"
+    return shown + (f" ({scaling['min_replicas']}-{scaling['max_replicas']})" if scaling else "")
+
+
 def _print_table(entries: list[dict]) -> None:
-    rows = [("NAME", "TASK", "STATUS", "SOURCE", "ALIASES")]
+    rows = [("NAME", "TASK", "STATUS", "REPLICAS", "SOURCE", "ALIASES")]
     for e in entries:
         config = e["config"]
         source = f"upstream {config['upstream']['base_url']}" if config.get("upstream") else config["source"]
-        rows.append((e["name"], config["task"], e["status"], source, ",".join(config["aliases"]) or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append((e["name"], config["task"], e["status"], _replicas(e), source, ",".join(config["aliases"]) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[5])
     for e in entries:
         if e.get("error"):
             print(f"\n{e['name']} failed: {e['error']}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from serving.admin.auth import admin_actor
-from serving.admin.schemas import DeletedModel, ModelRegistration, ModelUpdate, RegistryModel, RegistryModelList
+from serving.admin.schemas import (DeletedModel, EngineReport, ModelRegistration, ModelUpdate, RegistryModel,
+                                   RegistryModelList)
 from serving.admin.service import RegistryAdmin
 
 router = APIRouter(prefix="/admin/models", tags=["admin"])
@@ -16,8 +17,9 @@ async def get_admin(request: Request) -> RegistryAdmin:
 
 @router.get("")
 async def list_models(admin: RegistryAdmin = Depends(get_admin)) -> RegistryModelList:
-    """Every registered model, whatever its status; rows that cannot be read are listed apart, with the reason."""
-    return RegistryModelList.of(await admin.list())
+    """Every registered model, whatever its status, with its replicas (target, running, ...); rows that cannot be
+    read are listed apart, with the reason."""
+    return RegistryModelList.of(await admin.list(), await admin.replicas())
 
 
 @router.post("", status_code=201)
@@ -46,9 +48,18 @@ async def undeploy_model(
     return RegistryModel.of(await admin.undeploy(name, actor))
 
 
+@router.get("/{name:path}/engine")
+async def get_engine(name: str, admin: RegistryAdmin = Depends(get_admin)) -> EngineReport:
+    """The engine of a deployed chat model: which path it runs (batched, device, CUDA graphs) and its load. (This
+    route comes first: a model whose own name ends in `/engine` is read from the listing.)"""
+    return EngineReport(model=name, stats=await admin.engine(name))
+
+
 @router.get("/{name:path}")
 async def get_model(name: str, admin: RegistryAdmin = Depends(get_admin)) -> RegistryModel:
-    return RegistryModel.of(await admin.get(name))
+    """The entry and its replicas: `replicas.target` is what Serve's autoscaler aims for, `running` what serves."""
+    entry = await admin.get(name)
+    return RegistryModel.of(entry, (await admin.replicas()).get(name))
 
 
 @router.patch("/{name:path}")

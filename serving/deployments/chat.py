@@ -9,6 +9,7 @@ from serving.clients import GenerationChunk, GenerationRequest
 from serving.config import ModelConfig
 from serving.deployments.chat_engine import build_engine
 from serving.deployments.observability import model_replica
+from serving.deployments.placement import place_replica
 from serving.metrics.models import engine_load, observe_generation, watch_engine
 from serving.services.engine_process import EngineProcess
 from serving.services.llm import LLMService
@@ -23,7 +24,8 @@ class ChatDeployment:
     replica it would share the GIL with Ray's streaming threads, and a dead or hung engine is restarted there
     while this replica answers 503 (serving/services/llm.py)."""
 
-    def __init__(self, spec: dict, data_dir: str):
+    def __init__(self, spec: dict, data_dir: str, report_to: str | None = None):
+        spec = place_replica(spec, report_to)
         self.model = ModelConfig.model_validate(spec)
         self.service = LLMService(lambda: EngineProcess(build_engine, (spec, data_dir)))
         model_replica(self.model.name)
@@ -35,6 +37,11 @@ class ChatDeployment:
         Ray cancels this generator and the service aborts the request, freeing its KV slot within one step."""
         async for chunks in observe_generation(self.model.name, self.service.generate_batches(request)):
             yield chunks
+
+    def engine_stats(self) -> dict | None:
+        """The engine's last stats report as a dict (models.llm.types.EngineStats: its path included), None before
+        the first; read from the report, never a call into the engine."""
+        return self.service.engine_stats()
 
     def check_health(self) -> None:
         """Unhealthy only when restarting the engine cannot help; Serve then replaces the replica."""

@@ -34,7 +34,8 @@ def load_backend(spec: dict, data_dir: str):
     start = time.perf_counter()
     source = fetch_source(model.source, model.revision, progress=log.info)  # Hub ids: into the HF cache first
     cache_dir = os.path.join(data_dir, "cache")
-    backend = build_backend(model.task, source, model.dtype, model.device, cache_dir, model.options)
+    backend = build_backend(model.task, source, model.dtype, model.device, cache_dir, model.options,
+                            model.resources.num_gpus)
     log.info("model %s (%s) loaded from %s in %.1f s", model.name, model.task, model.source, time.perf_counter() - start)
     return model, backend
 

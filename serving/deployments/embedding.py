@@ -7,6 +7,7 @@ from ray import serve
 from models.embeddings.types import EmbeddingBackend
 from serving.clients import EmbeddingResult
 from serving.deployments.common import batch_merger, item_result, load_backend
+from serving.deployments.placement import place_replica
 
 
 def embed_calls(backend: EmbeddingBackend, calls: list[list]) -> list[EmbeddingResult]:
@@ -30,8 +31,8 @@ def embed_calls(backend: EmbeddingBackend, calls: list[list]) -> list[EmbeddingR
 
 @serve.deployment
 class EmbeddingDeployment:
-    def __init__(self, spec: dict, data_dir: str):
-        self.model, self.backend = load_backend(spec, data_dir)
+    def __init__(self, spec: dict, data_dir: str, report_to: str | None = None):
+        self.model, self.backend = load_backend(place_replica(spec, report_to), data_dir)
         run = lambda calls: embed_calls(self.backend, calls)  # noqa: E731
         self._merger = batch_merger(self.model, run)
 

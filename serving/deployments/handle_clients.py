@@ -38,8 +38,10 @@ class Deadlines:
 
     @classmethod
     def of(cls, model: ModelConfig, server: ServerConfig) -> Deadlines:
-        """The model's own deadlines where it sets them, else the server's."""
-        return cls(model.queue_timeout_s or server.queue_timeout_s, model.request_timeout_s or server.request_timeout_s)
+        """The model's own deadlines where it sets them, else the server's; a model that scales to zero waits for a
+        replica up to its cold-start bound (autoscaling.cold_start_timeout_s) unless it sets its own queue deadline."""
+        queue_s = model.queue_timeout_s or model.cold_start_timeout_s or server.queue_timeout_s
+        return cls(queue_s, model.request_timeout_s or server.request_timeout_s)
 
     @property
     def start_s(self) -> float:
@@ -188,6 +190,12 @@ class HandleChatClient:
     def __init__(self, handle, deadlines: Deadlines):
         self._handle = direct(handle).options(stream=True)
         self._deadlines = deadlines
+        self._unary = direct(handle)
+
+    async def engine_stats(self) -> dict | None:
+        """One replica's engine stats (ChatDeployment.engine_stats): its path, load and counters; within the
+        request deadlines like any call."""
+        return await call_within(self._unary.engine_stats.remote(), self._deadlines)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """The replica streams lists of chunks (several deltas per Ray item under load); flatten them."""

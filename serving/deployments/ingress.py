@@ -14,24 +14,29 @@ from ray import serve
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.admin.service import RegistryAdmin
+from serving.api.app import build_app
 from serving.api.errors import error_response
 from serving.api.server import build_server_app
 from serving.config import ModelConfig, ServerConfig
-from serving.deployments.handle_clients import HANDLE_CLIENTS, Deadlines
+from serving.deployments.cluster import node_resources
+from serving.deployments.handle_clients import HANDLE_CLIENTS, Deadlines, HandleChatClient
 from serving.deployments.observability import ingress_scraper, tag_serve_request
 from serving.errors import TooManyConnectionsError
+from serving.keys.records import config_records
+from serving.keys.ring import KeyRing
 from serving.logs import configure_logging
-from serving.registry.routes import RegistryRoutes
+from serving.registry.routes import RegistryRoutes, served_model
 from serving.registry.store import RegistryStore
 from serving.router import ModelRouter
 from serving.upstream.pool import UpstreamPool
 from serving.secrets import read_server
 
 
-def handle_client(model: ModelConfig, server: ServerConfig):
+def handle_client(model: ModelConfig, server: ServerConfig, check_exists: bool = True):
     """A client over the model's own Serve application (same name for the app and its one deployment), with the
-    model's deadlines."""
-    handle = serve.get_deployment_handle(model.deployment_name, model.deployment_name)
+    model's deadlines (for a model that scales to zero, its cold start bounds the wait for a replica).
+    check_exists=False: the application may still be on its way (a Serve config file deploys them all at once)."""
+    handle = serve.get_deployment_handle(model.deployment_name, model.deployment_name, _check_exists=check_exists)
     return HANDLE_CLIENTS[model.task](handle, Deadlines.of(model, server))
 
 
@@ -91,28 +96,56 @@ async def _serve(server: uvicorn.Server) -> None:
 
 @serve.deployment
 class Ingress:
-    def __init__(self, settings: dict, secrets_path: str, controller):
-        config = read_server(settings, secrets_path)
+    def __init__(self, settings: dict, secrets_path: str | None, controller=None, models: list[dict] | None = None):
+        """With `controller` (`openserve up`): routes follow the registry, /admin changes it; the server's secrets
+        come from the file at `secrets_path`. With `models` instead (a Serve config file, `serve deploy`): routes to
+        exactly those models, no /admin and no registry, since the file is what says which models run (API keys:
+        the file's `server` section, as hashes)."""
+        config = read_server(settings, secrets_path) if secrets_path else ServerConfig.model_validate(settings)
         configure_logging(config.log_format)
-        store = RegistryStore.open(config.resolved_registry_url)
         router = ModelRouter()
-        upstreams = UpstreamPool()
-        self._routes = RegistryRoutes(store, router, IngressClients(upstreams, config), interval_s=config.routes_refresh_s)
         # Serve runs the constructor on the replica's event loop; the tasks below live on it.
         loop = asyncio.get_running_loop()
-        self._poll = loop.create_task(self._routes.run())
+        if controller is None:
+            clients = partial(handle_client, server=config, check_exists=False)
+            router.replace(served_model(ModelConfig.model_validate(m), clients) for m in models or [])
+            keys = KeyRing(config_records(config.api_keys, config.admin_api_keys))
+            app = build_app(router, max_request_bytes=config.max_request_bytes, keys=keys)
+        else:
+            app = self._registry_app(config, router, controller, loop)
+        self._server = http_server(app, config.host, config.port, config.max_connections)
+        self._serving = loop.create_task(_serve(self._server))
+
+    def _registry_app(self, config: ServerConfig, router: ModelRouter, controller, loop):
+        """Routes kept equal to the registry (polled), the registry's keys, and the /admin app over it; upstream
+        models are called by this ingress directly (with their health checks running here)."""
+        store = RegistryStore.open(config.resolved_registry_url)
+        upstreams = UpstreamPool()
         self._health = loop.create_task(upstreams.run())
 
         async def notify(name: str) -> None:
             await controller.notify.remote(name)
 
-        admin = RegistryAdmin(store, notify, refresh=self._routes.refresh)
+        async def engine_stats(name: str) -> dict | None:
+            client = router.own_client(name, "chat")
+            if not isinstance(client, HandleChatClient):  # an upstream model: its engine is another server's
+                return None
+            return await client.engine_stats()
+
+        async def replicas() -> dict:
+            return await controller.replicas.remote()
+
+        self._routes = RegistryRoutes(store, router, IngressClients(upstreams, config),
+                                      interval_s=config.routes_refresh_s, replica_view=replicas)
+        self._poll = loop.create_task(self._routes.run())
+        nodes = node_resources if config.check_cluster_resources else None
+        admin = RegistryAdmin(store, notify, refresh=self._routes.refresh, nodes=nodes, replica_view=replicas,
+                              engine_stats=engine_stats)
         scraper = ingress_scraper(store) if config.metrics else None
         app, keys = build_server_app(config, store, router, admin, scraper, on_request=tag_serve_request,
                                      upstreams=upstreams)
         self._keys = loop.create_task(keys.run())
-        self._server = http_server(app, config.host, config.port, config.max_connections)
-        self._serving = loop.create_task(_serve(self._server))
+        return app
 
     async def check_health(self) -> None:
         """Unhealthy (Serve restarts the replica) when the HTTP server stopped, e.g. its port was taken."""

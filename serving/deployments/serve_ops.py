@@ -5,18 +5,19 @@ controller is one), in a worker thread so the replica's event loop keeps serving
 """
 from __future__ import annotations
 
-import ray
 from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.api import RunTarget
 
-from models.factory import chat_engine_config
+from models.factory import chat_engine_config, wants_gpu
 from models.sources import resolve_source
-from serving.config import MODEL_APP_PREFIX, ModelConfig
+from serving.config import ModelConfig
 from serving.deployments.chat import ChatDeployment
+from serving.deployments.cluster import model_states, node_resources, value
 from serving.deployments.embedding import EmbeddingDeployment
 from serving.deployments.image import ImageDeployment
 from serving.deployments.speech import SpeechDeployment
+from serving.registry.checks import NodeResources
 from serving.registry.controller import AppState
 
 DEPLOYMENTS = {
@@ -40,7 +41,8 @@ def max_ongoing_requests(model: ModelConfig) -> int:
         return model.max_ongoing_requests
     if model.task == "chat":
         engine = chat_engine_config(resolve_source(model.source), model.options)  # the engine's own defaults
-        return engine.max_running + engine.max_queued
+        on = "cuda" if wants_gpu(model.device, model.resources.num_gpus) else "cpu"  # 256 running on CUDA, 16 on CPU
+        return engine.running_on(on) + engine.max_queued
     return DEFAULT_MAX_ONGOING_REQUESTS
 
 
@@ -53,41 +55,50 @@ def max_queued_requests(model: ModelConfig) -> int:
     return max_ongoing_requests(model) * max(1, replicas)
 
 
-def _scaling(model: ModelConfig) -> dict:
+def scaling_options(model: ModelConfig) -> dict:
+    """The deployment's replica count or Serve autoscaling_config (our cold-start bound is the ingress' own)."""
     if model.autoscaling is None:
         return {"num_replicas": model.num_replicas}
-    return {"autoscaling_config": model.autoscaling.model_dump()}
+    return {"autoscaling_config": model.autoscaling.model_dump(exclude={"cold_start_timeout_s"})}
 
 
-def model_application(model: ModelConfig, data_dir: str) -> Application:
-    """The model's own application: one deployment of its task's class (no HTTP route: the ingress calls it)."""
-    return model_deployment(model).bind(model.deployment_spec(), data_dir)
+def actor_options(model: ModelConfig) -> dict:
+    """Ray resources per replica: Ray places the replica on a node that has them and gives it its GPU share."""
+    options = {"num_cpus": model.resources.num_cpus, "num_gpus": model.resources.num_gpus}
+    if model.resources.custom:
+        options["resources"] = dict(model.resources.custom)
+    return options
 
 
-def model_deployment(model: ModelConfig) -> Deployment:
-    """The model's deployment with its Serve limits, resources and scaling."""
-    return DEPLOYMENTS[model.task].options(
-        name=model.deployment_name,
-        max_ongoing_requests=max_ongoing_requests(model),
-        max_queued_requests=max_queued_requests(model),  # counted per caller: the one ingress replica
-        ray_actor_options={"num_cpus": model.resources.num_cpus, "num_gpus": model.resources.num_gpus},
-        health_check_period_s=10,
-        graceful_shutdown_timeout_s=30,  # undeploy and Ctrl-C let in-flight requests finish first
-        **_scaling(model),
-    )
+def deployment_options(model: ModelConfig) -> dict:
+    """Everything Serve is told about the model's deployment (also written by `openserve serve-config`)."""
+    return {
+        "name": model.deployment_name,
+        "max_ongoing_requests": max_ongoing_requests(model),
+        "max_queued_requests": max_queued_requests(model),  # counted per caller: the one ingress replica
+        "ray_actor_options": actor_options(model),
+        "health_check_period_s": 10,
+        "graceful_shutdown_timeout_s": 30,  # undeploy and Ctrl-C let in-flight requests finish first
+        **scaling_options(model),
+    }
 
 
-def _value(status) -> str:
-    return str(getattr(status, "value", status))
+def model_application(model: ModelConfig, data_dir: str, report_to: str | None = None) -> Application:
+    """The model's own application: one deployment of its task's class (no HTTP route: the ingress calls it).
+    `report_to`: the app whose registry controller hears where each replica runs (None: nobody)."""
+    deployment = DEPLOYMENTS[model.task].options(**deployment_options(model))
+    return deployment.bind(model.deployment_spec(), data_dir, report_to)
 
 
 class RayServeOps:
-    def __init__(self, data_dir: str):
+    def __init__(self, data_dir: str, report_to: str | None = None):
         self.data_dir = data_dir
+        self.report_to = report_to
 
     def run(self, spec: ModelConfig) -> None:
-        target = RunTarget(target=model_application(spec, self.data_dir), name=spec.deployment_name, route_prefix=None)
-        serve.run_many([target], wait_for_applications_running=False)
+        app = model_application(spec, self.data_dir, self.report_to)
+        serve.run_many([RunTarget(target=app, name=spec.deployment_name, route_prefix=None)],
+                       wait_for_applications_running=False)
 
     def delete(self, app: str) -> None:
         serve.delete(app, _blocking=True)
@@ -98,14 +109,14 @@ class RayServeOps:
             return None
         messages = [status.message] + [d.message for d in status.deployments.values()]
         return AppState(
-            status=_value(status.status),
+            status=value(status.status),
             message="\n".join(m for m in messages if m),
             # Ray's own words (deployment_state.py) for replicas still waiting for resources after 30 s.
             unschedulable=any("to be scheduled" in (d.message or "") for d in status.deployments.values()),
         )
 
-    def apps(self) -> list[str]:
-        return [name for name in serve.status().applications if name.startswith(MODEL_APP_PREFIX)]
+    def states(self) -> dict[str, AppState]:
+        return model_states()
 
-    def nodes(self) -> list[dict[str, float]]:
-        return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+    def nodes(self) -> list[NodeResources]:
+        return node_resources()

@@ -9,13 +9,14 @@ from models.speech.encoding import SUPPORTED_FORMATS, encode_audio
 from models.speech.types import SpeechParams
 from serving.clients import EncodedAudio
 from serving.deployments.common import batch_merger, item_result, load_backend
+from serving.deployments.placement import place_replica
 from serving.errors import InvalidRequestError
 
 
 @serve.deployment
 class SpeechDeployment:
-    def __init__(self, spec: dict, data_dir: str):
-        self.model, self.backend = load_backend(spec, data_dir)
+    def __init__(self, spec: dict, data_dir: str, report_to: str | None = None):
+        self.model, self.backend = load_backend(place_replica(spec, report_to), data_dir)
         run = lambda items: self.backend.synthesize([t for t, _ in items], [p for _, p in items])  # noqa: E731
         self._merger = batch_merger(self.model, run)
 

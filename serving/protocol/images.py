@@ -30,8 +30,8 @@ class ImageDefaults:
 
     width: int = 512
     height: int = 512
-    steps: int = 30
-    guidance_scale: float = 7.5
+    steps: int | None = None  # None: the model's own (its pipeline's __call__ default unless options set one)
+    guidance_scale: float | None = None
     size_multiple: int = 8  # SD's VAE downsamples by 8
     max_pixels: int = 1024 * 1024
 
@@ -43,11 +43,15 @@ class ImageDefaults:
         return cls(
             width=int(width),
             height=int(height),
-            steps=int(metadata.get("default_steps", base.steps)),
-            guidance_scale=float(metadata.get("default_guidance_scale", base.guidance_scale)),
+            steps=_optional(int, metadata.get("default_steps")),
+            guidance_scale=_optional(float, metadata.get("default_guidance_scale")),
             size_multiple=int(metadata.get("size_multiple", base.size_multiple)),
             max_pixels=int(metadata.get("max_pixels", base.max_pixels)),
         )
+
+
+def _optional(kind, value):
+    return None if value is None else kind(value)
 
 
 class ImageGenerationRequest(OpenAIRequest):

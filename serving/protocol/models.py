@@ -13,10 +13,11 @@ class ModelObject(OpenAIResponse):
     created: int
     owned_by: str
     task: str  # extension (OpenAI clients keep unknown fields): chat | embedding | image | speech
+    state: str = "ready"  # extension: ready | updating | starting | scaled_to_zero (a request starts a replica)
 
     @classmethod
     def from_card(cls, card: ModelCard) -> ModelObject:
-        return cls(id=card.id, created=card.created, owned_by=card.owned_by, task=card.task)
+        return cls(id=card.id, created=card.created, owned_by=card.owned_by, task=card.task, state=card.state)
 
 
 class ModelList(OpenAIResponse):

@@ -2,8 +2,10 @@
 
 Level-triggered: `notify(name)` only says "look at this model again"; one worker per model reads the entry and
 converges (deploy, redeploy, watch, or drain and delete), so requests that arrive while it works are never lost or
-interleaved. The controller writes `status` (and `error`); the admin API writes everything else. Serve itself is
-behind the narrow ServeOps interface, so the logic is tested without Ray.
+interleaved. Between changes, `check_replicas` watches the serving models' replicas: it logs scale changes, marks a
+model failed when it lost every replica and none can be placed (its node died), and ready again when one runs. The
+controller writes `status` (and `error`); the admin API writes everything else. Serve itself is behind the narrow
+ServeOps interface, so the logic is tested without Ray.
 """
 from __future__ import annotations
 
@@ -11,18 +13,52 @@ import asyncio
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from serving.config import ModelConfig, ServerConfig, deployment_name
 from serving.errors import ModelNotFoundError
-from serving.registry.checks import resources_problem, source_problem
+from serving.registry.checks import NodeResources, resources_problem, source_problem
 from serving.registry.entry import ModelEntry
 from serving.registry.store import RegistryStore
 
-log = logging.getLogger("serving.registry")
+# A child of Ray Serve's logger: in the controller's replica its lines reach `openserve up`'s output and Serve's logs.
+log = logging.getLogger("ray.serve.openserve")
 
 ROUTED_STATUSES = ("ready", "updating")  # the model's application serves requests (an update rolls replicas)
+STARTING_STATES = ("STARTING", "UPDATING", "RECOVERING")  # Serve's ReplicaState values of a replica not yet serving
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    replica_id: str
+    state: str  # Serve's ReplicaState: STARTING, RUNNING, STOPPING, ...
+    node_id: str | None = None
+    placement: dict = field(default_factory=dict)  # what the replica reported: node, GPU ids, device
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """A model's replicas: how many Serve aims for now (the autoscaler's last decision) and each one's state."""
+
+    target: int
+    replicas: tuple[ReplicaInfo, ...] = ()
+
+    def count(self, *states: str) -> int:
+        return sum(r.state in states for r in self.replicas)
+
+    @property
+    def running(self) -> int:
+        return self.count("RUNNING")
+
+    def summary(self) -> dict:
+        """The JSON the admin API shows."""
+        return {
+            "target": self.target, "running": self.running, "starting": self.count(*STARTING_STATES),
+            "stopping": self.count("STOPPING"),
+            "replicas": [{"id": r.replica_id, "state": r.state, "node_id": r.node_id, **r.placement}
+                         for r in self.replicas],
+        }
 
 
 @dataclass(frozen=True)
@@ -30,6 +66,7 @@ class AppState:
     status: str  # Serve's ApplicationStatus: RUNNING, DEPLOYING, DEPLOY_FAILED, UNHEALTHY, DELETING, ...
     message: str = ""
     unschedulable: bool = False  # a replica is still waiting for resources (Ray says so after 30 s)
+    replicas: Replicas | None = None  # filled by ServeOps.states()
 
 
 class ServeOps(Protocol):
@@ -38,8 +75,8 @@ class ServeOps(Protocol):
     def run(self, spec: ModelConfig) -> None: ...  # deploy or update the model's application, without waiting
     def delete(self, app: str) -> None: ...  # remove an application once its replicas drained
     def state(self, app: str) -> AppState | None: ...  # None when there is no such application
-    def apps(self) -> list[str]: ...  # every model application that exists
-    def nodes(self) -> list[dict[str, float]]: ...  # total resources of each alive node
+    def states(self) -> dict[str, AppState]: ...  # every model application, with its replicas
+    def nodes(self) -> list[NodeResources]: ...  # each alive node's total and free resources
 
 
 @dataclass(frozen=True)
@@ -49,6 +86,7 @@ class ControllerSettings:
     check_cluster_resources: bool = True
     route_grace_s: float = 2.0  # every ingress drops a route this soon after the registry changes
     poll_s: float = 0.5
+    monitor_s: float = 5.0  # how often check_replicas looks at the serving models
 
     @classmethod
     def from_server(cls, server: ServerConfig) -> ControllerSettings:
@@ -79,6 +117,10 @@ class ModelController:
         self._wake: set[str] = set()
         self._workers: dict[str, asyncio.Task] = {}
         self._running: dict[str, dict] = {}  # name -> the deployment spec its application was last given
+        self._lost: set[str] = set()  # models marked failed by check_replicas whose application was kept
+        self._seen: dict[str, tuple[int, int]] = {}  # name -> (target, running) last logged
+        self._placements: dict[str, dict[str, dict]] = {}  # application -> replica id -> what it reported
+        self._snapshot: tuple[float, dict[str, AppState]] = (float("-inf"), {})
 
     def notify(self, name: str) -> None:
         """Have the model's worker look at its entry again (starts the worker if it is idle)."""
@@ -94,7 +136,7 @@ class ModelController:
         for entry in listing.entries:
             self.notify(entry.name)
         owned = {e.spec.deployment_name for e in listing.entries} | {deployment_name(e.name) for e in listing.invalid}
-        for app in await asyncio.to_thread(self.ops.apps):
+        for app in await asyncio.to_thread(lambda: list(self.ops.states())):
             if app not in owned:
                 log.info("deleting application %s: no registry entry owns it", app)
                 await asyncio.to_thread(self.ops.delete, app)
@@ -114,6 +156,7 @@ class ModelController:
                 await asyncio.to_thread(self.store.set_status, name, "failed", f"controller error: {e!r}")
 
     async def _reconcile(self, name: str) -> None:
+        self._lost.discard(name)
         try:
             entry = await asyncio.to_thread(self.store.get, name)
         except ModelNotFoundError:
@@ -209,3 +252,98 @@ class ModelController:
         self._running.pop(name, None)
         if entry is not None and (exists or entry.status not in ("registered", "stopped")):
             await asyncio.to_thread(self.store.set_status, name, "stopped", None, deployed=False)
+
+    # --- between changes: the serving models' replicas ---------------------------------------------------------
+
+    def report_placement(self, app: str, replica_id: str, placement: dict) -> None:
+        """A replica says where it runs (node, GPU ids, device); shown with its replica until it goes away."""
+        self._placements.setdefault(app, {})[replica_id] = dict(placement)
+
+    async def replicas(self, max_age_s: float = 1.0) -> dict[str, Replicas]:
+        """Model name -> its replicas, from a look at Serve at most `max_age_s` old."""
+        taken, states = self._snapshot
+        if time.monotonic() - taken > max_age_s:
+            states = await self._look()
+        names = {deployment_name(n): n for n in await asyncio.to_thread(lambda: [e.name for e in self.store.list()])}
+        return {names[app]: state.replicas for app, state in states.items() if app in names and state.replicas}
+
+    async def _look(self) -> dict[str, AppState]:
+        states = await asyncio.to_thread(self.ops.states)
+        for app in list(self._placements):
+            if app not in states:
+                del self._placements[app]
+        merged = {app: self._with_placements(app, state) for app, state in states.items()}
+        self._snapshot = (time.monotonic(), merged)
+        return merged
+
+    def _with_placements(self, app: str, state: AppState) -> AppState:
+        reported = self._placements.get(app, {})
+        if state.replicas is None:
+            return state
+        alive = {r.replica_id for r in state.replicas.replicas}
+        for gone in set(reported) - alive:
+            del reported[gone]
+        replicas = tuple(replace(r, placement=reported.get(r.replica_id, {})) for r in state.replicas.replicas)
+        return replace(state, replicas=replace(state.replicas, replicas=replicas))
+
+    async def monitor(self) -> None:
+        """Forever (a task of the controller's replica): check_replicas every settings.monitor_s."""
+        while True:
+            try:
+                await self.check_replicas()
+            except Exception:  # Serve or the registry hiccuped: look again next time
+                log.exception("checking the models' replicas failed")
+            await asyncio.sleep(self.settings.monitor_s)
+
+    async def check_replicas(self) -> None:
+        """One look at every deployed model no worker is busy with: log scale changes; mark a model that lost every
+        replica with none placeable `failed` (its application stays, so Serve places one when a node can take it),
+        and `ready` again once one runs; redeploy a model whose application vanished."""
+        states = await self._look()
+        nodes: list[NodeResources] | None = None
+        for entry in await asyncio.to_thread(self.store.list):
+            worker = self._workers.get(entry.name)
+            if not entry.deployed or (worker is not None and not worker.done()):
+                continue
+            state = states.get(entry.spec.deployment_name)
+            if state is None:
+                if entry.status in ROUTED_STATUSES:
+                    log.warning("%s: its Serve application vanished; deploying it again", entry.name)
+                    self.notify(entry.name)
+                continue
+            self._log_scaling(entry.name, state.replicas)
+            if entry.status in ROUTED_STATUSES:
+                nodes = nodes if nodes is not None else await asyncio.to_thread(self.ops.nodes)
+                problem = self._lost_reason(entry.spec, state, nodes)
+                if problem:
+                    log.warning("%s failed: %s", entry.name, problem)
+                    self._lost.add(entry.name)
+                    await asyncio.to_thread(self.store.set_status, entry.name, "failed", problem, version=entry.version)
+            elif entry.name in self._lost and state.status == "RUNNING" and state.replicas and state.replicas.running:
+                if await asyncio.to_thread(self.store.set_status, entry.name, "ready", None, version=entry.version):
+                    log.info("%s is ready again: %d replica(s) running", entry.name, state.replicas.running)
+                self._lost.discard(entry.name)
+
+    @staticmethod
+    def _lost_reason(spec: ModelConfig, state: AppState, nodes: list[NodeResources]) -> str | None:
+        """Why a serving model has no replica and cannot get one now, or None (it has one, or one is coming)."""
+        replicas = state.replicas
+        if replicas is None or replicas.running > 0 or replicas.target == 0:
+            return None
+        hopeless = resources_problem(spec, nodes)
+        if hopeless:
+            return f"no running replica, and no alive Ray node can hold one: {hopeless}"
+        if state.unschedulable and spec.initial_replicas > 0:  # at zero, a cold start has its own bound
+            return f"no running replica, and none could be placed: {state.message}"
+        if state.status == "DEPLOY_FAILED":  # Serve gave up; UNHEALTHY is a replica being replaced, left to Serve
+            return "no running replica: " + failure_reason(state.message)
+        return None
+
+    def _log_scaling(self, name: str, replicas: Replicas | None) -> None:
+        if replicas is None:
+            return
+        now, before = (replicas.target, replicas.running), self._seen.get(name)
+        if now != before:
+            self._seen[name] = now
+            log.info("%s: %d replica(s) running, target %d (was %s)", name, now[1], now[0],
+                     "unknown" if before is None else f"{before[1]} running, target {before[0]}")

@@ -125,16 +125,26 @@ def _v4(conn: Connection) -> None:
     _add_columns(conn, _upstream_columns())
 
 
-Migration = Callable[[Connection], None]
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4]  # MIGRATIONS[i] takes a database from version i to i + 1
+def _v5(conn: Connection) -> None:
+    """Ray custom resources per replica ({} or NULL: none), for placement on nodes that have them."""
+    _add_columns(conn, [_custom_resources_column()])
 
-# The tables as this release reads and writes them (today: version 4).
+
+def _custom_resources_column() -> Column:
+    return Column("custom_resources", JSON)
+
+
+Migration = Callable[[Connection], None]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5]  # MIGRATIONS[i] takes a database from version i to i + 1
+
+# The tables as this release reads and writes them (today: version 5).
 metadata = MetaData()
 _model_tables(metadata)
 _key_tables(metadata)
 for _column in _bounds_columns() + _upstream_columns():
     metadata.tables["models"].append_column(_column)
 models = metadata.tables["models"]
+models.append_column(_custom_resources_column())
 model_names = metadata.tables["model_names"]
 registry_state = metadata.tables["registry_state"]
 api_keys = metadata.tables["api_keys"]

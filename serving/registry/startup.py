@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -9,7 +10,7 @@ from typing import Callable
 
 from sqlalchemy.engine import make_url
 
-from serving.config import AppConfig, ServerConfig
+from serving.config import AppConfig, ModelConfig, ServerConfig
 from serving.registry.entry import ModelEntry
 from serving.registry.store import RegistryStore
 
@@ -33,6 +34,19 @@ def open_registry(config: AppConfig, config_path: str, apply_config: bool, say: 
         say(f"  the registry wins over {config_path} for: {', '.join(differ)} (--apply-config writes the file's)")
     store.reset_runtime_statuses()
     return store
+
+
+def running_models(config: AppConfig) -> list[ModelConfig]:
+    """The models the registry marks deployed, or the configuration's when it has no registry yet (what its first
+    start would seed)."""
+    url = make_url(config.server.resolved_registry_url)
+    if url.get_backend_name() == "sqlite" and not os.path.exists(url.database or ""):
+        return list(config.models)
+    store = RegistryStore.open(str(url))
+    try:
+        return [e.spec for e in store.list() if e.deployed]
+    finally:
+        store.close()
 
 
 def wait_for_models(store: RegistryStore, server: ServerConfig, say: Say, poll_s: float = 0.5) -> list[ModelEntry]:

@@ -53,6 +53,7 @@ def _row_values(spec: ModelConfig) -> dict:
         max_ongoing_requests=spec.max_ongoing_requests or 0,  # version 1's column is NOT NULL: 0 means derived
         num_cpus=spec.resources.num_cpus,
         num_gpus=spec.resources.num_gpus,
+        custom_resources=spec.resources.custom or None,
         max_batch_size=spec.batching.max_batch_size,
         batch_wait_timeout_s=spec.batching.batch_wait_timeout_s,
         autoscaling=spec.autoscaling.model_dump() if spec.autoscaling else None,
@@ -67,7 +68,7 @@ def _entry(row, aliases: list[str]) -> ModelEntry:
     data.update(
         max_ongoing_requests=row.max_ongoing_requests or None,
         name=row.name,
-        resources={"num_cpus": row.num_cpus, "num_gpus": row.num_gpus},
+        resources={"num_cpus": row.num_cpus, "num_gpus": row.num_gpus, "custom": row.custom_resources or {}},
         batching={"max_batch_size": row.max_batch_size, "batch_wait_timeout_s": row.batch_wait_timeout_s},
         autoscaling=row.autoscaling,
         aliases=aliases,

@@ -16,16 +16,18 @@ from models.llm.types import RequestOutput, SamplingParams
 
 @dataclass(frozen=True)
 class EngineInfo:
-    """What callers need from the engine: its tokenizer (a copy, when it crossed a pipe) and its limits."""
+    """What callers need from the engine: its tokenizer (a copy, when it crossed a pipe), its limits, and its stats
+    at load (which say the path it runs: batched, device, CUDA graphs), the first report a caller can read."""
 
     tokenizer: Any
     max_model_len: int
     max_running: int
     max_queued: int
+    stats: Any = None  # the engine's stats() when it became ready (models.llm.types.EngineStats)
 
     @classmethod
     def of(cls, engine) -> "EngineInfo":
-        return cls(engine.tokenizer, engine.max_model_len, engine.max_running, engine.max_queued)
+        return cls(engine.tokenizer, engine.max_model_len, engine.max_running, engine.max_queued, engine.stats())
 
 
 @dataclass(frozen=True)

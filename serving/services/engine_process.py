@@ -50,6 +50,7 @@ class EngineProcess:
             self._send(list(sys.path))
             self._send((build, args))
             self.info: EngineInfo = self._wait_ready(start_timeout_s)
+            self.stats = self.info.stats  # until the first report: the engine as loaded
         except EngineDeadError as e:
             self._abandon()
             raise EngineStartError(f"the engine process failed to start: {e}") from None

@@ -12,6 +12,7 @@ restarting cannot help, so that Serve replaces the replica.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
@@ -96,6 +97,14 @@ class LLMService:
         self.error: BaseException | None = None  # set when restarting cannot help; health checks read it
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
         self._thread.start()
+
+    def engine_stats(self) -> dict | None:
+        """The engine's last stats report as a dict (models.llm.types.EngineStats), None before its first; never
+        a call into the engine."""
+        stats = self.engine.stats
+        if stats is None:
+            return None
+        return dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else dict(vars(stats))
 
     def check_health(self) -> None:
         """Raise when this service cannot recover by itself (its engine thread ended or restarts keep failing)."""

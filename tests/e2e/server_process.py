@@ -16,6 +16,19 @@ import psutil
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def wait_for(predicate, timeout_s: float, what: str):
+    """Poll `predicate` every 0.5 s until it returns something truthy (returned); fail the test after timeout_s."""
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"not within {timeout_s:.0f} s: {what}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,7 +54,9 @@ class ServerProcess:
         )
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(ready_timeout_s) or self.proc.poll() is not None:
+        waited = self._ready.wait(ready_timeout_s)
+        started = any("ready in" in ln for ln in self.lines)  # the reader also stops waiting when the server exits
+        if not waited or self.proc.poll() is not None or not started:
             log = self.log()
             self.stop()
             raise RuntimeError(f"server did not become ready:\n{log[-6000:]}")

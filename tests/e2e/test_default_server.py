@@ -6,7 +6,12 @@ import io
 import ipaddress
 import json
 import os
+import re
+import shlex
 import stat
+import subprocess
+import sys
+import time
 
 import httpx
 import numpy as np
@@ -16,7 +21,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from tests.e2e.server_process import ServerProcess
+from tests.e2e.server_process import REPO, ServerProcess
 
 pytestmark = pytest.mark.ray
 
@@ -236,6 +241,49 @@ def test_ollama_client_lists_chats_generates_embeds_and_shows(server, client):
 
 def test_health(server):
     assert httpx.get(server.base_url + "/health").status_code == 200
+
+
+def readme_commands() -> list[str]:
+    """The `openserve models ...` commands of the README's worked example, continuation lines joined."""
+    text = open(os.path.join(REPO, "README.md")).read().replace("\\\n", " ")
+    example = text.split("### Worked example", 1)[1].split("\n## ", 1)[0]
+    commands = [re.sub(r"\s+#.*$", "", line.removeprefix("$ ")).strip() for line in example.splitlines()
+                if line.removeprefix("$ ").startswith("openserve models ")]
+    return [" ".join(c.split()) for c in commands]
+
+
+def test_the_readme_worked_example_passes_as_written(server, client):
+    """add -> ready in under 60 s -> answers by its alias -> update -> undeploy -> rm, the README's own commands
+    run against the default server (OPENSERVE_URL points them at it)."""
+    commands = readme_commands()
+    assert [c.split()[2] for c in commands] == ["add", "list", "update", "undeploy", "rm"], commands
+    env = dict(os.environ, OPENSERVE_URL=server.base_url)
+    openserve = os.path.join(os.path.dirname(sys.executable), "openserve")
+
+    def run(command: str) -> str:
+        done = subprocess.run([openserve, *shlex.split(command)[1:]], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    started = time.monotonic()
+    assert run(commands[0]).splitlines()[-1] == "minilm: ready"
+    took = time.monotonic() - started
+    print(f"\nREADME worked example: add -> ready in {took:.1f} s")
+    assert took < 60
+    rows = [line.split() for line in run(commands[1]).splitlines()]
+    assert rows[0][:4] == ["NAME", "TASK", "STATUS", "REPLICAS"] and ["minilm", "embedding", "ready", "1/1"] in [
+        row[:4] for row in rows]
+    vectors = client.embeddings.create(model="text-embedding-3-small", input=["a sentence"]).data
+    assert len(vectors) == 1 and len(vectors[0].embedding) == 384
+    started = time.monotonic()
+    assert run(commands[2]).splitlines()[-1] == "minilm: ready"
+    print(f"README worked example: update -> ready in {time.monotonic() - started:.1f} s")
+    assert len(client.embeddings.create(model="minilm", input=["again"]).data[0].embedding) == 384
+    assert run(commands[3]).splitlines()[-1] == "minilm: stopped"
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="text-embedding-3-small", input=["gone"])
+    assert run(commands[4]).strip() == "minilm: deleted"
 
 
 def is_loopback(address: str) -> bool:

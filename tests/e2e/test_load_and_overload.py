@@ -68,7 +68,7 @@ def test_500_streaming_clients_for_60_s_each_stream_complete_or_refused_cleanly(
 @pytest.fixture(scope="module")
 def registered(server):
     """The models above, registered through the admin API and ready."""
-    with httpx.Client(base_url=server.base_url + "/admin", timeout=60) as admin:
+    with httpx.Client(base_url=server.base_url + "/admin", timeout=60, headers={"content-type": "application/json"}) as admin:
         for name, spec in {**OVERLOADED, **SLOW}.items():
             assert admin.post("/models", json={"name": name, **spec}).status_code == 201
         entries = lambda: [admin.get(f"/models/{name}").json() for name in {**OVERLOADED, **SLOW}]

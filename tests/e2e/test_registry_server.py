@@ -91,6 +91,9 @@ def test_register_a_local_model_dir_and_chat_by_name_and_alias(admin, oai, data_
     for model in ("tiny/llama", "tiny"):
         reply = oai.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=8)
         assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens >= 1
+    stats = admin.get("/models/tiny/llama/engine").json()["stats"]  # the path the replica's engine runs
+    assert (stats["batched"], stats["device"], stats["cuda_graphs_on"], stats["cuda_graphs"]) == (True, "cpu", False, 0)
+    assert admin.get("/models/fake-embed/engine").status_code == 400
 
 
 def test_update_batching_redeploys_while_the_model_keeps_serving(admin, oai):
@@ -163,14 +166,18 @@ def test_models_that_cannot_deploy_fail_with_a_reason_and_the_rest_keep_serving(
     empty = os.path.join(data_dir, "empty-model")
     os.makedirs(empty, exist_ok=True)
     admin.post("/models", json={**TINY, "name": "empty", "aliases": [], "source": empty})
-    admin.post("/models", json={**SPEECH, "name": "gpu-hungry", "resources": {"num_gpus": 1}})
-    gpu = wait_status(admin, "gpu-hungry", ("failed", "ready"))
-    assert gpu["status"] == "failed" and "needs 1 GPU" in gpu["error"]
+    gpu = admin.post("/models", json={**SPEECH, "name": "gpu-hungry", "resources": {"num_gpus": 1}})
+    assert (gpu.status_code, gpu.json()["error"]["code"]) == (400, "insufficient_resources")  # at once, not deployed
+    assert "no Ray node has that much: the largest has 0 GPU" in gpu.json()["error"]["message"]
+    source = build_tiny_llm(os.path.join(data_dir, "tiny-llm"))
+    admin.post("/models", json={**TINY, "name": "cuda-less", "aliases": [], "source": source, "device": "cuda"})
     assert embed_ok(oai)
     bad = wait_status(admin, "empty", ("failed", "ready"))
     assert bad["status"] == "failed" and bad["error"].startswith("the model failed to start:"), bad
+    cuda = wait_status(admin, "cuda-less", ("failed", "ready"))  # no GPU here: a loud failure, not a CPU run
+    assert cuda["status"] == "failed" and "asks for a GPU (device: cuda) but CUDA is not usable" in cuda["error"]
     assert embed_ok(oai) and [m.id for m in oai.models.list().data] == ["fake-embed"]
-    for name in ("empty", "gpu-hungry"):  # or the restart below would try them again
+    for name in ("empty", "cuda-less"):  # or the restart below would try them again
         assert admin.delete(f"/models/{name}").status_code == 200
 
 
@@ -253,7 +260,7 @@ def test_kill_9_during_20_concurrent_registrations_then_a_restart_brings_back_th
         names = dict(conn.execute("SELECT name, model FROM model_names WHERE model LIKE 'crash-%'").fetchall())
 
     servers.append(ServerProcess(CONFIG, data_dir=data_dir, extra_args=OPEN))
-    with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60) as admin:
+    with httpx.Client(base_url=servers[-1].base_url + "/admin", timeout=60, headers=JSON) as admin:
         listing = admin.get("/models").json()
         after = {e["name"]: e for e in listing["data"]}
     crashed = {n for n in after if n.startswith("crash-")}

@@ -63,6 +63,22 @@ async def test_register_then_chat_through_the_openai_client_by_name_and_alias(st
         assert reply.choices[0].message.content == "hi there"  # the fake engine answers with the user's message
 
 
+async def test_the_engine_route_reports_a_chat_models_path_after_its_first_request(stack, http):
+    await http.post("/admin/models", json=CHAT)
+    await ready(stack, http, CHAT["name"])
+    r = await http.get(f"/admin/models/{CHAT['name']}/engine")
+    assert r.status_code == 200 and r.json() == {"model": CHAT["name"], "stats": None}  # no report yet
+    chat = {"model": CHAT["name"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
+    stats = (await http.get(f"/admin/models/{CHAT['name']}/engine")).json()["stats"]
+    assert (stats["batched"], stats["device"], stats["cuda_graphs_on"], stats["cuda_graphs"]) == (True, "cpu", False, 0)
+    assert stats["generated_tokens"] >= 1
+    assert_error(await http.get("/admin/models/nope/engine"), 404)
+    await http.post("/admin/models", json={"name": "emb", "task": "embedding", "source": "fake:"})
+    await ready(stack, http, "emb")
+    assert_error(await http.get("/admin/models/emb/engine"), 400, param="model")
+
+
 async def test_register_only_then_deploy(stack, http):
     r = await http.post("/admin/models", json={**CHAT, "deploy": False})
     assert r.json()["status"] == "registered"
@@ -178,7 +194,8 @@ async def test_admin_keys_are_required_and_api_keys_do_not_count(tmp_path):
 async def test_openapi_documents_every_admin_route(http):
     paths = (await http.get("/admin/openapi.json")).json()["paths"]
     assert set(paths) == {"/admin/models", "/admin/models/{name}", "/admin/models/{name}/deploy",
-                          "/admin/models/{name}/undeploy", "/admin/upstreams", "/admin/upstreams/{name}"}
+                          "/admin/models/{name}/undeploy", "/admin/upstreams", "/admin/upstreams/{name}",
+                          "/admin/models/{name}/engine"}
     assert set(paths["/admin/models/{name}"]) == {"get", "patch", "delete"}
 
 

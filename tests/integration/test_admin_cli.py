@@ -54,7 +54,8 @@ def test_add_waits_until_ready_then_list_and_show(capsys, url):
     assert code == 0 and out.splitlines()[-1] == "emb: ready"
     code, out, _ = run(capsys, url, "list")
     assert code == 0
-    assert out.split()[:10] == ["NAME", "TASK", "STATUS", "SOURCE", "ALIASES", "emb", "embedding", "ready", "fake:", "e"]
+    assert out.split()[:12] == ["NAME", "TASK", "STATUS", "REPLICAS", "SOURCE", "ALIASES",
+                                "emb", "embedding", "ready", "1/1", "fake:", "e"]
     code, out, _ = run(capsys, url, "show", "emb")
     entry = json.loads(out)
     assert entry["config"]["batching"]["max_batch_size"] == 4 and entry["config"]["options"] == {"dims": 8}
@@ -79,9 +80,32 @@ def test_errors_are_reported_with_the_servers_message(capsys, url):
     assert code == 1 and "401: Incorrect admin key provided." in err
 
 
-def test_a_failed_deploy_exits_1_with_the_reason(capsys, url):
-    code, out, _ = run(capsys, url, "add", "big", "--task", "chat", "--source", "fake:", "--num-gpus", "2")
-    assert code == 1 and "big: failed: one replica needs 2 GPU" in out
+def test_a_model_no_node_can_hold_is_refused_with_the_reason(capsys, url):
+    code, _, err = run(capsys, url, "add", "big", "--task", "chat", "--source", "fake:", "--num-gpus", "2")
+    assert code == 1 and "400: resources: one replica asks 2 GPU and 0.25 CPU, but no Ray node has that much" in err
+
+
+def test_autoscaling_and_custom_resource_flags(capsys, url):
+    code, out, _ = run(capsys, url, "add", "auto", "--task", "embedding", "--source", "fake:", "--num-cpus", "0.1",
+                       "--min-replicas", "0", "--max-replicas", "3", "--downscale-delay-s", "5")
+    assert code == 0 and out.splitlines()[-1] == "auto: ready"
+    assert run(capsys, url, "update", "auto", "--target-ongoing-requests", "1", "--cold-start-timeout-s", "30")[0] == 0
+    scaling = json.loads(run(capsys, url, "show", "auto")[1])["config"]["autoscaling"]
+    assert (scaling["min_replicas"], scaling["max_replicas"], scaling["downscale_delay_s"]) == (0, 3, 5)
+    assert (scaling["target_ongoing_requests"], scaling["cold_start_timeout_s"]) == (1, 30)
+    row = [line.split() for line in run(capsys, url, "list")[1].splitlines() if line.startswith("auto ")][0]
+    assert row[3:5] == ["0/0", "(0-3)"]
+    code, _, err = run(capsys, url, "add", "sp", "--task", "embedding", "--source", "fake:", "--resource", "special=1")
+    assert code == 1 and "lower resources.custom.special" in err
+    with pytest.raises(SystemExit):
+        main(["models", "add", "x", "--resource", "special"])
+
+
+def test_health_asks_health_or_ready(capsys, url):
+    assert main(["health", "--url", url]) == 0
+    assert main(["health", "--url", url, "--ready"]) == 0  # every deployed model is routed
+    assert main(["health", "--url", "http://127.0.0.1:9"]) == 1
+    assert "not answering" in capsys.readouterr().err
 
 
 def test_the_ingress_server_ignores_proxy_headers(tmp_path):

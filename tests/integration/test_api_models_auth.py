@@ -20,7 +20,8 @@ async def test_retrieve_model_with_a_slash_in_its_id(oai, http):
     model = await oai.models.retrieve(CHAT)
     assert (model.id, model.object) == (CHAT, "model")
     r = await http.get(f"/v1/models/{CHAT}")
-    assert r.json() == {"id": CHAT, "object": "model", "created": CREATED, "owned_by": "local", "task": "chat"}
+    assert r.json() == {"id": CHAT, "object": "model", "created": CREATED, "owned_by": "local", "task": "chat",
+                        "state": "ready"}
 
 
 async def test_retrieve_unknown_model_is_404(oai, http):

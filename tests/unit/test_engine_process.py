@@ -161,9 +161,9 @@ async def test_a_hung_engine_is_killed_by_the_watchdog_and_restarted(faulty):
 
 
 async def test_a_busy_child_reports_its_engines_stats(faulty):
+    assert faulty.engine.stats is not None and faulty.engine.stats.steps == 0  # the engine as loaded
     await collect(faulty, chat("count my steps", max_tokens=50, temperature=0))
-    await wait_until(lambda: faulty.engine.stats is not None, what="a stats report")
-    assert faulty.engine.stats.steps >= 1
+    await wait_until(lambda: faulty.engine.stats.steps >= 1, what="a stats report")
 
 
 async def test_an_engine_that_falls_idle_reports_it_and_the_gauges_read_that_report():

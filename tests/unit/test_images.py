@@ -73,6 +73,15 @@ def test_backend_defaults_come_from_the_pipeline(backend):
     assert backend.max_pixels == 4 * 64 * 64
 
 
+def test_a_request_without_steps_or_guidance_gets_the_models_own(backend, monkeypatch):
+    """None in the request: the options' default_steps (2) and the pipeline's own guidance (7.5), not a fixed 30 /
+    7.5 decided by the API layer (SDXL-turbo wants 1-4 steps, guidance 0: options say so)."""
+    seen = []
+    monkeypatch.setattr(backend, "_run", lambda prompts, params: seen.extend(params) or [None] * len(prompts))
+    backend.generate(["a cat", "a dog"], [_params(steps=None, guidance=None), _params(steps=3, guidance=0.0)])
+    assert [(p.num_inference_steps, p.guidance_scale) for p in seen] == [(2, 7.5), (3, 0.0)]
+
+
 def test_backend_returns_images_of_the_requested_sizes(backend):
     sizes = [(64, 64), (32, 48), (96, 40)]
     images = backend.generate(["a cat"] * 3, [_params(w, h, seed=1) for w, h in sizes])

@@ -1,12 +1,11 @@
 """Continuous batching: many requests joining and leaving mid-flight, chunked prefill, the slot cache, capacity,
-the CUDA-graph decode layout (run eagerly on CPU), bf16 packed linears, and the architectures on the fast path."""
+bf16 packed linears, and the architectures on the fast path."""
 import pytest
 import torch
 import transformers as tf
 
 from models.errors import EngineOverloadedError
 from models.llm.cpu_linear import PackedLinear, pack_linears
-from models.llm.cuda_graphs import CudaGraphDecoder, len_buckets, slot_buckets
 from models.llm.config import EngineConfig
 from models.llm.engine import HFEngine
 from models.llm.fake import FakeTokenizer
@@ -104,41 +103,6 @@ def test_abort_mid_prefill_and_mid_decode_frees_the_slot_for_the_next_step(loade
     assert [o.request_id for o in engine.step()] == ["next"]
     engine.abort("next")
     assert engine.scheduler.slots.num_free == 1 and not engine.has_unfinished_requests()
-
-
-def test_cuda_graph_decode_layout_matches_eager_decoding(loaded):
-    """The static-buffer layout of cuda_graphs.py (row i = slot i, dummy rows), replayed eagerly on CPU."""
-    model, tok = loaded
-    engine = HFEngine(model, tok, EngineConfig(max_running=5))
-    graphs = EagerReplayDecoder(engine.runner.forward, engine.runner.cache)
-    engine.runner.graphs = graphs
-    prompts = {f"g{i}": (list(range(10 + i, 14 + 3 * i)), 6 + i) for i in range(5)}
-    plan = {0: {k: prompts[k] for k in ("g0", "g1", "g2")}, 2: {"g3": prompts["g3"]}, 3: {"g4": prompts["g4"]}}
-    got, _ = drive(engine, plan)
-    assert graphs.replays > 0 and set(graphs.shapes) <= {(s, 256) for s in (1, 2, 4, 5)}
-    for rid, (prompt, n) in prompts.items():
-        assert got[rid] == reference(model, prompt, n), rid
-    assert slot_buckets(5) == [1, 2, 4, 5] and slot_buckets(20) == [1, 2, 4, 8, 16, 20]
-    assert len_buckets(1000) == [256, 512, 1000] and len_buckets(256) == [256]
-
-
-class EagerReplayDecoder(CudaGraphDecoder):
-    """CudaGraphDecoder whose 'graph' reruns the forward on the static buffers (what a replay computes)."""
-
-    replays = 0
-    shapes: list = []
-
-    def _capture(self, rows, length):
-        logits = torch.empty(rows, self.forward.model.config.vocab_size)
-
-        def replay():
-            EagerReplayDecoder.replays += 1
-            batch = self._batch(rows, length)
-            logits.copy_(self.forward(self.input_ids[:, :rows], self.positions[:, :rows], batch, keep=None))
-
-        self.shapes = [*self.shapes, (rows, length)]
-        self.graphs[(rows, length)] = (type("Replay", (), {"replay": staticmethod(replay)}), logits, None)
-        return self.graphs[(rows, length)]
 
 
 def test_bf16_linears_are_packed_and_exact_and_the_engine_runs(tmp_path):

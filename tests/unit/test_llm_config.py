@@ -26,10 +26,10 @@ def test_an_unknown_option_is_named_with_the_known_ones():
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
-    ("max_running", "16", "an integer"),
-    ("max_running", True, "an integer"),
-    ("max_running", 1.5, "an integer"),
-    ("max_running", None, "an integer"),
+    ("max_running", "16", "an integer or null"),
+    ("max_running", True, "an integer or null"),
+    ("max_running", 1.5, "an integer or null"),
+    ("max_queued", None, "an integer"),
     ("max_model_len", "2048", "an integer or null"),
     ("batched", "yes", "true or false"),
     ("batched", 1, "true or false"),

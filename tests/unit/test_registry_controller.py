@@ -3,21 +3,8 @@ import sqlite3
 
 import pytest
 
-from serving.config import ModelConfig
 from serving.registry.controller import AppState, ModelController, failure_reason
-from serving.registry.store import RegistryStore
-from tests.registry_fakes import FAST, FakeServeOps
-
-
-def spec(name: str, **kw) -> ModelConfig:
-    return ModelConfig.model_validate({"name": name, "task": "embedding", "source": "fake:", **kw})
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = RegistryStore.open(f"sqlite:///{tmp_path}/r.db")
-    yield s
-    s.close()
+from tests.registry_fakes import FAST, FakeServeOps, embedding as spec
 
 
 @pytest.fixture
@@ -66,7 +53,7 @@ async def test_a_replica_no_node_can_hold_fails_at_once(store, ops, controller):
     store.create(spec("m", resources={"num_gpus": 1}), deployed=True, actor="a")
     await settle(controller, "m")
     entry = store.get("m")
-    assert entry.status == "failed" and "needs 1 GPU" in entry.error and "largest has 0 GPU" in entry.error
+    assert entry.status == "failed" and "asks 1 GPU and 0.25 CPU" in entry.error and "largest has 0 GPU;" in entry.error
     assert ops.runs == []
 
 

@@ -114,3 +114,12 @@ def test_a_file_from_before_upstreams_gains_upstream_and_fallbacks_and_its_model
     store.create(upstream, deployed=True, actor="a")
     assert store.get("u").spec == upstream
     store.close()
+
+
+def test_a_file_from_before_custom_resources_gets_them_and_keeps_its_models(tmp_path):
+    store = RegistryStore.open(_file_at(tmp_path, 4, "chat"))
+    assert store.get("m").spec.resources.custom == {} and store.get("m").spec.resources.num_cpus == 0.5
+    changed = {**store.get("m").spec.model_dump(), "resources": {"num_cpus": 0.1, "custom": {"special": 1}}}
+    store.update(ModelConfig.model_validate(changed), actor="b")
+    assert store.get("m").spec.resources.custom == {"special": 1.0}
+    store.close()

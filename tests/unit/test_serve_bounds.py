@@ -43,8 +43,18 @@ def test_serve_limits_derive_from_the_models_capacity(fields, ongoing, queued):
 
 
 def test_the_model_deployment_carries_both_limits():
-    deployment = serve_ops.model_deployment(model(max_queued_requests=9))
+    options = serve_ops.deployment_options(model(max_queued_requests=9))
+    assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (64, 9)
+    deployment = serve_ops.DEPLOYMENTS["embedding"].options(**options)  # what Serve is given
     assert (deployment.max_ongoing_requests, deployment.max_queued_requests) == (64, 9)
+
+
+def test_a_model_at_zero_waits_for_a_replica_up_to_its_cold_start_bound():
+    server = ServerConfig(queue_timeout_s=30, request_timeout_s=600)
+    at_zero = {"autoscaling": {"min_replicas": 0, "max_replicas": 2, "cold_start_timeout_s": 120}}
+    assert Deadlines.of(model(**at_zero), server) == Deadlines(120, 600)
+    assert Deadlines.of(model(**at_zero, queue_timeout_s=5), server) == Deadlines(5, 600)  # its own deadline wins
+    assert Deadlines.of(model(autoscaling={"min_replicas": 1, "max_replicas": 2}), server) == Deadlines(30, 600)
 
 
 def test_deadlines_are_the_models_own_else_the_servers():
