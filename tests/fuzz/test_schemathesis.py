@@ -90,7 +90,8 @@ def admin(tmp_path_factory):
 
 ADMIN_OPERATIONS = ["GET /admin/models", "POST /admin/models", "POST /admin/models/{name}/deploy",
                     "POST /admin/models/{name}/undeploy", "GET /admin/models/{name}", "PATCH /admin/models/{name}",
-                    "DELETE /admin/models/{name}", "GET /admin/upstreams", "GET /admin/upstreams/{name}"]
+                    "DELETE /admin/models/{name}", "GET /admin/models/{name}/engine", "GET /admin/upstreams",
+                    "GET /admin/upstreams/{name}"]
 NO_INPUT = ("GET /admin/models", "GET /admin/upstreams")
 ADMIN_CASES = [pytest.param(label, mode, id=f"{label}-{mode.value}") for label in ADMIN_OPERATIONS for mode in MODES
                if mode is GenerationMode.POSITIVE or label not in NO_INPUT]
