@@ -85,6 +85,9 @@ class EngineConfig:
     # On CPU, for a GGUF whose weights are exactly 4-bit (Q4_0/Q4_1), decode small batches on those int4 weights:
     # a decode step of a few sequences is bound by the bytes of weights read.
     cpu_int4_decode: bool = True
+    # Decode-only steps (where no CUDA graph replays them) through the lean decode function of lean_decode.py, for
+    # the architectures it knows and when it passes its load-time probe: no transformers module plumbing per step.
+    lean_decode: bool = True
 
     def __post_init__(self) -> None:
         _require(self.max_model_len is None or self.max_model_len >= 2, "max_model_len", "must be >= 2",

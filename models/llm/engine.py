@@ -22,6 +22,7 @@ from models.llm.cpu_linear import pack_linears
 from models.llm.cpu_tuning import LoneDecodeThreads, warn_if_openmp_spins
 from models.llm.fallback_runner import PerRequestRunner
 from models.llm.kv_cache import KVShape, SlotAllocator, default_kv_budget_bytes, fit_num_slots
+from models.llm.lean_decode import checked_fast_decoder
 from models.llm.loader import eos_token_ids, load_with_int4_weights, resolve_max_model_len, vocab_size_of
 from models.llm.model_runner import (BatchedModelRunner, enable_slot_attention, probe_slot_attention,
                                      restore_attention)
@@ -159,7 +160,8 @@ class HFEngine:
                 dtype = next(self.model.parameters()).dtype
                 slots = fit_num_slots(shape, config.max_running, self.max_model_len, dtype,
                                       default_kv_budget_bytes(self.device, config.kv_cache_gb))
-                runner = BatchedModelRunner(self.model, slots, self.max_model_len, config.cuda_graphs)
+                runner = BatchedModelRunner(self.model, slots, self.max_model_len, config.cuda_graphs,
+                                            fast_decoder=self._fast_decoder())
                 log.info("%s: batched engine, %d slots x %d tokens (%.2f GiB KV reserved), %d packed linears, "
                          "%d with int4 decode weights", name, slots, self.max_model_len,
                          runner.cache.reserved_bytes / 2**30, self.packed_linears, self.int4_linears)
@@ -167,3 +169,10 @@ class HFEngine:
             restore_attention(self.model, previous)
             log.warning("%s: batched engine unavailable (%s); running one forward per request per step", name, reason)
         return PerRequestRunner(self.model), config.max_running
+
+    def _fast_decoder(self):
+        """The lean decode path (lean_decode.py) where decode steps are not CUDA graph replays, else None."""
+        config = self.config
+        if not config.lean_decode or (config.cuda_graphs and self.device.type == "cuda"):
+            return None
+        return checked_fast_decoder(self.model, self.vocab_size)
