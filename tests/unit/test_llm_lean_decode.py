@@ -45,3 +45,33 @@ def test_lean_decode_can_be_turned_off(tiny_llama):
     assert HFEngine(tiny_llama, FakeTokenizer(), EngineConfig(max_running=2)).runner.fast_decoder is not None
     engine = HFEngine(tiny_llama, FakeTokenizer(), EngineConfig(max_running=2, lean_decode=False))
     assert engine.runner.fast_decoder is None
+
+
+class _Stream:
+    """The EngineRequest fields the runner reads."""
+
+    def __init__(self, tokens: list[int], slot: int):
+        self.token_ids, self.num_computed, self.slot = list(tokens), 0, slot
+
+    @property
+    def num_pending(self) -> int:
+        return len(self.token_ids) - self.num_computed
+
+    def pending_tokens(self, count: int) -> list[int]:
+        return self.token_ids[self.num_computed : self.num_computed + count]
+
+
+def test_lean_decode_gives_the_transformers_forwards_logits_bit_for_bit(tiny_llama):
+    runner = HFEngine(tiny_llama, FakeTokenizer(), EngineConfig(max_running=4)).runner
+    lean = runner.fast_decoder
+    streams = [_Stream(range(10 + i, 19 + 2 * i), slot) for i, slot in enumerate((0, 2, 3))]  # slot 1 left empty
+    with torch.inference_mode():
+        runner.execute([(s, s.num_pending) for s in streams])
+        for s in streams:
+            s.num_computed = len(s.token_ids)
+            s.token_ids.append(7)
+        runner.fast_decoder = None
+        _, want = runner.execute([(s, 1) for s in streams])
+        runner.fast_decoder = lean
+        _, got = runner.execute([(s, 1) for s in streams])
+    assert want.shape == got.shape == (3, 300) and torch.equal(got, want)
