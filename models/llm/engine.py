@@ -163,8 +163,9 @@ class HFEngine:
                 runner = BatchedModelRunner(self.model, slots, self.max_model_len, config.cuda_graphs,
                                             fast_decoder=self._fast_decoder())
                 log.info("%s: batched engine, %d slots x %d tokens (%.2f GiB KV reserved), %d packed linears, "
-                         "%d with int4 decode weights", name, slots, self.max_model_len,
-                         runner.cache.reserved_bytes / 2**30, self.packed_linears, self.int4_linears)
+                         "%d with int4 decode weights, lean decode %s", name, slots, self.max_model_len,
+                         runner.cache.reserved_bytes / 2**30, self.packed_linears, self.int4_linears,
+                         "on" if runner.fast_decoder is not None else "off")
                 return runner, slots
             restore_attention(self.model, previous)
             log.warning("%s: batched engine unavailable (%s); running one forward per request per step", name, reason)
