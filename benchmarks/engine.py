@@ -212,6 +212,8 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=96)
     ap.add_argument("--max-running", type=int, default=None, help="default: --requests")
     ap.add_argument("--max-batched-tokens", type=int, default=None)
+    ap.add_argument("--no-lean-decode", action="store_true",
+                    help="decode steps through the transformers forward (EngineConfig.lean_decode=False)")
     ap.add_argument("--no-int4-decode", action="store_true",
                     help="decode on the model's own weights even where they are exactly 4-bit (a Q4 GGUF)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
@@ -254,7 +256,7 @@ def main() -> None:
         report["hf_generate_padded_batch"] = phase(args, lambda: run_padded(model, prompts, args.output_len))
     config = EngineConfig(max_model_len=max(args.prompt_len, args.long_prompt_len) + args.output_len + 32,
                           max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens,
-                          prefix_caching=not args.no_prefix_caching)
+                          prefix_caching=not args.no_prefix_caching, lean_decode=not args.no_lean_decode)
     engine = HFEngine(model, tokenizer, config, int4_weights=int4)
     vocab = model.config.vocab_size
     run_engine(engine, [[(t + 1) % vocab for t in p] for p in prompts[:2]], 4)  # warm-up; other tokens: no hits
@@ -264,6 +266,7 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     report["engine"] = {"batched": engine.batched, "packed_linears": engine.packed_linears,
+                        "lean_decode": getattr(engine.runner, "fast_decoder", None) is not None,
                         "int4_decode_linears": engine.int4_linears,
                         "max_batched_tokens": engine.scheduler.max_batched_tokens,
                         "temperature": args.temperature, "decode_split": not args.no_decode_split,

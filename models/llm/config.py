@@ -104,6 +104,9 @@ class EngineConfig:
     # Make every fallback from the fast path an error at load instead of a logged warning: the batched runner's
     # probe failing (per-request runner) and a CUDA graph capture failing (eager decode).
     strict: bool = False
+    # Decode-only steps (where no CUDA graph replays them) through the lean decode function of lean_decode.py, for
+    # the architectures it knows and when it passes its load-time probe: no transformers module plumbing per step.
+    lean_decode: bool = True
 
     def __post_init__(self) -> None:
         _require(self.max_model_len is None or self.max_model_len >= 2, "max_model_len", "must be >= 2",

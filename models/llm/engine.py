@@ -25,6 +25,7 @@ from models.llm.fallback_runner import PerRequestRunner
 from models.llm.gpu_memory import activation_reserve_of
 from models.llm.kv_cache import (KVShape, SlotAllocator, default_kv_budget_bytes, fit_num_slots,
                                   prefix_cache_blocks)
+from models.llm.lean_decode import checked_fast_decoder
 from models.llm.loader import eos_token_ids, load_with_int4_weights, resolve_max_model_len, vocab_size_of
 from models.llm.model_runner import (BatchedModelRunner, enable_slot_attention, probe_slot_attention,
                                      restore_attention)
@@ -175,11 +176,12 @@ class HFEngine:
                     kv_budget -= blocks * config.kv_block_size * shape.bytes_per_token(dtype)
                 slots = fit_num_slots(shape, max_running, self.max_model_len, dtype, kv_budget)
                 runner = BatchedModelRunner(self.model, slots, self.max_model_len, config.cuda_graphs, blocks,
-                                            config.kv_block_size, strict=config.strict)
+                                            config.kv_block_size, strict=config.strict,
+                                            fast_decoder=self._fast_decoder())
                 log.info("%s: batched engine, %d slots x %d tokens (%.2f GiB KV reserved), prefix cache of %d "
-                         "blocks x %d tokens, %d packed linears, %d with int4 decode weights", name, slots,
+                         "blocks x %d tokens, %d packed linears, %d with int4 decode weights, lean decode %s", name, slots,
                          self.max_model_len, runner.cache.reserved_bytes / 2**30, blocks, config.kv_block_size,
-                         self.packed_linears, self.int4_linears)
+                         self.packed_linears, self.int4_linears, "on" if runner.fast_decoder is not None else "off")
                 return runner, slots
             restore_attention(self.model, previous)
             if config.strict:
@@ -187,3 +189,10 @@ class HFEngine:
                                     "forbids the per-request fallback")
             log.warning("%s: batched engine unavailable (%s); running one forward per request per step", name, reason)
         return PerRequestRunner(self.model), max_running
+
+    def _fast_decoder(self):
+        """The lean decode path (lean_decode.py) where decode steps are not CUDA graph replays, else None."""
+        config = self.config
+        if not config.lean_decode or (config.cuda_graphs and self.device.type == "cuda"):
+            return None
+        return checked_fast_decoder(self.model, self.vocab_size)
