@@ -5,6 +5,9 @@
     python -m benchmarks.engine --temperature 0.7 --baselines none  # the cost of sampling (not greedy)
     python -m benchmarks.engine --model random:llama-3.2-1b --device cuda --requests 64 --baselines none
     python -m benchmarks.engine --model /path/to/hf/folder --prompt-len 512 --output-len 128
+    python -m benchmarks.engine --prefix --prompt-len 1000 --rounds 3  # prefix cache: TTFT of a repeated system prompt
+    python -m benchmarks.engine --long-prompt-len 4000 --baselines none  # one long conversation among 16 short ones
+    python -m benchmarks.engine --long-prompt-len 4000 --baselines none --no-decode-split  # the same without the split
 
 All requests arrive at once; every request generates exactly --output-len tokens (ignore_eos / min_new_tokens).
 Baselines (default on CPU): `sequential` runs `generate` one request after another (on --baseline-requests of them,
@@ -166,6 +169,23 @@ def _generate(model, prompts: list[list[int]], output_len: int) -> torch.Tensor:
                               min_new_tokens=output_len, pad_token_id=0)
 
 
+def run_prefix(engine, tokenizer, vocab: int, system_len: int, rounds: int, output_len: int) -> dict:
+    """Per round, a new `system_len`-token system prompt and two different questions after it, one request at a
+    time: the first computes the whole prompt, the second should find the system prompt in the prefix cache."""
+    systems = make_prompts(tokenizer, rounds, system_len, vocab)
+    questions = [tokenizer.encode(q, add_special_tokens=False) for q in (
+        " Question: who invented the pedal? Answer:", " Question: when did cycling become popular? Answer:")]
+    firsts, seconds = [], []
+    for system in systems:
+        for ttfts, question in zip((firsts, seconds), questions):
+            ttfts.append(run_engine(engine, [system + [t % vocab for t in question]], output_len)["ttft_ms"]["p50"])
+    stats = engine.stats()
+    ratio = [round(b / a, 3) for a, b in zip(firsts, seconds)]
+    return {"first_ttft_ms": firsts, "second_ttft_ms": seconds, "second_over_first": ratio,
+            "median_second_over_first": statistics.median(ratio), "prefix_cache_hit_tokens":
+            stats.prefix_cache_hit_tokens, "prefix_cache_miss_tokens": stats.prefix_cache_miss_tokens}
+
+
 def phase(args, run) -> dict:
     """Run one measurement, after waiting (--wait-idle) for other processes to leave the cores alone."""
     quiet = wait_for_idle_cpu(0.15, args.wait_idle) if args.wait_idle else {}
@@ -192,24 +212,39 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=96)
     ap.add_argument("--max-running", type=int, default=None, help="default: --requests")
     ap.add_argument("--max-batched-tokens", type=int, default=None)
+    ap.add_argument("--no-lean-decode", action="store_true",
+                    help="decode steps through the transformers forward (EngineConfig.lean_decode=False)")
     ap.add_argument("--no-int4-decode", action="store_true",
                     help="decode on the model's own weights even where they are exactly 4-bit (a Q4 GGUF)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     ap.add_argument("--temperature", type=float, default=0.0, help="of the engine's requests (baselines: greedy)")
     ap.add_argument("--baselines", default=None, help="comma list of sequential,padded or 'none' (default: both on CPU)")
     ap.add_argument("--baseline-requests", type=int, default=4, help="requests for the sequential baseline")
+    ap.add_argument("--long-prompt-len", type=int, default=0, help="give the middle request a prompt this long")
+    ap.add_argument("--no-decode-split", action="store_true",
+                    help="decode attention in one call over the longest context, as before the split (A/B)")
+    ap.add_argument("--prefix", action="store_true",
+                    help="measure the prefix cache instead: TTFT of two requests sharing a --prompt-len system prompt")
+    ap.add_argument("--rounds", type=int, default=3, help="--prefix: system prompts tried")
+    ap.add_argument("--no-prefix-caching", action="store_true", help="run the engine with prefix caching off")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="before each phase wait up to S seconds for other processes to use < 0.15 cores")
     args = ap.parse_args()
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     baselines = args.baselines or ("sequential,padded" if args.device == "cpu" else "none")
-    baselines = [] if baselines == "none" else baselines.split(",")
+    baselines = [] if baselines == "none" or args.prefix else baselines.split(",")
 
+    from models.llm import attention
     from models.llm.config import EngineConfig
     from models.llm.engine import HFEngine
 
+    if args.no_decode_split:
+        attention.MIN_SPLIT_SAVING = float("inf")
+
     model, tokenizer, int4 = load_model(args.model, args.dtype, args.device, not args.no_int4_decode)
     prompts = make_prompts(tokenizer, args.requests, args.prompt_len, model.config.vocab_size)
+    if args.long_prompt_len:  # one long conversation among short ones (decode attention split by length)
+        prompts[len(prompts) // 2] = make_prompts(tokenizer, 1, args.long_prompt_len, model.config.vocab_size)[0]
     report = {"command": " ".join(["python -m benchmarks.engine", *sys.argv[1:]]), "model": args.model, "dtype": str(next(model.parameters()).dtype), "device": args.device,
               "threads": torch.get_num_threads(), "requests": args.requests, "prompt_len": args.prompt_len,
               "output_len": args.output_len, "load_avg_before": os.getloadavg()[0]}
@@ -219,14 +254,22 @@ def main() -> None:
             model, prompts[: args.baseline_requests], args.output_len))
     if "padded" in baselines:
         report["hf_generate_padded_batch"] = phase(args, lambda: run_padded(model, prompts, args.output_len))
-    config = EngineConfig(max_model_len=args.prompt_len + args.output_len + 8,
-                          max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens)
+    config = EngineConfig(max_model_len=max(args.prompt_len, args.long_prompt_len) + args.output_len + 32,
+                          max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens,
+                          prefix_caching=not args.no_prefix_caching, lean_decode=not args.no_lean_decode)
     engine = HFEngine(model, tokenizer, config, int4_weights=int4)
-    run_engine(engine, prompts[:2], 4)  # warm-up
+    vocab = model.config.vocab_size
+    run_engine(engine, [[(t + 1) % vocab for t in p] for p in prompts[:2]], 4)  # warm-up; other tokens: no hits
+    if args.prefix:
+        report["prefix"] = phase(args, lambda: run_prefix(engine, tokenizer, model.config.vocab_size,
+                                                          args.prompt_len, args.rounds, args.output_len))
+        print(json.dumps(report, indent=2))
+        return
     report["engine"] = {"batched": engine.batched, "packed_linears": engine.packed_linears,
+                        "lean_decode": getattr(engine.runner, "fast_decoder", None) is not None,
                         "int4_decode_linears": engine.int4_linears,
                         "max_batched_tokens": engine.scheduler.max_batched_tokens,
-                        "temperature": args.temperature,
+                        "temperature": args.temperature, "decode_split": not args.no_decode_split,
                         **phase(args, lambda: run_engine(engine, prompts, args.output_len, args.temperature))}
     for name in ("hf_generate_sequential", "hf_generate_padded_batch"):
         if name in report:

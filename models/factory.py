@@ -1,6 +1,7 @@
 """Build a modality's backend from a resolved source. The one place that knows which class serves what."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -41,9 +42,10 @@ def cuda_unusable_reason() -> str | None:
             "driver older than this CUDA build needs (nvidia-smi shows the driver's CUDA version)")
 
 
-def chat_engine_config(src: ResolvedSource, options: dict[str, Any] | None):
+def chat_engine_config(src: ResolvedSource, options: dict[str, Any] | None, num_gpus: float = 0.0):
     """The typed options of a chat model from `src` (EngineConfig, or FakeEngineConfig for `fake:`); ValueError
-    naming the key for an unknown or mistyped option. Cheap and without torch: run it when a model is registered."""
+    naming the key for an unknown or mistyped option. Cheap and without torch: run it when a model is registered.
+    A replica given a fraction of a GPU (num_gpus < 1) uses that share of it unless options.gpu_memory_share says."""
     from models.llm.config import EngineConfig, chat_engine_options
 
     options = chat_engine_options(options)
@@ -51,13 +53,16 @@ def chat_engine_config(src: ResolvedSource, options: dict[str, Any] | None):
         from models.llm.fake import FakeEngineConfig
 
         return FakeEngineConfig.from_options(options)
-    return EngineConfig.from_options(options)
+    config = EngineConfig.from_options(options)
+    if 0 < num_gpus < 1 and "gpu_memory_share" not in (options or {}):
+        config = dataclasses.replace(config, gpu_memory_share=num_gpus)
+    return config
 
 
 def build_chat_engine(src: ResolvedSource, dtype: str, device: str, cache_dir: str, options: dict[str, Any],
                   num_gpus: float = 0.0):
     """An LLMEngine for a chat/completion model."""
-    config = chat_engine_config(src, options)
+    config = chat_engine_config(src, options, num_gpus)
     if src.kind == "fake":
         from models.llm.fake import FakeEngine
 

@@ -11,6 +11,7 @@ are decode tokens, one per decoding sequence, in ascending slot order; prefill c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,9 @@ class StepBatch:
     view_len: int
     context_lens: torch.Tensor | None  # [view_slots] long: tokens visible to each view row (0 = row unused)
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # Runs of view rows [start, end) attended over keys [0, length) each (split_by_length), when there are several;
+    # None: one SDPA call, all rows over view_len.
+    decode_segments: list[tuple[int, int, int]] | None = None
     attention_calls: int = 0  # layers that attended with this batch (0 after a forward: the model dropped it)
     _masks: dict = field(default_factory=dict)  # sliding window -> decode mask [view_slots, 1, 1, view_len]
 
@@ -104,11 +108,25 @@ def _decode(batch: StepBatch, layer: int, q: torch.Tensor, scaling: float | None
         q = full
     # GQA without copying K/V: query head h uses kv head h // group, so group the query heads under their kv head.
     q = q.reshape(batch.view_slots, kv_heads, num_heads // kv_heads, head_dim)  # [S, Hkv, G, D]
-    keys = batch.cache.keys[layer][: batch.view_slots, :, : batch.view_len]  # [S, Hkv, L, D] (a view)
-    values = batch.cache.values[layer][: batch.view_slots, :, : batch.view_len]
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=batch.decode_mask(window), scale=scaling)
+    mask = batch.decode_mask(window)  # [S, 1, 1, L]
+    if batch.decode_segments is None:
+        keys = batch.cache.keys[layer][: batch.view_slots, :, : batch.view_len]  # [S, Hkv, L, D] (a view)
+        values = batch.cache.values[layer][: batch.view_slots, :, : batch.view_len]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scaling)
+    else:
+        out = torch.cat([_decode_run(batch, layer, q, mask, run, scaling) for run in batch.decode_segments])
     out = out.reshape(batch.view_slots, num_heads, head_dim)  # [S, Hq, D]
     return out if batch.decode_rows is None else out[batch.decode_rows]  # [B, Hq, D]
+
+
+def _decode_run(batch: StepBatch, layer: int, q: torch.Tensor, mask: torch.Tensor, run: tuple[int, int, int],
+                scaling: float | None) -> torch.Tensor:
+    """Decode attention of view rows [start, end) over keys [0, length): q [S, Hkv, G, D] -> [rows, Hkv, G, D]."""
+    start, end, length = run
+    keys = batch.cache.keys[layer][start:end, :, :length]  # [s, Hkv, l, D] (a view: no gather)
+    values = batch.cache.values[layer][start:end, :, :length]
+    return F.scaled_dot_product_attention(q[start:end], keys, values, attn_mask=mask[start:end, ..., :length],
+                                          scale=scaling)
 
 
 def _prefill(cache: SlotKVCache, layer: int, chunk: PrefillChunk, q: torch.Tensor, scaling: float | None,
@@ -127,6 +145,51 @@ def _prefill(cache: SlotKVCache, layer: int, chunk: PrefillChunk, q: torch.Tenso
     out = F.scaled_dot_product_attention(q[None], keys[None], values[None], attn_mask=mask, is_causal=mask is None,
                                          scale=scaling, enable_gqa=q.shape[0] != keys.shape[0])  # [1, Hq, T, D]
     return out[0].transpose(0, 1)
+
+
+# (row, key) pairs each extra run must save: one more SDPA call per layer costs about what reading this many keys
+# and values of a small model does.
+MIN_SPLIT_SAVING = 2048
+MAX_CUT_POINTS = 64  # cut points tried per run (every n/64-th row beyond 64 rows)
+
+
+def split_by_length(lens: list[int], max_segments: int = 3) -> list[tuple[int, int, int]]:
+    """Runs [start, end, length) of view rows for decode attention, each reading keys up to its own longest context:
+    one long conversation then costs its own rows, not every row. Contiguous runs keep each a view of the slot cache.
+    Greedy: cut the run whose best cut saves most, up to max_segments runs; keep the number of runs whose saving
+    beats MIN_SPLIT_SAVING per extra run by the most (one run when none does)."""
+    segments = [(0, len(lens), max(lens, default=0))]
+    if len(lens) * segments[0][2] - sum(lens) < MIN_SPLIT_SAVING:  # even a run per row would not pay
+        return segments
+    cuts = [_best_split(lens, segments[0])]  # (saving, at) of each segment's best cut
+    best, best_gain, saved = segments, 0, 0
+    while len(segments) < max_segments:
+        index = max(range(len(segments)), key=lambda i: cuts[i][0])
+        saving, at = cuts[index]
+        if saving <= 0:
+            break
+        start, end, _ = segments[index]
+        halves = [(start, at, max(lens[start:at])), (at, end, max(lens[at:end]))]
+        segments = [*segments[:index], *halves, *segments[index + 1 :]]
+        cuts = [*cuts[:index], *(_best_split(lens, h) for h in halves), *cuts[index + 1 :]]
+        saved += saving
+        if saved - MIN_SPLIT_SAVING * (len(segments) - 1) > best_gain:
+            best, best_gain = segments, saved - MIN_SPLIT_SAVING * (len(segments) - 1)
+    return best
+
+
+def _best_split(lens: list[int], segment: tuple[int, int, int]) -> tuple[int, int]:
+    """(pairs saved, split point) of the best cut of `segment` in two, (0, start) when none helps."""
+    start, end, length = segment
+    rows = lens[start:end]
+    if (end - start) * length - sum(rows) <= 0:  # every row as long as the longest: no cut saves anything
+        return 0, start
+    prefix = list(accumulate(rows, max))  # prefix[i]: longest of rows[:i + 1]
+    suffix = list(accumulate(reversed(rows), max))[::-1]  # suffix[i]: longest of rows[i:]
+    n = end - start
+    stride = -(-n // MAX_CUT_POINTS)  # bounds the host's work at many rows
+    savings = [(n * length - i * prefix[i - 1] - (n - i) * suffix[i], start + i) for i in range(stride, n, stride)]
+    return max(savings, default=(0, start))
 
 
 def register() -> None:

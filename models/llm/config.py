@@ -96,16 +96,30 @@ class EngineConfig:
     batched: bool = True
     # Replay decode-only steps as CUDA graphs (CUDA only): one launch instead of thousands per step.
     cuda_graphs: bool = True
-    # KV cache budget in GiB. None: 80% of the free GPU memory on CUDA, half the physical memory on CPU.
+    # KV cache budget in GiB. None: on CUDA what gpu_memory_share leaves after the weights and a reserve for
+    # activations (gpu_memory.py); on CPU half the physical memory.
     kv_cache_gb: float | None = None
+    # The fraction of the GPU this replica may use (Serve's num_gpus), enforced with the per-process memory
+    # fraction so that tenants sharing a device never exceed it together. 0.9 leaves room for other processes.
+    gpu_memory_share: float = 0.9
     # On CPU, pre-pack bf16/fp16 linear weights for oneDNN once instead of re-laying them out on every call.
     cpu_packed_linear: bool = True
     # On CPU, for a GGUF whose weights are exactly 4-bit (Q4_0/Q4_1), decode small batches on those int4 weights:
     # a decode step of a few sequences is bound by the bytes of weights read.
     cpu_int4_decode: bool = True
+    # Reuse the KV of prompt prefixes computed before (system prompts, earlier turns): full blocks of
+    # kv_block_size tokens keyed by their tokens, kept in prefix_cache_gb, least recently used evicted first.
+    prefix_caching: bool = True
+    # Tokens per KV block (vLLM's default: 16). Smaller blocks match more of a prefix; each costs a hash.
+    kv_block_size: int = 16
+    # Memory for cached prefix blocks in GiB. On CPU it is committed as blocks are first written.
+    prefix_cache_gb: float = 0.5
     # Make every fallback from the fast path an error at load instead of a logged warning: the batched runner's
     # probe failing (per-request runner) and a CUDA graph capture failing (eager decode).
     strict: bool = False
+    # Decode-only steps (where no CUDA graph replays them) through the lean decode function of lean_decode.py, for
+    # the architectures it knows and when it passes its load-time probe: no transformers module plumbing per step.
+    lean_decode: bool = True
 
     def __post_init__(self) -> None:
         _require(self.max_model_len is None or self.max_model_len >= 2, "max_model_len", "must be >= 2",
@@ -115,6 +129,9 @@ class EngineConfig:
         _require(self.max_batched_tokens is None or self.max_batched_tokens >= 1, "max_batched_tokens",
                  "must be >= 1", self.max_batched_tokens)
         _require(self.kv_cache_gb is None or self.kv_cache_gb > 0, "kv_cache_gb", "must be > 0", self.kv_cache_gb)
+        _require(0 < self.gpu_memory_share <= 1, "gpu_memory_share", "must be in (0, 1]", self.gpu_memory_share)
+        _require(1 <= self.kv_block_size <= 1024, "kv_block_size", "must be in 1..1024", self.kv_block_size)
+        _require(self.prefix_cache_gb > 0, "prefix_cache_gb", "must be > 0", self.prefix_cache_gb)
 
     def running_on(self, device_type: str) -> int:
         """max_running, or the default for `device_type` ("cpu", "cuda") when the options leave it unset."""

@@ -22,7 +22,10 @@ from models.llm.cpu_int4 import Int4Weight, attach_int4
 from models.llm.cpu_linear import pack_linears
 from models.llm.cpu_tuning import LoneDecodeThreads, warn_if_openmp_spins
 from models.llm.fallback_runner import PerRequestRunner
-from models.llm.kv_cache import KVShape, SlotAllocator, default_kv_budget_bytes, fit_num_slots
+from models.llm.gpu_memory import activation_reserve_of
+from models.llm.kv_cache import (KVShape, SlotAllocator, default_kv_budget_bytes, fit_num_slots,
+                                  prefix_cache_blocks)
+from models.llm.lean_decode import checked_fast_decoder
 from models.llm.loader import eos_token_ids, load_with_int4_weights, resolve_max_model_len, vocab_size_of
 from models.llm.model_runner import (BatchedModelRunner, enable_slot_attention, probe_slot_attention,
                                      restore_attention)
@@ -61,11 +64,13 @@ class HFEngine:
         self.packed_linears = pack_linears(model) if config.cpu_packed_linear else 0
         self.int4_linears = attach_int4(model, int4_weights) if int4_weights and self.device.type == "cpu" else 0
         self._threads = LoneDecodeThreads(enabled=self.int4_linears > 0)
-        self.runner, self.max_running = self._make_runner()
+        budget = config.max_batched_tokens or DEFAULT_MAX_BATCHED_TOKENS.get(self.device.type, 512)
+        self.runner, self.max_running = self._make_runner(max(budget, config.running_on(self.device.type)))
         if self.device.type == "cpu":
             warn_if_openmp_spins()
-        budget = config.max_batched_tokens or DEFAULT_MAX_BATCHED_TOKENS.get(self.device.type, 512)
-        self.scheduler = Scheduler(SlotAllocator(self.max_running), self.max_queued, max(budget, self.max_running))
+        prefix = self.runner.prefix if self.batched else None
+        self.scheduler = Scheduler(SlotAllocator(self.max_running), self.max_queued, max(budget, self.max_running),
+                                   prefix)
         self.sampler = BatchSampler(self.max_running, self.vocab_size, self.device)
         self._closed = False
 
@@ -115,6 +120,7 @@ class HFEngine:
         """The engine's state and counters now (models.llm.types.EngineStats)."""
         s, c = self.scheduler, self.scheduler.counters
         graphs = getattr(self.runner, "graphs", None)
+        prefix = s.prefix.counters if s.prefix is not None else None
         return EngineStats(
             running=len(s.running), waiting=len(s.waiting),
             kv_slots_used=s.slots.num_slots - s.slots.num_free, kv_slots_total=s.slots.num_slots,
@@ -123,6 +129,8 @@ class HFEngine:
             finished_requests=c.finished_requests, aborted_requests=c.aborted_requests,
             batched=self.batched, cuda_graphs=graphs.num_captured if graphs is not None else 0,
             device=self.device.type, cuda_graphs_on=graphs is not None and graphs.enabled,
+            prefix_cache_hit_tokens=prefix.hit_tokens if prefix else 0,
+            prefix_cache_miss_tokens=prefix.miss_tokens if prefix else 0,
         )
 
     def is_alive(self) -> bool:
@@ -150,7 +158,7 @@ class HFEngine:
         if self._closed:
             raise RuntimeError("the engine is closed")
 
-    def _make_runner(self):
+    def _make_runner(self, step_tokens: int):
         """(BatchedModelRunner, slots) when the probe passes, else (PerRequestRunner, max_running); with
         `strict`, FastPathError instead of the per-request fallback."""
         config, name = self.config, type(self.model).__name__
@@ -161,13 +169,19 @@ class HFEngine:
             if reason is None:
                 shape = KVShape.of(self.model.config)
                 dtype = next(self.model.parameters()).dtype
-                slots = fit_num_slots(shape, max_running, self.max_model_len, dtype,
-                                      default_kv_budget_bytes(self.device, config.kv_cache_gb))
-                runner = BatchedModelRunner(self.model, slots, self.max_model_len, config.cuda_graphs,
-                                            strict=config.strict)
-                log.info("%s: batched engine, %d slots x %d tokens (%.2f GiB KV reserved), %d packed linears, "
-                         "%d with int4 decode weights", name, slots, self.max_model_len,
-                         runner.cache.reserved_bytes / 2**30, self.packed_linears, self.int4_linears)
+                reserve = activation_reserve_of(self.model.config, step_tokens, max_running, dtype)
+                kv_budget = default_kv_budget_bytes(self.device, config.kv_cache_gb, config.gpu_memory_share, reserve)
+                blocks = prefix_cache_blocks(shape, dtype, config) if config.prefix_caching else 0
+                if self.device.type == "cuda":  # the prefix pool is committed at once there: it comes out of the share
+                    kv_budget -= blocks * config.kv_block_size * shape.bytes_per_token(dtype)
+                slots = fit_num_slots(shape, max_running, self.max_model_len, dtype, kv_budget)
+                runner = BatchedModelRunner(self.model, slots, self.max_model_len, config.cuda_graphs, blocks,
+                                            config.kv_block_size, strict=config.strict,
+                                            fast_decoder=self._fast_decoder())
+                log.info("%s: batched engine, %d slots x %d tokens (%.2f GiB KV reserved), prefix cache of %d "
+                         "blocks x %d tokens, %d packed linears, %d with int4 decode weights, lean decode %s", name, slots,
+                         self.max_model_len, runner.cache.reserved_bytes / 2**30, blocks, config.kv_block_size,
+                         self.packed_linears, self.int4_linears, "on" if runner.fast_decoder is not None else "off")
                 return runner, slots
             restore_attention(self.model, previous)
             if config.strict:
@@ -175,3 +189,10 @@ class HFEngine:
                                     "forbids the per-request fallback")
             log.warning("%s: batched engine unavailable (%s); running one forward per request per step", name, reason)
         return PerRequestRunner(self.model), max_running
+
+    def _fast_decoder(self):
+        """The lean decode path (lean_decode.py) where decode steps are not CUDA graph replays, else None."""
+        config = self.config
+        if not config.lean_decode or (config.cuda_graphs and self.device.type == "cuda"):
+            return None
+        return checked_fast_decoder(self.model, self.vocab_size)

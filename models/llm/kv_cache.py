@@ -132,14 +132,25 @@ def fit_num_slots(shape: KVShape, wanted: int, slot_len: int, dtype: torch.dtype
     return int(min(wanted, fits))
 
 
-def default_kv_budget_bytes(device: torch.device, kv_cache_gb: float | None) -> int:
-    """`kv_cache_gb` when given; else on CUDA 80% of the free memory (the rest: activations, CUDA graphs), on CPU
-    half of the physical memory."""
+def default_kv_budget_bytes(device: torch.device, kv_cache_gb: float | None, gpu_share: float = 0.9,
+                            reserve: int = 0) -> int:
+    """`kv_cache_gb` when given; else on CUDA what `gpu_share` of the device leaves after the weights and `reserve`
+    (gpu_memory.py, which also enforces the share), on CPU half of the physical memory."""
+    if device.type == "cuda":
+        from models.llm.gpu_memory import enforce_share, kv_budget_for_share
+
+        if kv_cache_gb is not None:
+            enforce_share(device, gpu_share)
+            return int(kv_cache_gb * 2**30)
+        return kv_budget_for_share(device, gpu_share, reserve)
     if kv_cache_gb is not None:
         return int(kv_cache_gb * 2**30)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.8)
     import os
 
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+
+
+def prefix_cache_blocks(shape: KVShape, dtype: torch.dtype, config) -> int:
+    """Blocks of `config.kv_block_size` tokens that fit in `config.prefix_cache_gb` (at least one)."""
+    per_block = config.kv_block_size * shape.bytes_per_token(dtype)
+    return max(1, int(config.prefix_cache_gb * 2**30) // per_block)

@@ -3,7 +3,9 @@
 `BatchedModelRunner.execute(work)` packs the step's tokens into one row (decodes first, in slot order, then prefill
 chunks), builds the `StepBatch` the slot attention reads, runs the transformers model with that attention, and
 returns the last-position logits of each request that samples now (its fed tokens reach the end of its stream).
-On CUDA, steps made only of decodes replay CUDA graphs (cuda_graphs.py); everything else runs eagerly.
+On CUDA, steps made only of decodes replay CUDA graphs (cuda_graphs.py); elsewhere they go through the lean decode
+function of lean_decode.py when the engine attached one; everything else runs the transformers
+forward.
 
 `probe_slot_attention` checks, on the loaded model, that packed batched forwards give the logits of ordinary
 per-sequence forwards; a model that fails it runs on the per-request fallback (fallback_runner.py).
@@ -12,16 +14,20 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from models.llm import attention
-from models.llm.attention import BATCH_KWARG, PrefillChunk, StepBatch
+from models.llm.attention import BATCH_KWARG, PrefillChunk, StepBatch, split_by_length
 from models.llm.device_io import upload
+from models.llm.prefix_cache import PrefixCache
 from models.llm.kv_cache import KVShape, SlotKVCache
 from models.llm.loader import vocab_size_of
 from models.llm.request import EngineRequest
+
+if TYPE_CHECKING:
+    from models.llm.lean_decode import FastDecoder
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +63,19 @@ class SlotModelForward:
 class BatchedModelRunner:
     """Owns the slot KV cache and turns scheduled work into one forward (or one CUDA graph replay)."""
 
-    def __init__(self, model: Any, num_slots: int, slot_len: int, cuda_graphs: bool = True, strict: bool = False,
-                 graph_api: Any = None):
-        """On CUDA with `cuda_graphs` (or with a fake `graph_api`, in tests) every decode graph is captured here,
-        at load; a capture failure turns graphs off with a warning, or raises FastPathError when `strict`."""
+    def __init__(self, model: Any, num_slots: int, slot_len: int, cuda_graphs: bool = True,
+                 prefix_blocks: int = 0, block_size: int = 16, strict: bool = False, graph_api: Any = None,
+                 fast_decoder: "FastDecoder | None" = None):
+        """prefix_blocks: blocks of `block_size` tokens for the prefix cache (0: no prefix caching). On CUDA with
+        `cuda_graphs` (or with a fake `graph_api`, in tests) every decode graph is captured here, at load; a capture
+        failure turns graphs off with a warning, or raises FastPathError when `strict`. fast_decoder: decode-only
+        steps without the transformers forward (lean_decode.py)."""
         self.forward = SlotModelForward(model)
+        self.fast_decoder = fast_decoder  # decode-only steps without the transformers forward (lean_decode.py)
         self.device = self.forward.device
         dtype = next(model.parameters()).dtype
         self.cache = SlotKVCache(KVShape.of(model.config), num_slots, slot_len, dtype, self.device)
+        self.prefix = PrefixCache(self.cache, prefix_blocks, block_size) if prefix_blocks > 0 else None
         self.graphs = None
         if cuda_graphs and (self.device.type == "cuda" or graph_api is not None):
             from models.llm.cuda_graphs import CudaGraphDecoder
@@ -83,6 +94,8 @@ class BatchedModelRunner:
             if logits is not None:
                 return decodes, logits
         input_ids, positions, batch, keep, sampled = self._pack(decodes, chunks)
+        if not chunks and self.fast_decoder is not None:  # the lean decode step (lean_decode.py)
+            return sampled, self.fast_decoder(input_ids[0], positions[0], batch)
         return sampled, self.forward(input_ids, positions, batch, keep)
 
     def _pack(self, decodes: list[EngineRequest], chunks: list[tuple[EngineRequest, int]]):
@@ -108,6 +121,7 @@ class BatchedModelRunner:
         for r in decodes:
             lens[r.slot] = r.num_computed + 1
         decode_slots = [r.slot for r in decodes]
+        runs = split_by_length(lens)  # one run (None below) unless contexts differ enough to pay for more calls
         identity = decode_slots == list(range(view_slots))
         # Before anything is written: zeroing never-used positions must not wipe this step's new tokens.
         self.cache.ensure_initialized(max(max(lens, default=0), max(positions) + 1))
@@ -119,6 +133,7 @@ class BatchedModelRunner:
             cache=self.cache, write_slots=slots_t, write_positions=positions_t, num_decode=len(decodes),
             decode_rows=None if identity else rows_t, view_slots=view_slots, view_len=max(lens, default=0),
             context_lens=lens_t if decodes else None, prefills=prefills,
+            decode_segments=runs if len(runs) > 1 else None,
         )
         return ids_t[None], positions_t[None], batch, keep_t, sampled
 
@@ -141,28 +156,30 @@ def restore_attention(model: Any, previous: str) -> None:
         model.config._attn_implementation = previous
 
 
-def probe_slot_attention(model: Any, vocab_size: int) -> str | None:
-    """None if slot attention reproduces the model's own logits on a packed prefill/chunk/decode mix; else why not."""
+def probe_slot_attention(model: Any, vocab_size: int, fast_decoder: "FastDecoder | None" = None) -> str | None:
+    """None if slot attention (and `fast_decoder` on the decode-only steps, when given) reproduces the model's own
+    logits on a packed prefill/chunk/decode mix; else why not."""
     try:
         if model.config._attn_implementation != attention.ATTENTION_NAME:
             return f"the model kept attention implementation {model.config._attn_implementation!r}"
-        return _probe(model, vocab_size)
+        return _probe(model, vocab_size, fast_decoder)
     except Exception as e:  # noqa: BLE001 - any failure means "use the fallback"; the reason is logged
         return f"{type(e).__name__}: {e}"
 
 
-def _probe(model: Any, vocab_size: int) -> str | None:
+def _probe(model: Any, vocab_size: int, fast_decoder: "FastDecoder | None") -> str | None:
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     gen = torch.Generator().manual_seed(0)
-    a = _ProbeRequest(torch.randint(0, vocab_size, (7,), generator=gen).tolist(), slot=1)
-    b = _ProbeRequest(torch.randint(0, vocab_size, (4,), generator=gen).tolist(), slot=0)
+    a = _ProbeRequest(torch.randint(0, vocab_size, (8,), generator=gen).tolist(), slot=1)
+    b = _ProbeRequest(torch.randint(0, vocab_size, (5,), generator=gen).tolist(), slot=0)
     plan = [  # per step: (request, stream length visible so far, tokens fed now)
         [(a, 4, 4), (b, 3, 3)],  # two prefills
         [(b, 4, 1), (a, 6, 2)],  # a decode (slot 0) beside a continued, chunked prefill
         [(a, 7, 1)],  # a decode alone in slot 1 (the view's rows are scattered)
+        [(b, 5, 1), (a, 8, 1)],  # two decodes
     ]
-    runner = BatchedModelRunner(model, num_slots=2, slot_len=16, cuda_graphs=False)
+    runner = BatchedModelRunner(model, num_slots=2, slot_len=16, cuda_graphs=False, fast_decoder=fast_decoder)
     errors = []
     with torch.inference_mode():
         reference = {id(r): model(input_ids=torch.tensor([r.all], device=device)).logits[0].float() for r in (a, b)}
@@ -176,8 +193,8 @@ def _probe(model: Any, vocab_size: int) -> str | None:
             for r, _, n in step:
                 r.num_computed += n
     tolerance = 2e-3 if dtype == torch.float32 else 6e-2
-    if len(errors) != 5:
-        return f"expected 5 sampled rows, got {len(errors)}"
+    if len(errors) != 7:
+        return f"expected 7 sampled rows, got {len(errors)}"
     if max(errors) > tolerance:
         return f"slot attention logits differ from the model's (relative error {max(errors):.2e} > {tolerance})"
     return None

@@ -7,8 +7,10 @@ Policy, per step, under a budget of `max_batched_tokens` tokens:
 3. waiting requests are admitted, first come first served, while a KV slot is free and budget is left; each
    starts its prefill in this same step.
 A request holds its slot (all the KV memory its budget can need) from admission to finish or abort, so running
-requests never run out of memory and there is nothing to preempt. When all slots are taken and `max_queued`
-requests already wait, `add` refuses with EngineOverloadedError (the server answers 429).
+requests never run out of memory and there is nothing to preempt (admission reserves, it never deadlocks).
+With a prefix cache, an admitted request starts from the longest cached run of its prompt's blocks, and its full
+blocks are offered to the cache when its prompt is computed and when it leaves (prefix_cache.py).
+When all slots are taken and `max_queued` requests already wait, `add` refuses with EngineOverloadedError (the server answers 429).
 
 After the model ran, `postprocess` does the step's bookkeeping (as nano-vllm's Scheduler.postprocess): every fed
 token is now in the cache, each sampled token is appended to its request, and finished requests free their slot.
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 from models.errors import EngineOverloadedError
 from models.llm.kv_cache import SlotAllocator
+from models.llm.prefix_cache import PrefixCache
 from models.llm.request import EngineRequest
 from models.llm.sampler import SampledToken
 from models.llm.stats import StepCounters
@@ -43,12 +46,14 @@ class ScheduledStep:
 
 
 class Scheduler:
-    def __init__(self, slots: SlotAllocator, max_queued: int, max_batched_tokens: int):
+    def __init__(self, slots: SlotAllocator, max_queued: int, max_batched_tokens: int,
+                 prefix: PrefixCache | None = None):
         if max_batched_tokens < slots.num_slots:
             raise ValueError("max_batched_tokens must be >= the number of slots (one decode token each)")
         self.slots = slots
         self.max_queued = max_queued
         self.max_batched_tokens = max_batched_tokens
+        self.prefix = prefix
         self.waiting: deque[EngineRequest] = deque()
         self.running: dict[str, EngineRequest] = {}  # in admission order: older prefills get their chunks first
         self.counters = StepCounters()
@@ -83,6 +88,8 @@ class Scheduler:
         while self.waiting and budget > 0 and self.slots.num_free:
             request = self.waiting.popleft()
             request.slot = self.slots.allocate()
+            if self.prefix is not None:
+                self.prefix.attach(request)
             self.running[request.request_id] = request
             budget -= self._take_chunk(step, request, budget)
         return step
@@ -97,7 +104,11 @@ class Scheduler:
         for request, count in step.work:
             if not request.is_decoding:
                 prompt_tokens += count
-            request.num_computed += count
+                request.num_computed += count
+                if self.prefix is not None and request.is_decoding:  # its prompt is all in the cache now
+                    self.prefix.publish(request)
+            else:
+                request.num_computed += count
         outputs = []
         for request, token in sampled:
             output = request.append(token)
@@ -110,8 +121,10 @@ class Scheduler:
         return outputs
 
     def finish(self, request: EngineRequest) -> None:
-        """Release a running request's slot (it finished)."""
+        """Release a running request's slot (it finished or was aborted), offering its full blocks to the cache."""
         if self.running.pop(request.request_id, None) is not None:
+            if self.prefix is not None:
+                self.prefix.publish(request)
             self.slots.free(request.slot)
             request.slot = None
         self._unfinished.discard(request.request_id)

@@ -68,6 +68,8 @@ class EngineStats:
     device: str = "cpu"  # the torch device type the model runs on ("cpu", "cuda")
     cuda_graphs_on: bool = False  # decode steps replay CUDA graphs (False off CUDA, with graphs off, or after a
     # capture failure)
+    prefix_cache_hit_tokens: int = 0  # prompt tokens whose KV came from the prefix cache (not computed)
+    prefix_cache_miss_tokens: int = 0  # prompt tokens computed while the prefix cache was on
 
 
 class LLMEngine(Protocol):

@@ -8,7 +8,7 @@ import torch
 
 from models.embeddings.sentence import _resolve_dtype as embedding_dtype
 from models.errors import DeviceUnavailableError, FastPathError
-from models.factory import build_backend, pick_device, piper_uses_cuda
+from models.factory import build_backend, chat_engine_config, pick_device, piper_uses_cuda
 from models.hub import _ignore_patterns
 from models.llm import engine as engine_module
 from models.llm.config import EngineConfig
@@ -108,3 +108,10 @@ def test_a_failed_probe_falls_back_with_a_warning_or_fails_the_load_when_strict(
     assert (stats.batched, stats.device, stats.cuda_graphs_on, engine.max_running) == (False, "cpu", False, 16)
     with pytest.raises(FastPathError, match=r"batched engine is unavailable \(an unusual attention\).*strict"):
         HFEngine(model, tok, EngineConfig(strict=True))
+
+
+def test_a_replica_with_a_gpu_share_budgets_that_share_of_the_device():
+    src = resolve_source("hf:org/llama")
+    assert chat_engine_config(src, {}, num_gpus=0.5).gpu_memory_share == 0.5  # Serve's num_gpus: its share
+    assert chat_engine_config(src, {"gpu_memory_share": 0.3}, num_gpus=0.5).gpu_memory_share == 0.3  # said outright
+    assert chat_engine_config(src, {}, num_gpus=1).gpu_memory_share == chat_engine_config(src, {}).gpu_memory_share

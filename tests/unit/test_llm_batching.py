@@ -45,17 +45,20 @@ def drive(engine, plan):
 
 
 def poison(engine):
-    """Fill the KV cache with NaN, as never-written memory may hold: masking must keep it out of every result."""
-    cache = engine.runner.cache
-    for t in (*cache.keys, *cache.values):
+    """Fill the KV cache (and the prefix cache's blocks) with NaN, as never-written memory may hold: masking must keep
+    it out of every result, and only blocks the prefix cache wrote may be copied from it."""
+    cache, prefix = engine.runner.cache, engine.runner.prefix
+    for t in (*cache.keys, *cache.values, *(prefix.keys + prefix.values if prefix is not None else ())):
         t.fill_(float("nan"))
     cache.initialized_len = 0
 
 
-def test_many_requests_joining_and_leaving_match_generate_token_for_token(loaded):
+@pytest.mark.parametrize("lean_decode", [True, False], ids=["lean-decode", "transformers-forward-decode"])
+def test_many_requests_joining_and_leaving_match_generate_token_for_token(loaded, lean_decode):
     model, tok = loaded
-    engine = HFEngine(model, tok, EngineConfig(max_running=4, max_batched_tokens=16))  # prompts > 12 tokens: chunks
-    assert engine.batched
+    config = EngineConfig(max_running=4, max_batched_tokens=16, lean_decode=lean_decode)  # prompts > 12 tokens: chunks
+    engine = HFEngine(model, tok, config)
+    assert engine.batched and (engine.runner.fast_decoder is not None) is lean_decode
     poison(engine)
     gen = torch.Generator().manual_seed(1)
     plan = {}
@@ -120,21 +123,22 @@ def test_bf16_linears_are_packed_and_exact_and_the_engine_runs(tmp_path):
     assert tokens[0] == int(before[0, -1].argmax()) and len(tokens) == 5
 
 
-ARCHITECTURES = {  # config class, model class, extra config, on the batched path?
-    "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, {}, True),
-    "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, {}, True),
-    "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM, {"head_dim": 16}, True),
-    "mistral-sliding-window": (tf.MistralConfig, tf.MistralForCausalLM, {"sliding_window": 6}, True),
-    "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, {"pad_token_id": 0}, True),
-    "phi": (tf.PhiConfig, tf.PhiForCausalLM, {}, True),
-    "gemma3-sliding-window": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM, {"head_dim": 16, "sliding_window": 5}, True),
-    "gemma2-softcap-fallback": (tf.Gemma2Config, tf.Gemma2ForCausalLM, {"head_dim": 16}, False),
+ARCHITECTURES = {  # config class, model class, extra config, on the batched path?, on the lean decode path?
+    "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, {}, True, True),
+    "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, {}, True, True),
+    "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM, {"head_dim": 16}, True, False),
+    "mistral-sliding-window": (tf.MistralConfig, tf.MistralForCausalLM, {"sliding_window": 6}, True, True),
+    "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, {"pad_token_id": 0}, True, False),
+    "phi": (tf.PhiConfig, tf.PhiForCausalLM, {}, True, False),
+    "gemma3-sliding-window": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM, {"head_dim": 16, "sliding_window": 5}, True,
+                              False),
+    "gemma2-softcap-fallback": (tf.Gemma2Config, tf.Gemma2ForCausalLM, {"head_dim": 16}, False, False),
 }
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_architectures_match_generate_on_their_path(arch):
-    config_class, model_class, extra, batched = ARCHITECTURES[arch]
+    config_class, model_class, extra, batched, lean = ARCHITECTURES[arch]
     torch.manual_seed(0)
     config = config_class(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -142,6 +146,7 @@ def test_architectures_match_generate_on_their_path(arch):
     model = model_class(config).eval()
     engine = HFEngine(model, FakeTokenizer(), EngineConfig(max_running=3, max_batched_tokens=8))
     assert engine.batched is batched
+    assert (getattr(engine.runner, "fast_decoder", None) is not None) is lean
     gen = torch.Generator().manual_seed(0)
     prompts = {f"r{i}": torch.randint(3, 300, (3 + 4 * i,), generator=gen).tolist() for i in range(4)}
     got, _ = drive(engine, {0: {rid: (p, 8) for rid, p in prompts.items()}})

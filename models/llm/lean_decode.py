@@ -1,0 +1,109 @@
+"""Decode-only steps of Llama-family models as one lean function over the slot cache.
+
+A transformers forward spends part of a small decode step outside the matmuls: per-module Python, kwargs plumbing,
+mask and cache bookkeeping. `FastDecoder` calls the same modules (RMSNorm, rotary, projections, MLP) and slot
+attention's decode as a flat loop over the layers. torch.compile of this function was tried and is not used: see
+docs/benchmarks.md ("One stream: where a decode step goes").
+
+Only decode steps take this path (one new token per sequence); prefill and mixed steps keep the transformers
+forward. `build_fast_decoder` returns None for architectures it does not know, and `probe_fast_decoder` checks the
+path against the model's own logits at load: a model that fails it keeps the transformers forward.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from models.llm import attention
+from models.llm.attention import StepBatch
+
+log = logging.getLogger(__name__)
+
+# Decoder layers of these model types are pre-norm attention + gated MLP with rotary q/k and nothing else (no
+# q/k norms, no soft-capping): exactly what `FastDecoder` computes.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class FastDecoder:
+    """`decoder(input_ids [B], positions [B], batch)` -> logits [B, V] for B decode tokens, as the model's forward
+    with slot attention gives them; `batch` is the runner's StepBatch for the step (decode tokens only)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.rotary = inner.rotary_emb
+        self.norm = inner.norm
+        self.head = model.get_output_embeddings()
+        self.layers = list(inner.layers)
+        first = self.layers[0].self_attn
+        self.head_dim = int(first.head_dim)
+        config = model.config
+        self.num_heads = int(config.num_attention_heads)
+        self.num_kv_heads = int(getattr(config, "num_key_value_heads", None) or self.num_heads)
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+        batch.attention_calls += len(self.layers)
+        h = self.embed(input_ids)  # [B, E]
+        cos, sin = self.rotary(h, positions[None])  # [1, B, D] each
+        cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [B, 1, D]: broadcast over heads
+        for index, layer in enumerate(self.layers):
+            h = self._layer_step(layer, index, h, cos, sin, batch)
+        return self.head(self.norm(h))  # [B, V]
+
+    def _layer_step(self, layer, index: int, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                    batch: StepBatch) -> torch.Tensor:
+        """One decoder layer for B decode tokens: h [B, E] -> [B, E]."""
+        attn = layer.self_attn
+        rows = h.shape[0]
+        x = layer.input_layernorm(h)
+        q = attn.q_proj(x).view(rows, self.num_heads, self.head_dim)  # [B, Hq, D]
+        k = attn.k_proj(x).view(rows, self.num_kv_heads, self.head_dim)  # [B, Hkv, D]
+        v = attn.v_proj(x).view(rows, self.num_kv_heads, self.head_dim)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        batch.cache.write(index, batch.write_slots, batch.write_positions, k, v)
+        # Qwen2 keeps its window per layer on the module (None for full-attention layers); Mistral only in its config.
+        window = getattr(attn, "sliding_window", getattr(self.model.config, "sliding_window", None))
+        out = attention._decode(batch, index, q.transpose(0, 1), attn.scaling, window)  # [B, Hq, D]
+        h = h + attn.o_proj(out.reshape(rows, self.num_heads * self.head_dim))
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+def build_fast_decoder(model: Any) -> FastDecoder | None:
+    """A FastDecoder for a supported architecture (see SUPPORTED_MODEL_TYPES), else None."""
+    config = model.config
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return None
+    inner = getattr(model, "model", None)
+    needed = ("embed_tokens", "rotary_emb", "norm", "layers")
+    if inner is None or not all(hasattr(inner, name) for name in needed) or not len(inner.layers):
+        return None
+    attn = inner.layers[0].self_attn
+    if not all(hasattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")):
+        return None
+    return FastDecoder(model)
+
+
+def checked_fast_decoder(model: Any, vocab_size: int) -> FastDecoder | None:
+    """build_fast_decoder, kept only when the slot-attention probe passes with it (else None, reason logged)."""
+    from models.llm.model_runner import probe_slot_attention
+
+    decoder = build_fast_decoder(model)
+    if decoder is None:
+        log.info("%s: no lean decode path for model type %r; decoding through the transformers forward",
+                 type(model).__name__, getattr(model.config, "model_type", None))
+        return None
+    reason = probe_slot_attention(model, vocab_size, decoder)
+    if reason is not None:
+        log.warning("%s: lean decode path disagrees with the model (%s); decoding through the transformers forward",
+                    type(model).__name__, reason)
+        return None
+    return decoder
