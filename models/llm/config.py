@@ -109,7 +109,10 @@ class EngineConfig:
     cpu_int4_decode: bool = True
     # Reuse the KV of prompt prefixes computed before (system prompts, earlier turns): full blocks of
     # kv_block_size tokens keyed by their tokens, kept in prefix_cache_gb, least recently used evicted first.
-    prefix_caching: bool = True
+    # Off by default for now: proven token-exact in fp32 (tests/unit/test_llm_prefix_cache.py), but on SmolLM2
+    # (bf16 prefill, int4 decode) a greedy answer after a sequence of other requests differed from the uncached one
+    # (tests/slow, docs/engine.md); until that is explained, a user turns it on knowingly.
+    prefix_caching: bool = False
     # Tokens per KV block (vLLM's default: 16). Smaller blocks match more of a prefix; each costs a hash.
     kv_block_size: int = 16
     # Memory for cached prefix blocks in GiB. On CPU it is committed as blocks are first written.

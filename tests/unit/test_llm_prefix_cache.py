@@ -105,7 +105,7 @@ def test_prefix_caching_matches_generate_and_counts_hits(loaded, prefix_cache_gb
 
 def test_a_hit_leaves_the_last_prompt_token_to_compute(loaded):
     model, tok = loaded
-    engine = HFEngine(model, tok, EngineConfig(max_running=2, kv_block_size=4))
+    engine = HFEngine(model, tok, EngineConfig(max_running=2, kv_block_size=4, prefix_caching=True))
     prompt = list(range(5, 21))  # 16 tokens: 4 full blocks
     first, _ = drive(engine, {0: {"a": (prompt, 3)}})
     poison_lanes(engine)  # "b" gets "a"'s lane back: only the copy from the pool may fill it
@@ -116,7 +116,7 @@ def test_a_hit_leaves_the_last_prompt_token_to_compute(loaded):
 
 def test_seeded_sampling_gives_the_same_output_from_a_cached_prefix(loaded):
     model, tok = loaded
-    engine = HFEngine(model, tok, EngineConfig(max_running=2, kv_block_size=4))
+    engine = HFEngine(model, tok, EngineConfig(max_running=2, kv_block_size=4, prefix_caching=True))
     prompt = tok.encode("The capital of France is Paris. The capital of Italy is")
     params = SamplingParams(temperature=1.0, top_p=0.9, seed=7, max_tokens=12, stop=["Rome"], ignore_eos=True)
     outputs = []
