@@ -246,7 +246,7 @@ def main() -> None:
                     help=f"comma-separated, alternated in this order each round: {', '.join(PEERS)} (llama_cpp "
                          "only with --llama-cpp-python)")
     ap.add_argument("--llama-cpp-python", default=None, metavar="PYTHON",
-                    help="the python of a venv with llama-cpp-python[server] (see the README's benchmark section)")
+                    help="the python of a venv with llama-cpp-python[server] (build recipe: docs/benchmarks.md)")
     ap.add_argument("--llama-cpp-threads", type=int, default=2)
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="ours (auto: bf16 on CPUs with native bf16, else fp32) and the HF generate baseline")

@@ -3,8 +3,8 @@
 Each is a subprocess in its own session (so its whole tree stops together) with its log in the data dir, and a
 request body template that makes it produce exactly `max_tokens` tokens (ours: `ignore_eos`; transformers serve: a
 generation_config whose eos never comes; llama.cpp: a -100 logit bias on the end-of-turn tokens).
-llama.cpp's server is `llama-cpp-python[server]` in a virtual environment of its own (build recipe: the README's
-benchmark section and docs/benchmarks.md); pass its python with --llama-cpp-python.
+llama.cpp's server is `llama-cpp-python[server]` in a virtual environment of its own (build recipe:
+docs/benchmarks.md); pass its python with --llama-cpp-python.
 """
 from __future__ import annotations
 

@@ -267,7 +267,7 @@ class ServerConfig(StrictModel):
 class AppConfig(StrictModel):
     server: ServerConfig = ServerConfig()
     models: list[ModelConfig] = Field(
-        default_factory=list, description="seeds the registry on its first start (see README: YAML and registry)"
+        default_factory=list, description="seeds the registry on its first start (docs/operations.md)"
     )
 
     @model_validator(mode="after")
