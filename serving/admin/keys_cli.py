@@ -19,7 +19,7 @@ ACTIONS = ("create", "list", "show", "revoke")
 
 def add_parser(sub) -> None:
     common = connection_flags()
-    keys = sub.add_parser("keys", help="API keys of a running server (see README: API keys)")
+    keys = sub.add_parser("keys", help="API keys of a running server (see docs/operations.md)")
     actions = keys.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", parents=[common], help="make a key and print its secret (once)")
     create.add_argument("name", help="who or what the key is for")
