@@ -16,8 +16,9 @@ import psutil
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def wait_for(predicate, timeout_s: float, what: str):
-    """Poll `predicate` every 0.5 s until it returns something truthy (returned); fail the test after timeout_s."""
+def wait_for(predicate, timeout_s: float, what: str, seen=None, poll_s: float = 0.5):
+    """Poll `predicate` every `poll_s` until it returns something truthy (returned); after timeout_s fail the test,
+    saying what `seen()` shows then."""
     import pytest
 
     deadline = time.monotonic() + timeout_s
@@ -25,8 +26,8 @@ def wait_for(predicate, timeout_s: float, what: str):
         value = predicate()
         if value:
             return value
-        time.sleep(0.5)
-    pytest.fail(f"not within {timeout_s:.0f} s: {what}")
+        time.sleep(poll_s)
+    pytest.fail(f"not within {timeout_s:.0f} s: {what}" + (f"; got {seen()}" if seen else ""))
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.e2e.server_process import REPO, ServerProcess
+from tests.e2e.server_process import REPO, ServerProcess, wait_for
 from tests.e2e.sse_load import LoadResult, refusal_problem, stream_problem, streaming_clients
 
 pytestmark = pytest.mark.ray
@@ -45,14 +45,6 @@ def server():
     srv.cleanup()
 
 
-def until(predicate, timeout_s: float, poll_s: float = 0.5):
-    """The first truthy value of predicate() within timeout_s, else its last value."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()) and time.monotonic() < deadline:
-        time.sleep(poll_s)
-    return value
-
-
 def test_500_streaming_clients_for_60_s_each_stream_complete_or_refused_cleanly(server):
     baseline_mb = server.pss_mb()
     result = asyncio.run(streaming_clients(server.base_url, "fake-chat", LOAD_CLIENTS, LOAD_SECONDS, timeout_s=120))
@@ -60,7 +52,8 @@ def test_500_streaming_clients_for_60_s_each_stream_complete_or_refused_cleanly(
     assert result.failures == [], f"{len(result.failures)} failures, e.g. {result.failures[:5]}"
     assert result.server_errors() == 0
     assert result.completed >= LOAD_CLIENTS  # every client got through at least once on average
-    settled_mb = until(lambda: (mb := server.pss_mb()) <= 1.1 * baseline_mb and mb, timeout_s=60) or server.pss_mb()
+    settled_mb = wait_for(lambda: (mb := server.pss_mb()) <= 1.1 * baseline_mb and mb, 60,
+                          f"server PSS back within 10% of {baseline_mb:.0f} MB", seen=server.pss_mb)
     print(f"server PSS: {baseline_mb:.0f} MB before, {settled_mb:.0f} MB after")
     assert settled_mb <= 1.1 * baseline_mb
 
@@ -72,8 +65,8 @@ def registered(server):
         for name, spec in {**OVERLOADED, **SLOW}.items():
             assert admin.post("/models", json={"name": name, **spec}).status_code == 201
         entries = lambda: [admin.get(f"/models/{name}").json() for name in {**OVERLOADED, **SLOW}]
-        ready = until(lambda: all(e["status"] == "ready" for e in entries()), timeout_s=600)
-        assert ready, [(e["name"], e["status"], e["error"]) for e in entries() if e["status"] != "ready"]
+        wait_for(lambda: all(e["status"] == "ready" for e in entries()), 600, "the models ready",
+                 seen=lambda: [(e["name"], e["status"], e["error"]) for e in entries() if e["status"] != "ready"])
     return server
 
 
@@ -167,7 +160,7 @@ def test_a_request_no_replica_takes_is_a_503_at_the_queue_deadline(registered):
     assert waiting.status_code == 503 and waiting.headers["retry-after"] == "5"
     assert waiting.json()["error"]["code"] == "queue_timeout"
     # The stream's client left: its slot is freed once the cancel has reached the engine (a 429 until then).
-    assert until(lambda: chat(registered.base_url, "hi").status_code == 200, timeout_s=10, poll_s=0.2)
+    wait_for(lambda: chat(registered.base_url, "hi").status_code == 200, 10, "the freed slot answering", poll_s=0.2)
 
 
 def test_a_unary_call_past_its_deadline_is_a_504(registered):

@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.server_process import REPO, ServerProcess, free_port
+from tests.e2e.server_process import REPO, ServerProcess, free_port, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -43,17 +43,6 @@ def server():
 
 def oai(server, key: str = YAML_KEY, retries: int = 0) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=retries, timeout=60)
-
-
-def wait_for(predicate, timeout_s: float, what: str, seen=None):
-    """Poll until `predicate()` is true (returns it); on timeout, fail with what `seen()` shows then."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout_s} s: {what}" + (f"; got {seen()}" if seen else ""))
 
 
 class Prometheus:
