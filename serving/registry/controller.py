@@ -153,7 +153,7 @@ class ModelController:
                 await self._reconcile(name)
             except Exception as e:  # a bug or a Ray hiccup must not kill the worker silently
                 log.exception("reconciling %s failed", name)
-                await asyncio.to_thread(self.store.set_status, name, "failed", f"controller error: {e!r}")
+                await self._set_status(name, "failed", f"controller error: {e!r}")
 
     async def _reconcile(self, name: str) -> None:
         self._lost.discard(name)
@@ -194,8 +194,8 @@ class ModelController:
             await self._fail(entry, problem)
             return
         self._running.pop(entry.name, None)
-        if await asyncio.to_thread(
-            self.store.set_status, entry.name, "ready", None, version=entry.version, deployed=True
+        if await self._set_status(
+            entry.name, "ready", None, version=entry.version, deployed=True
         ):
             log.info("%s is ready (upstream %s)", entry.name, entry.spec.upstream.base_url)
         if await asyncio.to_thread(self.ops.state, entry.spec.deployment_name) is not None:
@@ -216,8 +216,8 @@ class ModelController:
             if state is None:
                 await self._fail(entry, "the model's Serve application disappeared")
             elif state.status == "RUNNING":
-                ready = await asyncio.to_thread(
-                    self.store.set_status, entry.name, "ready", None, version=entry.version, deployed=True
+                ready = await self._set_status(
+                    entry.name, "ready", None, version=entry.version, deployed=True
                 )
                 if ready:
                     log.info("%s is ready", entry.name)
@@ -236,7 +236,7 @@ class ModelController:
         """Mark the entry failed (if it still is this version) and remove what is left of its application (a failed
         update takes the old version down too: the entry says failed, so nothing routes to it)."""
         log.warning("%s failed: %s", entry.name, reason)
-        await asyncio.to_thread(self.store.set_status, entry.name, "failed", reason, version=entry.version)
+        await self._set_status(entry.name, "failed", reason, version=entry.version)
         self._running.pop(entry.name, None)
         if await asyncio.to_thread(self.ops.state, entry.spec.deployment_name) is not None:
             await asyncio.to_thread(self.ops.delete, entry.spec.deployment_name)
@@ -251,7 +251,14 @@ class ModelController:
             log.info("%s undeployed", name)
         self._running.pop(name, None)
         if entry is not None and (exists or entry.status not in ("registered", "stopped")):
-            await asyncio.to_thread(self.store.set_status, name, "stopped", None, deployed=False)
+            await self._set_status(name, "stopped", None, deployed=False)
+
+    async def _set_status(self, name: str, status: str, error: str | None, **kw) -> bool:
+        """Record a status change; the replica snapshot is dropped with it, so whoever reads the model as ready next
+        also reads the replicas Serve has now (not a look taken while it was still deploying)."""
+        changed = await asyncio.to_thread(self.store.set_status, name, status, error, **kw)
+        self._snapshot = (float("-inf"), {})
+        return changed
 
     # --- between changes: the serving models' replicas ---------------------------------------------------------
 
@@ -318,9 +325,9 @@ class ModelController:
                 if problem:
                     log.warning("%s failed: %s", entry.name, problem)
                     self._lost.add(entry.name)
-                    await asyncio.to_thread(self.store.set_status, entry.name, "failed", problem, version=entry.version)
+                    await self._set_status(entry.name, "failed", problem, version=entry.version)
             elif entry.name in self._lost and state.status == "RUNNING" and state.replicas and state.replicas.running:
-                if await asyncio.to_thread(self.store.set_status, entry.name, "ready", None, version=entry.version):
+                if await self._set_status(entry.name, "ready", None, version=entry.version):
                     log.info("%s is ready again: %d replica(s) running", entry.name, state.replicas.running)
                 self._lost.discard(entry.name)
 

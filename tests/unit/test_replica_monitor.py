@@ -121,3 +121,17 @@ async def test_monitor_keeps_looking_after_an_error(store, ops, controller, monk
     finally:
         task.cancel()
     assert store.get("a").status == "ready"
+
+
+async def test_a_model_read_as_ready_is_read_with_the_replicas_serve_has_now(store, ops, controller):
+    """The replica view is cached for a second; a look taken while the model deployed must not outlive its ready."""
+    ops.outcomes["b"] = AppState("DEPLOYING", replicas=replicas(target=1, running=0, starting=1))
+    store.create(spec("b"), deployed=True, actor="t")
+    controller.notify("b")
+    while "model:b" not in ops.running:  # the worker ran it and now polls it
+        await asyncio.sleep(0)
+    assert (await controller.replicas())["b"].summary()["running"] == 0  # the snapshot of a deploying model
+    ops.running["model:b"] = AppState("RUNNING", replicas=replicas(target=1, running=1))
+    await asyncio.wait_for(controller.wait_idle(), 5)
+    assert store.get("b").status == "ready"
+    assert (await controller.replicas())["b"].summary()["running"] == 1
