@@ -109,9 +109,9 @@ class EngineConfig:
     cpu_int4_decode: bool = True
     # Reuse the KV of prompt prefixes computed before (system prompts, earlier turns): full blocks of
     # kv_block_size tokens keyed by their tokens, kept in prefix_cache_gb, least recently used evicted first.
-    # Off by default for now: proven token-exact in fp32 (tests/unit/test_llm_prefix_cache.py), but on SmolLM2
-    # (bf16 prefill, int4 decode) a greedy answer after a sequence of other requests differed from the uncached one:
-    # blocks whose KV int4 decode computed are reused where a fresh request computes them in bf16 (docs/engine.md).
+    # Off by default: only KV computed on a fresh prefill's path is cached (not int4 decode steps': prefix_cache.py),
+    # but bf16 linear rows on CPU depend on the step's row count, so the tokens left after a hit compute logits a few
+    # bf16 ulps off the uncached ones, enough to flip a greedy near-tie of SmolLM2 (docs/engine.md).
     prefix_caching: bool = False
     # Tokens per KV block (vLLM's default: 16). Smaller blocks match more of a prefix; each costs a hash.
     kv_block_size: int = 16

@@ -18,7 +18,7 @@ import torch
 from models.llm.config import EngineConfig
 from models.errors import FastPathError
 from models.llm.constraints import TokenMask
-from models.llm.cpu_int4 import Int4Weight, attach_int4
+from models.llm.cpu_int4 import SMALL_ROWS, Int4Weight, attach_int4
 from models.llm.cpu_linear import pack_linears
 from models.llm.cpu_tuning import LoneDecodeThreads, warn_if_openmp_spins
 from models.llm.fallback_runner import PerRequestRunner
@@ -177,7 +177,8 @@ class HFEngine:
                 slots = fit_num_slots(shape, max_running, self.max_model_len, dtype, kv_budget)
                 runner = BatchedModelRunner(self.model, slots, self.max_model_len, config.cuda_graphs, blocks,
                                             config.kv_block_size, strict=config.strict,
-                                            fast_decoder=self._fast_decoder())
+                                            fast_decoder=self._fast_decoder(),
+                                            inexact_rows=SMALL_ROWS if self.int4_linears else 0)
                 log.info("%s: batched engine, %d slots x %d tokens (%.2f GiB KV reserved), prefix cache of %d "
                          "blocks x %d tokens, %d packed linears, %d with int4 decode weights, lean decode %s", name, slots,
                          self.max_model_len, runner.cache.reserved_bytes / 2**30, blocks, config.kv_block_size,

@@ -65,8 +65,9 @@ class BatchedModelRunner:
 
     def __init__(self, model: Any, num_slots: int, slot_len: int, cuda_graphs: bool = True,
                  prefix_blocks: int = 0, block_size: int = 16, strict: bool = False, graph_api: Any = None,
-                 fast_decoder: "FastDecoder | None" = None):
-        """prefix_blocks: blocks of `block_size` tokens for the prefix cache (0: no prefix caching). On CUDA with
+                 fast_decoder: "FastDecoder | None" = None, inexact_rows: int = 0):
+        """prefix_blocks: blocks of `block_size` tokens for the prefix cache (0: no prefix caching); inexact_rows:
+        steps of at most this many tokens compute KV the prefix cache must not publish (prefix_cache.py). On CUDA with
         `cuda_graphs` (or with a fake `graph_api`, in tests) every decode graph is captured here, at load; a capture
         failure turns graphs off with a warning, or raises FastPathError when `strict`. fast_decoder: decode-only
         steps without the transformers forward (lean_decode.py)."""
@@ -75,7 +76,7 @@ class BatchedModelRunner:
         self.device = self.forward.device
         dtype = next(model.parameters()).dtype
         self.cache = SlotKVCache(KVShape.of(model.config), num_slots, slot_len, dtype, self.device)
-        self.prefix = PrefixCache(self.cache, prefix_blocks, block_size) if prefix_blocks > 0 else None
+        self.prefix = PrefixCache(self.cache, prefix_blocks, block_size, inexact_rows) if prefix_blocks > 0 else None
         self.graphs = None
         if cuda_graphs and (self.device.type == "cuda" or graph_api is not None):
             from models.llm.cuda_graphs import CudaGraphDecoder

@@ -7,6 +7,11 @@ cached run of its prompt's blocks (block_manager.py's chained keys) is copied in
 as computed; when its prompt is computed, and when it finishes, its full blocks the pool lacks are copied in. A
 copy is a memcpy of the prefix's KV, far cheaper than the forward that made it. At least one prompt token is always
 left to compute: its logits give the first output token.
+
+Exactness: a cached block must hold the KV a fresh request would compute. Where steps of at most `inexact_rows`
+tokens run on other weights than a prefill (cpu_int4.py's int4 decode path), only blocks inside a request's exact
+prefix (its leading tokens all computed in larger steps, or copied from the pool) are published, and a hit leaves
+more than `inexact_rows` tokens to compute, so that a lone step computing them takes the prefill's path too.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ class CachedRequest(Protocol):
 
     slot: int | None
     num_computed: int
+    num_exact: int  # leading tokens computed on a fresh prefill's path (or copied from the pool); <= num_computed
     prefix_keys: list[bytes]  # chained keys of its full blocks known to the pool (or matched from it)
 
     @property
@@ -41,11 +47,16 @@ class PrefixCounters:
 class PrefixCache:
     """A bounded pool of KV blocks keyed by their tokens, copied into and out of the slot lanes of `cache`."""
 
-    def __init__(self, cache: SlotKVCache, num_blocks: int, block_size: int):
+    def __init__(self, cache: SlotKVCache, num_blocks: int, block_size: int, inexact_rows: int = 0):
+        """inexact_rows: steps of at most this many tokens compute KV otherwise than a fresh prefill does (the int4
+        decode path: cpu_int4.SMALL_ROWS); 0 when every step computes it alike."""
         if block_size < 1:
             raise ValueError("block_size must be >= 1")
+        if inexact_rows < 0:
+            raise ValueError("inexact_rows must be >= 0")
         self.cache = cache
         self.block_size = block_size
+        self.inexact_rows = inexact_rows
         self.pool = BlockPool(num_blocks)
         shape, tensor = cache.shape, cache.keys[0]
         dims = (num_blocks, shape.num_kv_heads, block_size, shape.head_dim)
@@ -62,7 +73,9 @@ class PrefixCache:
         """At admission (slot assigned, nothing computed): copy the longest cached prefix of the prompt into the
         request's lane, mark those tokens computed, and return how many they are."""
         prompt = request.token_ids
-        usable = (len(prompt) - 1) // self.block_size  # the last prompt token is always computed
+        # More than inexact_rows tokens are left to compute (at least the last one, whose logits we need), so that
+        # a lone step computing them runs on a fresh prefill's path: at most one block less when blocks are larger.
+        usable = max(0, len(prompt) - 1 - self.inexact_rows) // self.block_size
         keys = block_keys(prompt, self.block_size, usable)
         ids = self.pool.match(keys)
         hit = len(ids) * self.block_size
@@ -75,15 +88,21 @@ class PrefixCache:
                     lanes[layer][request.slot, :, :hit] = blocks.transpose(0, 1).flatten(1, 2)  # [Hkv, n*bs, D]
             self.pool.release(ids[::-1])  # the tail first: evicted before the blocks it depends on
         request.prefix_keys = keys[: len(ids)]
-        request.num_computed = hit
+        request.num_computed = request.num_exact = hit
         self.counters.hit_tokens += hit
         self.counters.miss_tokens += len(prompt) - hit
         return hit
 
+    def advance(self, request: CachedRequest, count: int, step_tokens: int) -> None:
+        """Before `request.num_computed` moves past `count` tokens fed in a step of `step_tokens`: its exact prefix
+        grows with them when the step took a fresh prefill's path and everything before them is exact."""
+        if step_tokens > self.inexact_rows and request.num_exact == request.num_computed:
+            request.num_exact += count
+
     def publish(self, request: CachedRequest) -> int:
-        """Copy the request's computed full blocks that the pool lacks into it; return how many were stored.
-        Call while the request still holds its slot (its lane has the KV)."""
-        full = request.num_computed // self.block_size
+        """Copy the full blocks of the request's exact prefix that the pool lacks into it; return how many were
+        stored. Call while the request still holds its slot (its lane has the KV)."""
+        full = request.num_exact // self.block_size
         known = len(request.prefix_keys)
         if full <= known:
             return 0

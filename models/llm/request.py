@@ -23,6 +23,7 @@ class EngineRequest:
         seed = seq.params.seed
         self.seed = seed % 2**64 if seed is not None else secrets.randbits(64)  # a negative seed: its 64 bits
         self.num_computed = 0
+        self.num_exact = 0  # leading tokens computed as a fresh prefill computes them (prefix_cache.py publishes them)
         self.slot: int | None = None
         self.prefix_keys: list[bytes] = []  # chained keys of its full blocks the prefix cache knows (prefix_cache.py)
         self.runner_state: Any = None  # what a runner keeps per request (the fallback's KV cache); dies with it

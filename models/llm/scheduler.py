@@ -8,8 +8,9 @@ Policy, per step, under a budget of `max_batched_tokens` tokens:
    starts its prefill in this same step.
 A request holds its slot (all the KV memory its budget can need) from admission to finish or abort, so running
 requests never run out of memory and there is nothing to preempt (admission reserves, it never deadlocks).
-With a prefix cache, an admitted request starts from the longest cached run of its prompt's blocks, and its full
-blocks are offered to the cache when its prompt is computed and when it leaves (prefix_cache.py).
+With a prefix cache, an admitted request starts from the longest cached run of its prompt's blocks, and the full
+blocks it computed as a fresh prefill would are offered to the cache when its prompt is computed and when it leaves
+(prefix_cache.py).
 When all slots are taken and `max_queued` requests already wait, `add` refuses with EngineOverloadedError (the server answers 429).
 
 After the model ran, `postprocess` does the step's bookkeeping (as nano-vllm's Scheduler.postprocess): every fed
@@ -102,6 +103,8 @@ class Scheduler:
             return []
         prompt_tokens = 0
         for request, count in step.work:
+            if self.prefix is not None:
+                self.prefix.advance(request, count, step.num_tokens)
             if not request.is_decoding:
                 prompt_tokens += count
                 request.num_computed += count

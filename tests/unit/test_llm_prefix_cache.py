@@ -1,15 +1,19 @@
 """Prefix caching: the block pool's keys, references and LRU eviction, and the engine reusing cached prefixes with
-outputs token-for-token equal to HF `generate` and to the engine without the cache (NaN-poisoned memory)."""
+outputs token-for-token equal to HF `generate` and to the engine without the cache (NaN-poisoned memory), also when
+small steps run on int4 weights that compute other KV than a prefill."""
 import pytest
 import torch
+from torch import nn
 
 from models.llm.block_manager import BlockPool, block_keys
 from models.llm.config import EngineConfig
+from models.llm.cpu_int4 import SMALL_ROWS, Int4DecodeLinear, capture_lossless_int4, int4_supported
 from models.llm.engine import HFEngine
 from models.llm.loader import load_causal_lm
 from models.llm.types import SamplingParams
 from tests.fixtures.tiny_llm import build_tiny_llm
 from tests.unit.test_llm_batching import drive, poison, reference
+from tests.unit.test_llm_int4 import as_q4_1
 
 
 def test_block_keys_chain_so_a_block_is_keyed_by_everything_before_it():
@@ -131,3 +135,55 @@ def test_seeded_sampling_gives_the_same_output_from_a_cached_prefix(loaded):
         outputs.append((tokens, text))
     assert outputs[0] == outputs[1] and outputs[0][0]
     assert engine.stats().prefix_cache_hit_tokens == 4 * ((len(prompt) - 1) // 4) > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_q4_dir(tmp_path_factory):
+    return build_tiny_llm(str(tmp_path_factory.mktemp("tiny_q4")))
+
+
+def skewed_int4_engine(folder, prefix_caching: bool) -> HFEngine:
+    """An engine on the tiny model with 4-bit weights whose int4 path computes their negation: KV from a step of at
+    most SMALL_ROWS tokens differs from a prefill's (as int4 vs bf16 on SmolLM2, only far more), so reusing it where
+    a fresh request computes it in a large step changes greedy tokens."""
+    model, tok = load_causal_lm(folder, dtype="float32")
+    with torch.no_grad():
+        for i, layer in enumerate(m for m in model.modules() if type(m) is nn.Linear and m.in_features % 32 == 0):
+            layer.weight.copy_(as_q4_1(layer.weight, seed=i))
+    config = EngineConfig(max_running=2, kv_block_size=4, prefix_caching=prefix_caching)
+    engine = HFEngine(model, tok, config, int4_weights=capture_lossless_int4(model))
+    assert engine.int4_linears > 0
+    for layer in engine.model.modules():
+        if isinstance(layer, Int4DecodeLinear):
+            layer.scales_zeros = -layer.scales_zeros  # w = (q - 8) * scale + zero, negated
+    return engine
+
+
+def run_alone(engine, prompts: list[list[int]], n: int) -> list[list[int]]:
+    """Greedy outputs of `n` tokens for each prompt, one request after the other."""
+    return [drive(engine, {0: {f"r{i}": (prompt, n)}})[0][f"r{i}"] for i, prompt in enumerate(prompts)]
+
+
+@pytest.mark.skipif(not int4_supported(), reason="this torch has no CPU int4 matmul")
+def test_blocks_computed_by_int4_steps_are_not_published(tiny_q4_dir):
+    engine, fresh = skewed_int4_engine(tiny_q4_dir, True), skewed_int4_engine(tiny_q4_dir, False)
+    first, extra = list(range(40, 60)), [7, 8, 9, 10, 11, 12]  # 20 tokens: one prefill step, then lone decodes
+    got = []
+    for e in (engine, fresh):
+        answer, = run_alone(e, [first], 10)
+        if e is engine:
+            assert engine.runner.prefix.pool.num_cached == 5  # the prompt's blocks; none of the int4-decoded answer
+        got.append((answer, run_alone(e, [first + answer + extra], 6)))  # a chat's second turn
+    assert got[0] == got[1]
+    assert engine.stats().prefix_cache_hit_tokens == 20
+
+
+@pytest.mark.skipif(not int4_supported(), reason="this torch has no CPU int4 matmul")
+def test_a_hit_never_leaves_a_lone_step_of_small_rows(tiny_q4_dir):
+    engine, fresh = skewed_int4_engine(tiny_q4_dir, True), skewed_int4_engine(tiny_q4_dir, False)
+    system = list(range(40, 64))  # 24 tokens: 6 blocks, published by the first request
+    prompts = [system + [5]] + [system[:cut] + [5, 6] for cut in range(14, 25)]
+    assert run_alone(engine, prompts, 3) == run_alone(fresh, prompts, 3)
+    hits = engine.stats().prefix_cache_hit_tokens
+    # Each later prompt (len = cut + 2) hits the most whole blocks that leave more than SMALL_ROWS tokens.
+    assert hits == sum(4 * ((cut + 2 - 1 - SMALL_ROWS) // 4) for cut in range(14, 25)) > 0
