@@ -10,7 +10,8 @@ Modes, each run `rounds` times alternately (the machine's load drifts; the media
   (an array of at least 1000 short strings), so that its mask runs at every step.
 Throughput is generated tokens / wall time of the engine's steps (prefill included, same prompts). The goal of
 issue 14: one_constrained >= 90% of plain. `mask_ms`: one constrained row's llguidance fill plus the sampler's
-unpack and masking of that row in a [streams, vocab] step, timed alone. `compile_ms`: llguidance's tokenizer view
+unpack and masking of that row in a [streams, vocab] step, timed alone; `json_object_closing_fill_ms`: a json_object
+row's fill inside its budget window, where the closing path is recomputed (models/llm/json_close.py). `compile_ms`: llguidance's tokenizer view
 (once per model) and a cold and a cached compile of a few schemas. Prints one JSON document.
 """
 from __future__ import annotations
@@ -75,6 +76,23 @@ def mask_ms(compiler: GrammarCompiler, streams: int, vocab: int, repeats: int = 
     return (time.perf_counter() - start) / repeats * 1000
 
 
+def closing_mask_ms(compiler: GrammarCompiler, tokenizer, vocab: int, repeats: int = 200) -> float:
+    """One json_object row's fill inside its budget window (json_close.py recomputes the closing path, here 15
+    tokens long, at every such step); compare with mask_ms."""
+    prefix = tokenizer.encode('{"a":[{"b":[{"c":{"d":[1,{"e":"some text', add_special_tokens=False)
+    total = 0.0
+    for _ in range(repeats):
+        mask = compiler.compile(Grammar("json_object"), budget=len(prefix) + 20)
+        for token in prefix:
+            mask.matcher.consume_token(token)
+        mask.closer.used = len(prefix)
+        bitmask = torch.zeros(1, words(vocab), dtype=torch.int32)
+        start = time.perf_counter()
+        mask.fill_bitmask(bitmask, 0)
+        total += time.perf_counter() - start
+    return total / repeats * 1000
+
+
 def compile_ms(tokenizer, vocab: int) -> dict:
     compiler = GrammarCompiler(tokenizer, vocab)
     start = time.perf_counter()
@@ -85,6 +103,9 @@ def compile_ms(tokenizer, vocab: int) -> dict:
             start = time.perf_counter()
             compiler.compile(Grammar.json_schema(schema))
             out[f"{name}_{phase}"] = (time.perf_counter() - start) * 1000
+    start = time.perf_counter()
+    compiler.compile(Grammar("json_object"), budget=100)  # the first json_object builds the closing plan
+    out["json_object_with_closing_plan"] = (time.perf_counter() - start) * 1000
     return out
 
 
@@ -109,6 +130,7 @@ def main() -> None:
         "median_tokens_per_s": {"plain": round(plain, 1), "one_constrained": round(constrained, 1)},
         "ratio": round(constrained / plain, 3),
         "mask_ms": round(mask_ms(compiler, args.streams, engine.vocab_size), 3),
+        "json_object_closing_fill_ms": round(closing_mask_ms(compiler, engine.tokenizer, engine.vocab_size), 3),
         "compile_ms": {k: round(v, 2) for k, v in compiles.items()},
     }, indent=2))
 

@@ -4,7 +4,7 @@ A request added with `HFEngine.add_request(..., constraint=mask)` is sampled, at
 its `TokenMask` allows; greedy requests too. The sampler (sampler.py) calls `fill_bitmask` once per step for each
 constrained row of the batch, uploads the rows' bitmasks in one copy and sets every other token's logit to -inf
 (`apply_token_bitmask`) before logit_bias, penalties, temperature, top-k and top-p. After the step the engine
-calls `accept_token` with the token drawn. The layout is llguidance's (`llguidance.numpy.fill_next_token_bitmask`
+calls `accept_token` with the token drawn (which may end the request: see TokenMask). The layout is llguidance's (`llguidance.numpy.fill_next_token_bitmask`
 fills it; `LLMatcher.consume_token` accepts), so a grammar matcher plugs in with a two-method adapter.
 
 A mask must allow at least one token (allow eos when the grammar is complete): a row with nothing allowed has no
@@ -26,8 +26,9 @@ class TokenMask(Protocol):
         """Allow token t by setting bit t % 32 of bitmask[row, t // 32]. bitmask: int32 [rows, words(V)] on the
         CPU, zeroed: a token whose bit stays clear is not sampled."""
 
-    def accept_token(self, token_id: int) -> None:
-        """Advance past the token just sampled for this request."""
+    def accept_token(self, token_id: int) -> bool | None:
+        """Advance past the token just sampled for this request. True: that token ended an output the mask closed
+        early to fit the request's budget (it then finishes as "length", as one the budget cut)."""
 
 
 def words(vocab_size: int) -> int:

@@ -5,6 +5,9 @@ pipe and keys the cache. `GrammarCompiler` holds, per model, llguidance's view o
 first use) and the compiled grammars (an LRU by grammar); each request gets a copy of the compiled matcher, wrapped
 in a `GrammarMask` that the batched sampler asks for its row of the allowed-token bitmask (constraints.py).
 
+A json_object request also gets a `BudgetCloser` (json_close.py): near the end of its token budget its mask narrows
+so that the object closes in time instead of being cut unterminated.
+
 Whitespace is not flexible (`whitespace_flexible: False`): JSON allows unbounded whitespace between tokens, and a
 weak model can emit it forever inside valid JSON. When the grammar accepts, only eos is allowed, so the request
 ends there.
@@ -22,6 +25,7 @@ import llguidance
 import llguidance.numpy
 
 from models.errors import ModelInputError
+from models.llm.json_close import BudgetCloser, ClosingPlan
 
 if TYPE_CHECKING:  # the serving side imports Grammar; it need not import torch for that
     import torch
@@ -65,18 +69,24 @@ def check_grammar(grammar: Grammar, param: str) -> None:
 
 
 class GrammarMask:
-    """TokenMask over one llguidance matcher (one request's progress through its grammar)."""
+    """TokenMask over one llguidance matcher (one request's progress through its grammar), with an optional budget
+    watch that closes JSON in time."""
 
-    def __init__(self, matcher: llguidance.LLMatcher):
+    def __init__(self, matcher: llguidance.LLMatcher, closer: BudgetCloser | None = None):
         self.matcher = matcher
+        self.closer = closer
 
     def fill_bitmask(self, bitmask: "torch.Tensor", row: int) -> None:
-        llguidance.numpy.fill_next_token_bitmask(self.matcher, bitmask.numpy(), row)
+        rows = bitmask.numpy()
+        llguidance.numpy.fill_next_token_bitmask(self.matcher, rows, row)
+        if self.closer is not None:
+            self.closer.narrow(self.matcher, rows[row])
 
-    def accept_token(self, token_id: int) -> None:
+    def accept_token(self, token_id: int) -> bool:
         # A token the mask forbade (only a row with nothing allowed gets one) leaves the matcher in error: its next
         # mask then allows only eos, which ends the request instead of emitting text outside the grammar.
         self.matcher.consume_token(token_id)
+        return self.closer is not None and self.closer.accepted(self.matcher, token_id)
 
 
 class GrammarCompiler:
@@ -88,6 +98,7 @@ class GrammarCompiler:
         self._hf_tokenizer = copy.deepcopy(tokenizer)
         self._vocab_size = vocab_size  # the model's: its logits (and the sampler's bitmask) may outnumber the tokens
         self._view: llguidance.LLTokenizer | None = None
+        self._closing: ClosingPlan | None = None  # built at the first json_object
         self._cache: OrderedDict[Grammar, llguidance.LLMatcher] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -103,8 +114,9 @@ class GrammarCompiler:
                                       param="response_format") from None
         return self._view
 
-    def compile(self, grammar: Grammar, param: str = "response_format") -> GrammarMask:
-        """A fresh mask for one request (ModelInputError naming `param` when the grammar is invalid)."""
+    def compile(self, grammar: Grammar, param: str = "response_format", budget: int | None = None) -> GrammarMask:
+        """A fresh mask for one request (ModelInputError naming `param` when the grammar is invalid). `budget`: the
+        tokens the request may sample; a json_object then closes within it (json_close.py)."""
         with self._lock:
             view = self.tokenizer_view()
             prototype = self._cache.get(grammar)
@@ -118,4 +130,11 @@ class GrammarCompiler:
                     self._cache.popitem(last=False)
             else:
                 self._cache.move_to_end(grammar)
-            return GrammarMask(prototype.deep_copy())
+            return GrammarMask(prototype.deep_copy(), self._closer(grammar, budget))
+
+    def _closer(self, grammar: Grammar, budget: int | None) -> BudgetCloser | None:
+        if grammar.kind != "json_object" or budget is None:
+            return None
+        if self._closing is None:
+            self._closing = ClosingPlan(self.tokenizer_view(), self._vocab_size)
+        return BudgetCloser(self._closing, budget) if self._closing.usable else None

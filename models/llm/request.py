@@ -54,10 +54,9 @@ class EngineRequest:
 
     def append(self, sampled: SampledToken) -> RequestOutput:
         """Record the token sampled for this request (its mask advances) and return the client's delta."""
-        if self.constraint is not None:
-            self.constraint.accept_token(sampled.token_id)
+        closed = self.constraint is not None and bool(self.constraint.accept_token(sampled.token_id))
         logprob = self._logprob(sampled) if sampled.logprob is not None else None
-        return self.seq.append(sampled.token_id, logprob)
+        return self.seq.append(sampled.token_id, logprob, last=closed)
 
     def _logprob(self, sampled: SampledToken) -> TokenLogprob:
         decode = self.seq.tokenizer.decode

@@ -5,7 +5,8 @@ Finish rules, checked after each new token, first match wins:
 1. the token is an eos id (unless params.ignore_eos) or in params.stop_token_ids → "stop"; the token is counted
    but its text is not emitted (as vLLM does);
 2. the text now contains a stop string → "stop"; the text is cut before it;
-3. the output reached its budget (max_tokens, or the context when max_tokens is None) → "length".
+3. the output reached its budget (max_tokens, or the context when max_tokens is None), or its constraint closed it
+   early to fit that budget (`last`) → "length".
 On finish, text held back (an incomplete character, a possible stop-string start) is released.
 """
 from __future__ import annotations
@@ -59,8 +60,9 @@ class Sequence:
     def output_token_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens :]
 
-    def append(self, token_id: int, logprob: TokenLogprob | None = None) -> RequestOutput:
-        """Record one generated token and return what the client gets for it."""
+    def append(self, token_id: int, logprob: TokenLogprob | None = None, last: bool = False) -> RequestOutput:
+        """Record one generated token and return what the client gets for it. `last`: the budget ends the output
+        with this token (finish rule 3)."""
         if self.finish_reason is not None:
             raise RuntimeError(f"request {self.request_id!r} is already finished")
         token_ids = self.token_ids
@@ -73,7 +75,7 @@ class Sequence:
             text, hit = self._stop.feed(self._detok.add(token_id))
             if hit:
                 self.finish_reason = "stop"
-            elif num_output >= self.max_new_tokens:
+            elif num_output >= self.max_new_tokens or last:
                 self.finish_reason = "length"
                 text += self._release_held()
         # Positional: this runs for every token of every request (RequestOutput's field order).

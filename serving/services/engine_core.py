@@ -30,9 +30,10 @@ class GrammarStage:
     """Requests whose grammar a worker thread is compiling; the compiler (and its tokenizer copy) is made on the
     engine thread at the first grammar, since the engine's tokenizer must not be read from two threads."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int):
+    def __init__(self, tokenizer: Any, vocab_size: int, max_model_len: int):
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
+        self._max_model_len = max_model_len
         self._compiler: GrammarCompiler | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: dict[str, tuple[AddRequest, Future]] = {}
@@ -41,7 +42,11 @@ class GrammarStage:
         if self._compiler is None:
             self._compiler = GrammarCompiler(self._tokenizer, self._vocab_size)
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-compile")
-        self._pending[request.request_id] = (request, self._executor.submit(self._compiler.compile, request.grammar))
+        # The engine's budget rule (validation.py): max_tokens, or what the context leaves; add_request refuses more.
+        budget = min(request.params.max_tokens or self._max_model_len,
+                     self._max_model_len - len(request.prompt_token_ids))
+        future = self._executor.submit(self._compiler.compile, request.grammar, budget=budget)
+        self._pending[request.request_id] = (request, future)
 
     def drop(self, request_id: str) -> bool:
         """Forget a request still compiling; True if it was."""
@@ -74,7 +79,7 @@ class EngineCore:
         self.max_step_failures = max_step_failures
         self._live: set[str] = set()  # added, not finished, failed or aborted
         self._failed_steps = 0
-        self._grammars = GrammarStage(engine.tokenizer, engine.vocab_size)
+        self._grammars = GrammarStage(engine.tokenizer, engine.vocab_size, engine.max_model_len)
 
     def add(self, request: AddRequest) -> RequestFailed | None:
         """Add the request to the engine (one with a grammar once it is compiled), or return why it was refused."""
