@@ -13,8 +13,9 @@ structured-outputs.md), leaving unterminated JSON. Here the grammar's own matche
   (an unfinished literal: `f` -> `alse`). So with r tokens left (this one included) a token may be sampled only if
   c + its bound <= r - 1: the mask drops the tokens that could open too much; when nothing but closing fits, it is
   the policy's next token alone. Tokens that keep a string going or close something are never dropped.
-- An output that completes on a step whose mask dropped tokens the grammar allowed ends the request as "length" (the
-  budget shaped its end), not "stop"; one the model completes with nothing dropped is a "stop" as before.
+- An output that completes on a step where no new key, item or string fitted any more (and the mask dropped tokens
+  the grammar allowed) ends the request as "length": the budget decided its end. One the model completes while it
+  could still have gone on is a "stop" as before.
 
 Nothing changes while the budget is far (the cost is recomputed only when it could matter), so a capable model's
 output is untouched unless it would otherwise have been cut.
@@ -30,6 +31,7 @@ IN_STRING = b"x"  # allowed only inside a string: no number, literal or escape h
 STRUCTURAL = frozenset(b'{[,:"\\')
 GROWTH_PER_STRUCTURAL_BYTE = 5  # ',' inside an object: '}' becomes '"":""}'
 GROWTH_OTHER = 4  # an unfinished literal at the token's end: 'f' needs 'alse'
+ONE_STRUCTURAL = GROWTH_PER_STRUCTURAL_BYTE + GROWTH_OTHER  # the bound of a token with one structural byte
 MAX_PATH = 512  # a longer closing path is not searched for (no narrowing then)
 
 
@@ -98,7 +100,7 @@ class BudgetCloser:
         self.plan = plan
         self.budget = budget  # tokens the request may sample, eos included
         self.used = 0
-        self.forced = False  # the last mask dropped tokens the grammar allowed
+        self.forced = False  # the last mask left only closing and content (see the module docstring)
         self.gave_up = False
         self._cost_ceiling: int | None = None  # an upper bound on the closing cost now (None: unknown)
 
@@ -120,7 +122,8 @@ class BudgetCloser:
         word, bit = path[0] >> 5, np.uint32(1 << (path[0] & 31))
         dropped = (row & ~fitting).view(np.uint32)
         dropped[word] &= ~bit
-        self.forced = bool(dropped.any())  # the budget takes tokens the grammar allows away
+        # the budget decides the end: no new key, item or string fits, and tokens the grammar allows are dropped
+        self.forced = room < ONE_STRUCTURAL and bool(dropped.any())
         row &= fitting
         row.view(np.uint32)[word] |= bit
 
