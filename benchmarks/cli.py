@@ -6,6 +6,7 @@
     python -m benchmarks speech --start-server --compare-config unbatched=benchmarks/configs/unbatched.yaml
     python -m benchmarks overhead        # a no-op model: bare uvicorn vs the FastAPI app vs the full Ray path
     python -m benchmarks suite           # every figure of the README's Benchmarks section
+    python -m benchmarks small-requests  # 64 one-sentence embedding requests vs in-process encode at batch 64
 
 Writes <out>/<name>.json (machine, config, git revision, metrics, --raw per-request timings) and PNG plots, and
 prints a table. Metric names follow vLLM's `bench serve` (see benchmarks/metrics.py).
@@ -112,10 +113,11 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     _add_modalities(sub)
-    from benchmarks import overhead, suite
+    from benchmarks import overhead, small_requests, suite
 
     overhead.add_parser(sub)
     suite.add_parser(sub)
+    small_requests.add_parser(sub)
     return p
 
 

@@ -178,10 +178,10 @@ def measure_servers(args, parts: set[str]) -> tuple[list[dict], dict, list[dict]
     try:
         first = Target("default", default.base_url, default.proc.pid)
         for rep in range(args.repeat if big else 0):
-            found.append(_encode_beside_server(backend, rep))
+            found.append(encode_beside_server(backend, big_texts(), 128, f"default server idle, round {rep}"))
             gathered.add(*runner.run_all([first], big, progress=progress))
         if big:
-            found.append(_encode_beside_server(backend, args.repeat))
+            found.append(encode_beside_server(backend, big_texts(), 128, f"default server idle, round {args.repeat}"))
         if "chat" in parts:
             gathered.add(*runner.run_all([first], chat_scenarios(args), progress=progress, repeat=args.repeat))
         paired = sweep + (image_scenarios(args) if "images" in parts else []) + (
@@ -198,14 +198,13 @@ def measure_servers(args, parts: set[str]) -> tuple[list[dict], dict, list[dict]
     return gathered.runs, gathered.records, found
 
 
-def _encode_beside_server(backend, rep: int) -> dict:
-    """In-process encode at batch 128 while the default server idles, with the CPU others took meanwhile."""
+def encode_beside_server(backend, texts: list[str], batch: int, label: str, servers: str = "default idle") -> dict:
+    """In-process encode of `texts` at `batch` while a server idles, with the CPU others took meanwhile."""
     from benchmarks.engine import CpuMeter
 
     meter = CpuMeter()
-    figure = baselines.embeddings_encode(backend, big_texts(), 128)
-    return {**figure, "name": f"{figure['name']} (default server idle, round {rep})", "servers": "default idle",
-            **meter.elapsed()}
+    figure = baselines.embeddings_encode(backend, texts, batch)
+    return {**figure, "name": f"{figure['name']} ({label})", "servers": servers, **meter.elapsed()}
 
 
 def _num(value: float | None, suffix: str = "") -> str:

@@ -1,12 +1,14 @@
 """An embedding model: calls from many HTTP requests are merged into one encode (serving/deployments/merge.py)."""
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 from ray import serve
 
 from models.embeddings.types import EmbeddingBackend
 from serving.clients import EmbeddingResult
-from serving.deployments.common import batch_merger, item_result, load_backend
+from serving.deployments.common import ItemError, batch_merger, item_result, load_backend
 from serving.deployments.placement import place_replica
 
 
@@ -38,3 +40,8 @@ class EmbeddingDeployment:
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
         return item_result(await self._merger.submit(list(inputs)))
+
+    async def embed_many(self, calls: list[list[str] | list[list[int]]]) -> list[EmbeddingResult | ItemError]:
+        """Several requests merged by the ingress, each its own item of the merger: one result or ItemError per
+        request (the ingress raises a request's own error; its neighbours still get their vectors)."""
+        return list(await asyncio.gather(*(self._merger.submit(list(inputs)) for inputs in calls)))

@@ -21,6 +21,9 @@ from models.images.types import ImageParams
 from models.speech.types import SpeechParams
 from serving.clients import EmbeddingResult, EncodedAudio, GenerationChunk, GenerationRequest
 from serving.config import ModelConfig, ServerConfig
+from serving.deployments.common import item_result
+from serving.deployments.merge import BatchMerger
+from serving.deployments.serve_ops import max_ongoing_requests, max_queued_requests
 from serving.errors import (
     DeadlineExceededError, ModelNotFoundError, ModelUnavailableError, ServerOverloadedError, ServingError,
 )
@@ -215,13 +218,52 @@ class HandleChatClient:
             await items.aclose()
 
 
+@dataclass(frozen=True)
+class MergedCalls:
+    """How the ingress sends one model's unary calls: at most `held` requests at once (what Serve admits: the
+    replicas' places and its queue; beyond them a 429, as Serve answers), merged into at most `in_flight` handle
+    calls of at most `items` requests each."""
+
+    held: int
+    in_flight: int = 2
+    items: int = 64
+
+    @classmethod
+    def of(cls, model: ModelConfig) -> MergedCalls:
+        """Two calls per replica (one running, the next gathering), each at most what one replica holds."""
+        replicas = max(1, model.autoscaling.max_replicas if model.autoscaling else model.num_replicas)
+        ongoing = max_ongoing_requests(model)
+        return cls(held=ongoing * replicas + max_queued_requests(model), in_flight=2 * replicas, items=ongoing)
+
+
 class HandleEmbeddingClient:
-    def __init__(self, handle, deadlines: Deadlines):
+    """Concurrent requests go to the replica as one handle call (a Ray call costs more CPU than encoding a short
+    sentence; docs/serving-path.md): a BatchMerger sends what waits whenever fewer than `in_flight` calls run, a
+    lone request at once. The replica answers each request on its own (`EmbeddingDeployment.embed_many`)."""
+
+    def __init__(self, handle, deadlines: Deadlines, merged: MergedCalls | None = None):
         self._handle = direct(handle)
         self._deadlines = deadlines
+        self._merged = merged or MergedCalls(held=2**31)
+        self._merger = BatchMerger(self._call, self._merged.items, max_runs=self._merged.in_flight)
+        self._held = 0
 
     async def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
-        return await call_within(self._handle.embed.remote(inputs), self._deadlines)
+        if self._held >= self._merged.held:
+            raise ServerOverloadedError(
+                f"The model's queue is full ({self._held} requests held, limit {self._merged.held}); retry later."
+            )
+        self._held += 1
+        try:
+            with anyio.fail_after(self._deadlines.request_s):  # its own deadline, whichever merged call it rides
+                return item_result(await self._merger.submit(inputs))
+        except TimeoutError:
+            raise self._deadlines.request_timeout() from None
+        finally:
+            self._held -= 1
+
+    async def _call(self, calls: list) -> list:
+        return await call_within(self._handle.embed_many.remote(calls), self._deadlines)
 
 
 class HandleImageClient:

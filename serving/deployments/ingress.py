@@ -19,7 +19,9 @@ from serving.api.errors import error_response
 from serving.api.server import build_server_app
 from serving.config import ModelConfig, ServerConfig
 from serving.deployments.cluster import node_resources
-from serving.deployments.handle_clients import HANDLE_CLIENTS, Deadlines, HandleChatClient
+from serving.deployments.handle_clients import (
+    HANDLE_CLIENTS, Deadlines, HandleChatClient, HandleEmbeddingClient, MergedCalls,
+)
 from serving.deployments.observability import ingress_scraper, tag_serve_request
 from serving.errors import TooManyConnectionsError
 from serving.keys.records import config_records
@@ -37,6 +39,8 @@ def handle_client(model: ModelConfig, server: ServerConfig, check_exists: bool =
     model's deadlines (for a model that scales to zero, its cold start bounds the wait for a replica).
     check_exists=False: the application may still be on its way (a Serve config file deploys them all at once)."""
     handle = serve.get_deployment_handle(model.deployment_name, model.deployment_name, _check_exists=check_exists)
+    if model.task == "embedding":
+        return HandleEmbeddingClient(handle, Deadlines.of(model, server), MergedCalls.of(model))
     return HANDLE_CLIENTS[model.task](handle, Deadlines.of(model, server))
 
 

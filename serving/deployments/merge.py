@@ -8,13 +8,14 @@ the measurements that chose it: docs/batching.md.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 
 class BatchMerger:
-    """`await merger.submit(item)` -> the item's result, computed by `run(items)` in a worker thread, one run at a
-    time. A run takes the pending items in arrival order, up to `max_items`. After a run of several items the next
+    """`await merger.submit(item)` -> the item's result, computed by `run(items)` in a worker thread (or awaited,
+    when `run` is a coroutine function), at most `max_runs` runs at a time (default one). A run takes the pending items in arrival order, up to `max_items`. After a run of several items the next
     one waits up to `wait_s` for more (requests that came as a group come again as one); after a run of one it
     does not (a lone client never waits for companions that will not come).
 
@@ -22,23 +23,26 @@ class BatchMerger:
     `run` raises, every caller of that run gets the exception. A caller that left (its `submit` was cancelled, as
     Serve does when the client hung up) is dropped before its run starts."""
 
-    def __init__(self, run: Callable[[list], list], max_items: int, wait_s: float = 0.0,
-                 on_pass: Callable[[int], None] | None = None):
+    def __init__(self, run: Callable[[list], list] | Callable[[list], Awaitable[list]], max_items: int,
+                 wait_s: float = 0.0, on_pass: Callable[[int], None] | None = None, max_runs: int = 1):
         self.run = run
         self.max_items = max_items
         self.wait_s = wait_s
         self.on_pass = on_pass  # told each pass' item count (the batch-size metric)
+        self.max_runs = max_runs
         self.last_pass_items = 0
         self._pending: deque[tuple[Any, asyncio.Future]] = deque()
         self._arrived = asyncio.Event()
-        self._drainer: asyncio.Task | None = None
+        self._drainers: list[asyncio.Task] = []
+        self._awaited = inspect.iscoroutinefunction(run)
 
     async def submit(self, item: Any) -> Any:
         future = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         self._arrived.set()
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        self._drainers = [d for d in self._drainers if not d.done()]
+        if len(self._drainers) < self.max_runs:
+            self._drainers.append(asyncio.get_running_loop().create_task(self._drain()))
         return await future
 
     def pending(self) -> int:
@@ -68,7 +72,7 @@ class BatchMerger:
         if self.on_pass is not None:
             self.on_pass(len(items))
         try:
-            results = await asyncio.to_thread(self.run, items)
+            results = await (self.run(items) if self._awaited else asyncio.to_thread(self.run, items))
             if len(results) != len(items):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
         except Exception as e:  # noqa: BLE001 - every caller of this run hears of it
