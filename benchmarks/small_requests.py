@@ -15,7 +15,6 @@ import statistics
 import sys
 import tempfile
 import time
-from importlib import resources
 
 import yaml
 
@@ -43,9 +42,10 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def embedding_only_config() -> str:
-    """The default config with only the embedding model, as a temporary file."""
-    config = yaml.safe_load(resources.files("configs").joinpath("default.yaml").read_text())
+def embedding_only_config(tree: str) -> str:
+    """The source tree's default config with only the embedding model, as a temporary file."""
+    with open(os.path.join(tree, "configs", "default.yaml")) as f:
+        config = yaml.safe_load(f)
     config["models"] = [m for m in config["models"] if m["name"] == EMBED]
     handle, path = tempfile.mkstemp(prefix="embed-only-", suffix=".yaml")
     with os.fdopen(handle, "w") as f:
@@ -74,21 +74,23 @@ def summary(runs: list[dict], found: list[dict]) -> dict:
     }
 
 
-def start_servers(args) -> tuple[list[tuple[str, object]], str | None]:
-    """([(target name, ServerProcess)], the temporary config to remove): this tree's server, then each
-    --compare-tree's (its modules first on the path: Ray's workers import from PYTHONPATH)."""
-    config = embedding_only_config() if args.only_embedding else None
+def start_servers(args) -> tuple[list[tuple[str, object]], list[str]]:
+    """([(target name, ServerProcess)], temporary configs to remove): this tree's server, then each
+    --compare-tree's, each on its own default config (its modules first on the path: Ray's workers import from
+    PYTHONPATH)."""
     trees = [("this tree", REPO)] + [tuple(item.split("=", 1)) for item in args.compare_tree]
-    started = []
+    started, configs = [], []
     try:
         for name, tree in trees:
+            config = embedding_only_config(tree) if args.only_embedding else None
+            configs += [config] if config else []
             print(f"starting openserve up ({name}: {tree}) ...", file=sys.stderr)
             started.append((name, start_openserve(config, env={"PYTHONPATH": tree}, cwd=tree)))
     except BaseException:
         for _, server in started:
             server.stop()
         raise
-    return started, config
+    return started, configs
 
 
 def run(args) -> int:
@@ -100,7 +102,7 @@ def run(args) -> int:
     scenario = Scenario(f"c={args.concurrency} x1", "embeddings",
                         {"concurrency": args.concurrency, "inputs_per_request": 1, "model": EMBED, "server": which},
                         payloads, LoadSpec(concurrency=args.concurrency), warmup=payloads[: args.concurrency])
-    servers, config = start_servers(args)
+    servers, configs = start_servers(args)
     runs, records, found = [], {}, []
     try:
         targets = [Target(name, server.base_url, server.proc.pid) for name, server in servers]
@@ -113,7 +115,7 @@ def run(args) -> int:
     finally:
         for _, server in servers:
             server.stop()
-        if config:
+        for config in configs:
             os.unlink(config)
     options = {k: v for k, v in vars(args).items() if k != "run"}
     doc = report.document(" ".join(sys.argv), options, runs, found, started_at)
