@@ -1,4 +1,5 @@
-"""An embedding model: calls from many HTTP requests are merged into one encode (serving/deployments/merge.py)."""
+"""An embedding model: the requests of each call (merged by the ingress) and of every call that arrives meanwhile
+are encoded together (serving/deployments/merge.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,7 @@ from ray import serve
 
 from models.embeddings.types import EmbeddingBackend
 from serving.clients import EmbeddingResult
-from serving.deployments.common import ItemError, batch_merger, item_result, load_backend
+from serving.deployments.common import ItemError, batch_merger, load_backend
 from serving.deployments.placement import place_replica
 
 
@@ -37,9 +38,6 @@ class EmbeddingDeployment:
         self.model, self.backend = load_backend(place_replica(spec, report_to), data_dir)
         run = lambda calls: embed_calls(self.backend, calls)  # noqa: E731
         self._merger = batch_merger(self.model, run)
-
-    async def embed(self, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
-        return item_result(await self._merger.submit(list(inputs)))
 
     async def embed_many(self, calls: list[list[str] | list[list[int]]]) -> list[EmbeddingResult | ItemError]:
         """Several requests merged by the ingress, each its own item of the merger: one result or ItemError per

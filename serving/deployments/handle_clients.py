@@ -255,10 +255,11 @@ class HandleEmbeddingClient:
             )
         self._held += 1
         try:
-            with anyio.fail_after(self._deadlines.request_s):  # its own deadline, whichever merged call it rides
+            # Its own deadline, whichever call it rides: as for any unary call, answered within the queue deadline.
+            with anyio.fail_after(self._deadlines.start_s):
                 return item_result(await self._merger.submit(inputs))
         except TimeoutError:
-            raise self._deadlines.request_timeout() from None
+            raise self._deadlines.start_timeout() from None
         finally:
             self._held -= 1
 

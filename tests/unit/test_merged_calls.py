@@ -14,7 +14,7 @@ from serving.config import ModelConfig
 from serving.deployments.common import ItemError
 from serving.deployments.handle_clients import Deadlines, HandleEmbeddingClient, MergedCalls
 from serving.deployments.merge import BatchMerger
-from serving.errors import DeadlineExceededError, ServerOverloadedError
+from serving.errors import DeadlineExceededError, ModelUnavailableError, ServerOverloadedError
 
 DEADLINE_S = 10  # any wait in these tests; only reached when the merging is broken
 ROOMY = Deadlines(queue_s=DEADLINE_S, request_s=DEADLINE_S)
@@ -106,11 +106,19 @@ async def test_requests_beyond_what_serve_admits_are_a_429_at_once_and_admitted_
     assert (await asyncio.wait_for(client.embed(["d"]), DEADLINE_S)).prompt_tokens == 1
 
 
-async def test_a_request_past_its_deadline_is_a_504_while_its_call_still_runs():
+@pytest.mark.parametrize("deadlines, error", [
+    (Deadlines(queue_s=DEADLINE_S, request_s=0.05), DeadlineExceededError),  # 504
+    (Deadlines(queue_s=0.05, request_s=DEADLINE_S), ModelUnavailableError),  # 503, as a unary call not answered
+])
+async def test_requests_not_answered_within_their_deadlines_fail_whether_sent_or_still_waiting(deadlines, error):
     handle = GatedHandle()  # never answers
-    client = HandleEmbeddingClient(handle, Deadlines(queue_s=DEADLINE_S, request_s=0.05), MergedCalls(held=10))
-    with pytest.raises(DeadlineExceededError):
-        await asyncio.wait_for(client.embed(["a"]), DEADLINE_S)
+    client = HandleEmbeddingClient(handle, deadlines, MergedCalls(held=10, in_flight=1))
+    sent = started(client, ["a"])
+    await handle.wait_calls(1)
+    waiting = started(client, ["b"])  # behind the call in flight
+    for request in (sent, waiting):
+        with pytest.raises(error):
+            await asyncio.wait_for(request, DEADLINE_S)
 
 
 def test_the_merging_follows_serves_bounds_of_the_model():
