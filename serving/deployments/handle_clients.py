@@ -238,7 +238,7 @@ class MergedCalls:
 
 class HandleEmbeddingClient:
     """Concurrent requests go to the replica as one handle call (a Ray call costs more CPU than encoding a short
-    sentence; docs/serving-path.md): a BatchMerger sends what waits whenever fewer than `in_flight` calls run, a
+    sentence; docs/architecture.md): a BatchMerger sends what waits whenever fewer than `in_flight` calls run, a
     lone request at once. The replica answers each request on its own (`EmbeddingDeployment.embed_many`)."""
 
     def __init__(self, handle, deadlines: Deadlines, merged: MergedCalls | None = None):

@@ -15,9 +15,10 @@ from typing import Any, Awaitable, Callable
 
 class BatchMerger:
     """`await merger.submit(item)` -> the item's result, computed by `run(items)` in a worker thread (or awaited,
-    when `run` is a coroutine function), at most `max_runs` runs at a time (default one). A run takes the pending items in arrival order, up to `max_items`. After a run of several items the next
-    one waits up to `wait_s` for more (requests that came as a group come again as one); after a run of one it
-    does not (a lone client never waits for companions that will not come).
+    when `run` is a coroutine function), at most `max_runs` runs at a time (default one). A run takes the pending
+    items in arrival order, up to `max_items`. After a run of several items the next one waits up to `wait_s` for
+    more (requests that came as a group come again as one); after a run of one it does not (a lone client never
+    waits for companions that will not come).
 
     Ray's batch contract: `run` must return one result per item, else every caller of that run gets an error; if
     `run` raises, every caller of that run gets the exception. A caller that left (its `submit` was cancelled, as
