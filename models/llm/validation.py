@@ -34,15 +34,19 @@ def validate_request(
             "and no room is left for the completion.",
             param="messages",
         )
-    if params.max_tokens is None:
-        return max_model_len - n
-    if n + params.max_tokens > max_model_len:
+    if params.max_tokens is not None and n + params.max_tokens > max_model_len:
         raise ModelInputError(
             f"This model's maximum context length is {max_model_len} tokens. However, you requested "
             f"{n + params.max_tokens} tokens ({n} in the prompt, {params.max_tokens} in the completion).",
             param="max_tokens",
         )
-    return params.max_tokens
+    return output_budget(n, params.max_tokens, max_model_len)
+
+
+def output_budget(prompt_len: int, max_tokens: int | None, max_model_len: int) -> int:
+    """Max new tokens of a request: `max_tokens`, or what the context leaves after the prompt, whichever is less."""
+    room = max_model_len - prompt_len
+    return room if max_tokens is None else min(max_tokens, room)
 
 
 def validate_params(p: SamplingParams, vocab_size: int | None = None) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from models.errors import EngineOverloadedError, ModelInputError
 from models.llm.guided import GrammarCompiler
 from models.llm.types import LLMEngine
+from models.llm.validation import output_budget
 from serving.services.engine_messages import (AddRequest, EngineDeadError, EngineEvent, EngineInfo,
                                               EngineRequestError, RequestFailed, StepOutputs, portable_error)
 
@@ -42,9 +43,8 @@ class GrammarStage:
         if self._compiler is None:
             self._compiler = GrammarCompiler(self._tokenizer, self._vocab_size)
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-compile")
-        # The engine's budget rule (validation.py): max_tokens, or what the context leaves; add_request refuses more.
-        budget = min(request.params.max_tokens or self._max_model_len,
-                     self._max_model_len - len(request.prompt_token_ids))
+        # The engine's own budget rule; add_request refuses a request over it.
+        budget = output_budget(len(request.prompt_token_ids), request.params.max_tokens, self._max_model_len)
         future = self._executor.submit(self._compiler.compile, request.grammar, budget=budget)
         self._pending[request.request_id] = (request, future)
 
