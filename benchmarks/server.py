@@ -26,21 +26,24 @@ class ServerProcess:
     """A subprocess serving HTTP on 127.0.0.1:`port`; ready when `ready_line` is printed (or /health answers)."""
 
     def __init__(self, args: list[str], port: int, ready_line: str | None, env: dict | None = None,
-                 data_dir: str | None = None, ready_timeout_s: float = 900, cwd: str = REPO):
+                 data_dir: str | None = None, ready_timeout_s: float = 900, cwd: str = REPO,
+                 keep_data_dir: bool = False):
         self.port, self.data_dir, self.lines = port, data_dir, []
+        self.timeline: list[tuple[float, str]] = []  # (seconds since the start, line): where a start goes
+        self.keep_data_dir = keep_data_dir  # stop() leaves the data dir (its caches) for a later start
         self.proc = subprocess.Popen(
             args, cwd=cwd, env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {})),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         self._ready = threading.Event()
         self._ready_line = ready_line
+        self.started = time.perf_counter()
         threading.Thread(target=self._read, daemon=True).start()
-        started = time.perf_counter()
         if not self._wait_ready(ready_timeout_s):
             log = "".join(self.lines)[-4000:]
             self.stop()
             raise RuntimeError(f"server {' '.join(args[:6])} did not become ready:\n{log}")
-        self.ready_after_s = time.perf_counter() - started
+        self.ready_after_s = time.perf_counter() - self.started
 
     @property
     def base_url(self) -> str:
@@ -49,6 +52,7 @@ class ServerProcess:
     def _read(self) -> None:
         for line in self.proc.stdout:
             self.lines.append(line)
+            self.timeline.append((time.perf_counter() - self.started, line.rstrip("\n")))
             if self._ready_line and self._ready_line in line:
                 self._ready.set()
         self._ready.set()  # the process ended: stop waiting
@@ -75,7 +79,8 @@ class ServerProcess:
                 self.proc.wait()
         if self.data_dir:
             _kill_leftovers(self.data_dir)
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+            if not self.keep_data_dir:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> "ServerProcess":
         return self
@@ -96,15 +101,18 @@ def _kill_leftovers(data_dir: str) -> None:
                 pass
 
 
-def start_openserve(config: str | None, env: dict | None = None, cwd: str = REPO) -> ServerProcess:
-    """`openserve up` on `config` (None: the embedded default) with a fresh short data dir (Ray socket paths);
+def start_openserve(config: str | None, env: dict | None = None, cwd: str = REPO,
+                    data_dir: str | None = None) -> ServerProcess:
+    """`openserve up` on `config` (None: the embedded default) with a fresh short data dir (Ray socket paths), or
+    on `data_dir`, which then outlives the server (a later start reuses its caches: converted weights, pipelines);
     `cwd` runs another source tree of the project (its modules come first on sys.path), e.g. to compare versions."""
     port = free_port()
-    data_dir = tempfile.mkdtemp(prefix="osb-", dir="/tmp")
+    keep = data_dir is not None
+    data_dir = data_dir or tempfile.mkdtemp(prefix="osb-", dir="/tmp")
     args = [sys.executable, "-m", "serving.cli", "up", "--port", str(port), "--data-dir", data_dir]
     if config:
         args += ["--config", config]
-    return ServerProcess(args, port, "ready in", env=env, data_dir=data_dir, cwd=cwd)
+    return ServerProcess(args, port, "ready in", env=env, data_dir=data_dir, cwd=cwd, keep_data_dir=keep)
 
 
 def start_uvicorn(app: str, factory: bool = False, cwd: str = REPO, env: dict | None = None) -> ServerProcess:

@@ -3,20 +3,36 @@
 Each round starts the server, times `openserve up` to its "ready in" line, sends one request per modality (chat,
 embeddings, image, speech: every model has then served once), and sums the PSS (proportional set size: shared
 pages split among their users) of every process of the server's session, by process. The first round runs with an
-empty HOME (no converted GGUF, no built tiny-SD pipeline: a fresh machine's first start); later rounds reuse it.
+empty HOME and data dir (no converted GGUF, no built tiny-SD pipeline: a fresh machine's first start); later rounds
+reuse both, as a second `make run` does. Each round also gives the CPU seconds the server's processes spent until
+"ready in" (wall time alone misleads on a shared machine) and a timeline of the start (seconds to Ray, Serve, the
+ingress, each model ready).
 
     python -m benchmarks.startup_memory --rounds 3 --out bench-results
+    python -m benchmarks.startup_memory --rounds 3 --compare-tree main=/work/main   # alternating, round by round
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
+import shutil
+import statistics
 import tempfile
 import time
 
 from benchmarks.runner import stamp
-from benchmarks.server import server_processes, start_openserve
+from benchmarks.server import REPO, cpu_seconds_by_process, server_processes, start_openserve
+
+# Lines of `openserve up`'s output that mark a phase of the start (the first line matching each).
+MARKS = {
+    "ray_started": re.compile(r"Started a local Ray instance"),
+    "serve_started": re.compile(r"Started Serve"),
+    "ingress_ready": re.compile(r"Application 'openserve' is ready"),
+    "ready": re.compile(r"\] ready in "),
+}
+MODEL_READY = re.compile(r"\[openserve [0-9:]+\] (\S+): ready$")
 
 
 def warm_requests(base_url: str) -> dict[str, float]:
@@ -53,33 +69,77 @@ def memory(pid: int) -> dict:
     return {"pss_mb": round(pss / 2**20), "rss_mb": round(rss / 2**20), "by_process": per}
 
 
-def one_round(home: str, first: bool) -> dict:
-    server = start_openserve(None, env={"HOME": home})
+def timeline(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds from the start to each phase of it (MARKS) and to each model's "ready" line."""
+    out: dict[str, float] = {}
+    for t, line in lines:
+        for name, pattern in MARKS.items():
+            if name not in out and pattern.search(line):
+                out[name] = round(t, 1)
+        model = MODEL_READY.search(line)
+        if model:
+            out.setdefault(f"model_ready:{model.group(1)}", round(t, 1))
+    return out
+
+
+def start_cpu(pid: int) -> dict:
+    """CPU seconds (user + system) the server's processes spent so far, in all and by process, largest first.
+    Processes that ended before (Ray's short-lived workers) are not counted."""
+    per = sorted(((label, round(seconds, 1)) for label, seconds in cpu_seconds_by_process(server_processes(pid)).values()),
+                 key=lambda x: -x[1])
+    return {"cpu_s": round(sum(seconds for _, seconds in per), 1), "cpu_by_process_s": per}
+
+
+def one_round(tree: str, home: str, first: bool) -> dict:
+    """Start the server of source tree `tree` with HOME and the data dir under `home` (kept: a later round reuses
+    its caches), measure, stop."""
+    server = start_openserve(None, env={"HOME": home, "PYTHONPATH": tree}, cwd=tree, data_dir=os.path.join(home, "d"))
     try:
         ready_s = server.ready_after_s
+        cpu = start_cpu(server.proc.pid)  # before the requests: the start's own
         requests = warm_requests(server.base_url)
-        return {"first_start": first, "ready_s": round(ready_s, 2), "first_requests_s": requests,
-                **memory(server.proc.pid)}
+        return {"first_start": first, "ready_s": round(ready_s, 2), "timeline_s": timeline(server.timeline), **cpu,
+                "first_requests_s": requests, **memory(server.proc.pid)}
     finally:
         server.stop()
 
 
+def summary(rounds: list[dict]) -> dict:
+    """One tree's figures: the first start, the medians of the later ones."""
+    later = [r for r in rounds if not r["first_start"]]
+    med = lambda key, rs: statistics.median(r[key] for r in rs) if rs else None  # noqa: E731
+    return {"first_ready_s": med("ready_s", rounds[:1]), "first_cpu_s": med("cpu_s", rounds[:1]),
+            "later_ready_s_median": med("ready_s", later), "later_cpu_s_median": med("cpu_s", later),
+            "pss_mb_median": med("pss_mb", rounds)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3, help="starts in all: the first with an empty HOME")
+    p.add_argument("--rounds", type=int, default=3, help="starts per tree in all: the first with an empty HOME")
+    p.add_argument("--compare-tree", action="append", default=[], metavar="NAME=DIR",
+                   help="also start the project's source tree in DIR (e.g. a checkout of main), alternating")
     p.add_argument("--out", default="bench-results")
     args = p.parse_args(argv)
-    rounds = []
-    with tempfile.TemporaryDirectory(prefix="osb-home-") as home:
+    trees = [("this tree", REPO)] + [tuple(item.split("=", 1)) for item in args.compare_tree]
+    homes = {name: tempfile.mkdtemp(prefix="osb-h", dir="/tmp") for name, _ in trees}  # short: Ray's socket paths
+    rounds: dict[str, list[dict]] = {name: [] for name, _ in trees}
+    try:
         for i in range(args.rounds):
-            rounds.append(one_round(home, first=i == 0))
-            print(json.dumps(rounds[-1]), flush=True)
-    doc = {"benchmark": "startup_memory", "rounds": rounds,
-           "later_ready_s_median": sorted(r["ready_s"] for r in rounds[1:])[len(rounds[1:]) // 2] if rounds[1:] else None}
+            order = trees if i % 2 == 0 else trees[::-1]  # neither tree always starts on the quieter side
+            for name, tree in order:
+                rounds[name].append(one_round(tree, homes[name], first=i == 0))
+                print(json.dumps({"tree": name, **rounds[name][-1]}), flush=True)
+    finally:
+        for home in homes.values():
+            shutil.rmtree(home, ignore_errors=True)
+    doc = {"benchmark": "startup_memory", "trees": dict(trees),
+           "summary": {name: summary(rs) for name, rs in rounds.items() if rs},
+           "rounds": rounds if args.compare_tree else rounds["this tree"]}
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"startup-memory-{stamp()}.json")
     with open(path, "w") as f:
         json.dump(doc, f, indent=2)
+    print(json.dumps(doc["summary"], indent=2))
     print(path)
     return 0
 
