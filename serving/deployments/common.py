@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,20 +25,29 @@ def load_backend(spec: dict, data_dir: str):
     tune_for_compute); logs how long it took."""
     model = ModelConfig.model_validate(spec)
     tune_for_compute()
-    if not model.source.startswith("fake:"):  # fakes are pure Python: importing torch would only slow their start
-        # Ray sets OMP_NUM_THREADS to the actor's num_cpus (often < 1 core here): torch would run on one thread.
-        import torch
-
-        # The cores this process may run on (cpuset/affinity aware; os.cpu_count() counts the whole host). The
-        # setting is process-wide: the LLM engine thread started after this uses it too.
-        torch.set_num_threads(model.torch_threads or len(os.sched_getaffinity(0)) or 1)
+    threads = model.torch_threads or len(os.sched_getaffinity(0)) or 1
+    set_compute_threads(threads)
     start = time.perf_counter()
     source = fetch_source(model.source, model.revision, progress=log.info)  # Hub ids: into the HF cache first
     cache_dir = os.path.join(data_dir, "cache")
     backend = build_backend(model.task, source, model.dtype, model.device, cache_dir, model.options,
                             model.resources.num_gpus)
+    if "torch" in sys.modules:  # torch caps the count it read from the environment at the cores; a setting does not
+        sys.modules["torch"].set_num_threads(threads)
     log.info("model %s (%s) loaded from %s in %.1f s", model.name, model.task, model.source, time.perf_counter() - start)
     return model, backend
+
+
+def set_compute_threads(threads: int) -> None:
+    """Compute on `threads` threads (the cores this process may run on: cpuset/affinity aware, where os.cpu_count()
+    counts the whole host). Ray sets OMP_NUM_THREADS to the actor's num_cpus (often < 1 core here): torch would run
+    on one thread. The variable is what torch and libgomp read when they load, for every thread (the LLM engine's
+    included), so a backend that never needs torch (Piper runs on onnxruntime) is spared its import and memory.
+    Where torch is loaded already, its own setting is changed too."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 # Spin count for OpenMP threads waiting between parallel regions (libgomp's default: 300,000, then sleep).

@@ -48,3 +48,26 @@ def test_without_the_right_it_stays_at_nice_15_and_says_so():
 def test_an_operators_own_openmp_wait_policy_wins():
     assert probe(OMP_WAIT_POLICY="PASSIVE")["spin"] is None
     assert probe(GOMP_SPINCOUNT="5")["spin"] == "5"
+
+
+THREADS_PROBE = """
+import json, os, sys
+os.environ["OMP_NUM_THREADS"] = "1"  # what Ray sets for an actor of num_cpus < 2
+if {torch_first}:
+    import torch
+from serving.deployments.common import set_compute_threads
+set_compute_threads(2)
+loaded = "torch" in sys.modules
+import torch
+print(json.dumps({{"loaded_by_it": loaded, "threads": torch.get_num_threads()}}))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="torch caps a thread count from the environment at the cores")
+@pytest.mark.parametrize("torch_first", [False, True])
+def test_compute_threads_reach_torch_without_importing_it(torch_first):
+    """A replica that never uses torch (Piper) must not load it for the thread count; one that does gets the count
+    whether torch loads after the setting or was loaded before it."""
+    out = subprocess.run([sys.executable, "-c", THREADS_PROBE.format(torch_first=torch_first)], cwd=REPO,
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == {"loaded_by_it": torch_first, "threads": 2}
