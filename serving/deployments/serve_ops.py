@@ -5,6 +5,10 @@ controller is one), in a worker thread so the replica's event loop keeps serving
 """
 from __future__ import annotations
 
+import threading
+import time
+from typing import Callable
+
 from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.api import RunTarget
@@ -90,21 +94,49 @@ def model_application(model: ModelConfig, data_dir: str, report_to: str | None =
     return deployment.bind(model.deployment_spec(), data_dir, report_to)
 
 
+class SharedLookup:
+    """fetch()'s result, fetched again only when older than `max_age_s`; callers from several threads at once share
+    one fetch (the others wait for it). clear() makes the next get() fetch."""
+
+    def __init__(self, fetch: Callable[[], object], max_age_s: float):
+        self._fetch, self._max_age_s = fetch, max_age_s
+        self._lock = threading.Lock()
+        self._value, self._at = None, float("-inf")
+
+    def get(self):
+        with self._lock:
+            if time.monotonic() - self._at > self._max_age_s:
+                self._value, self._at = self._fetch(), time.monotonic()
+            return self._value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._at = float("-inf")
+
+
+# serve.status() costs Serve's controller a full ServeInstanceDetails each call; the registry controller watches
+# every deploying model at once (each every poll_s), so they share one look this young.
+STATUS_MAX_AGE_S = 0.4
+
+
 class RayServeOps:
     def __init__(self, data_dir: str, report_to: str | None = None):
         self.data_dir = data_dir
         self.report_to = report_to
+        self._status = SharedLookup(serve.status, STATUS_MAX_AGE_S)
 
     def run(self, spec: ModelConfig) -> None:
         app = model_application(spec, self.data_dir, self.report_to)
         serve.run_many([RunTarget(target=app, name=spec.deployment_name, route_prefix=None)],
                        wait_for_applications_running=False)
+        self._status.clear()  # the next look sees the new application
 
     def delete(self, app: str) -> None:
         serve.delete(app, _blocking=True)
+        self._status.clear()
 
     def state(self, app: str) -> AppState | None:
-        status = serve.status().applications.get(app)
+        status = self._status.get().applications.get(app)
         if status is None:
             return None
         messages = [status.message] + [d.message for d in status.deployments.values()]
