@@ -55,13 +55,28 @@ def warm_requests(base_url: str) -> dict[str, float]:
     return took
 
 
+def process_label(p) -> str:
+    """The process' name, or for a bare `python` what it runs: Ray's dashboard.py, monitor.py and log_monitor.py,
+    the CLI (serving.cli), the LLM engine (serving.services.engine_child)."""
+    name = p.name()
+    if not name.startswith("python"):
+        return name
+    args = p.cmdline()[1:]
+    for i, arg in enumerate(args):
+        if arg == "-m" and i + 1 < len(args):
+            return f"python -m {args[i + 1]}"
+        if arg.endswith(".py"):
+            return f"python {os.path.basename(arg)}"
+    return name
+
+
 def memory(pid: int) -> dict:
     """Summed PSS and RSS of the server's processes (MB), and the PSS of each, largest first."""
     per, pss, rss = [], 0, 0
     for p in server_processes(pid):
         try:
             info = p.memory_full_info()
-            per.append((p.name(), round(info.pss / 2**20)))
+            per.append((process_label(p), round(info.pss / 2**20)))
             pss, rss = pss + info.pss, rss + info.rss
         except Exception:  # noqa: BLE001 - a process that ended holds nothing
             continue

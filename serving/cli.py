@@ -183,9 +183,6 @@ def health(url: str, ready: bool) -> int:
 def _ray_environment(config: AppConfig, address: str | None) -> None:
     """Ray's settings that travel by environment; set before Ray is imported (it reads some of them then)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # glibc gives each thread that allocates its own arena (up to 8 per core); Ray's and Serve's many threads in
-    # every process then keep memory that is free but not returned. Two per process: less resident memory.
-    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     if address:
         return  # the joined cluster's own settings (its authentication included) apply
     _lock_down_local_ray(config.server.resolved_data_dir)
