@@ -7,19 +7,22 @@ slot cache needs no gather: the decode attention of all running sequences reads 
 sequences, ~120 tokens each): 86 ms per decode step with slots vs 107 ms with 16-token pages gathered per step; the
 gap grows with the context. A slot reserves `slot_len` (= max_model_len) tokens, so a request admitted to a slot can
 never run out of KV memory mid-flight: no preemption is needed, and capacity is simply the number of free slots.
-On CPU the tensors are allocated empty and zeroed in chunks as contexts grow, so memory follows use.
+On CPU the tensors live in anonymous memory maps, zero-filled by the OS page by page as they are first touched, so
+memory follows use: the positions of the slots a step reads or writes, not every slot's (see SlotKVCache).
 """
 from __future__ import annotations
 
 import heapq
 import logging
+import math
+import mmap
 from dataclasses import dataclass
 
 import torch
 
 log = logging.getLogger(__name__)
 
-INIT_CHUNK = 256  # positions zeroed at a time on CPU (see SlotKVCache)
+INIT_CHUNK = 256  # positions zeroed at a time by ensure_initialized
 
 
 @dataclass(frozen=True)
@@ -86,24 +89,26 @@ class SlotKVCache:
         self.slot_len = slot_len
         dims = (num_slots, shape.num_kv_heads, slot_len, shape.head_dim)
         # The decode attention reads every view slot up to the longest context, masking what a sequence has not
-        # written; masked keys must still be finite (NaN * 0 is NaN). On CUDA the memory is committed anyway: zero
-        # it all. On CPU allocate it empty, so pages are committed only once used, and zero positions [0, n) of
-        # every slot (in chunks) before a view first reaches n: `ensure_initialized`.
-        lazy = torch.device(device).type == "cpu"
-        alloc = torch.empty if lazy else torch.zeros
+        # written; masked keys must still be finite (NaN * 0 is NaN), so the cache starts zeroed. On CUDA the memory
+        # is committed anyway. On CPU zeroing it (all at once, or every slot's positions as the longest context
+        # grows) would commit what no step touches: one 512-token request made 16 slots x 576 positions of
+        # SmolLM2's KV resident (212 MB) where its own slot needs 13 MB. An anonymous memory map is zero from the
+        # start and committed by the OS only where touched.
+        alloc = _zeros_on_touch if torch.device(device).type == "cpu" else torch.zeros
         self.keys = [alloc(dims, dtype=dtype, device=device) for _ in range(shape.num_layers)]
         self.values = [alloc(dims, dtype=dtype, device=device) for _ in range(shape.num_layers)]
-        self.initialized_len = 0 if lazy else slot_len
+        self.initialized_len = slot_len
 
     @property
     def reserved_bytes(self) -> int:
         return self.num_slots * self.slot_len * self.shape.bytes_per_token(self.keys[0].dtype)
 
     def ensure_initialized(self, length: int) -> None:
-        """Make positions [0, length) of every slot finite, zeroing those never used (INIT_CHUNK at a time).
+        """Make positions [0, length) of every slot finite, zeroing those past `initialized_len` (INIT_CHUNK at a
+        time). Call it before the step's writes, with a length covering both what is written and what is read.
 
-        Call it before the step's writes, with a length covering both what is written and what is read.
-        """
+        The cache starts zeroed (initialized_len = slot_len: nothing to do); tests that fill it with NaN, as
+        never-written memory might hold, set initialized_len = 0 to check that no step reads past this bound."""
         if length <= self.initialized_len:
             return
         end = min(self.slot_len, -(-length // INIT_CHUNK) * INIT_CHUNK)
@@ -115,6 +120,13 @@ class SlotKVCache:
         """Store new tokens: slots/positions [N] (long), k/v [N, num_kv_heads, head_dim]."""
         self.keys[layer][slots, :, positions] = k
         self.values[layer][slots, :, positions] = v
+
+
+def _zeros_on_touch(dims: tuple[int, ...], dtype: torch.dtype, device: str | torch.device = "cpu") -> torch.Tensor:
+    """A zero CPU tensor in an anonymous memory map: the OS commits its pages only when first touched (the tensor
+    keeps the map alive)."""
+    nbytes = math.prod(dims) * torch.empty((), dtype=dtype).element_size()
+    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).view(dims)
 
 
 def fit_num_slots(shape: KVShape, wanted: int, slot_len: int, dtype: torch.dtype, budget_bytes: int) -> int:
