@@ -124,9 +124,11 @@ class SlotKVCache:
 
 def _zeros_on_touch(dims: tuple[int, ...], dtype: torch.dtype, device: str | torch.device = "cpu") -> torch.Tensor:
     """A zero CPU tensor in an anonymous memory map: the OS commits its pages only when first touched (the tensor
-    keeps the map alive)."""
+    keeps the map alive). Private where the platform says so: Python's default for an anonymous map is a shared
+    one, which Linux backs with shared memory (and a fork would share)."""
     nbytes = math.prod(dims) * torch.empty((), dtype=dtype).element_size()
-    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).view(dims)
+    private = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
+    return torch.frombuffer(mmap.mmap(-1, nbytes, **private), dtype=dtype).view(dims)
 
 
 def fit_num_slots(shape: KVShape, wanted: int, slot_len: int, dtype: torch.dtype, budget_bytes: int) -> int:

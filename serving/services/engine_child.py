@@ -25,6 +25,7 @@ from serving.services.engine_messages import (AbortRequests, AddRequest, EngineF
 log = logging.getLogger("serving.services.engine_child")
 
 STATS_INTERVAL_S = 1.0  # how often a busy engine reports its stats
+IDLE_RELEASE_S = 1.0  # idle this long after work, the engine process hands freed memory back (release_freed_memory)
 
 
 def main(fd: int) -> None:
@@ -56,13 +57,15 @@ def run(conn: Connection, build: Callable[..., Any], args: tuple) -> None:
         _report_failure(conn)
 
 
-def release_freed_memory() -> None:
-    """Hand memory the process freed back to the OS (glibc's malloc_trim; nothing elsewhere).
+def release_freed_memory(collect: bool = True) -> None:
+    """Hand memory the process freed back to the OS (glibc's malloc_trim; nothing elsewhere), after a garbage
+    collection when `collect` (about 250 ms of CPU here: once after load, not when idle).
 
     Loading frees far more than it keeps (the float32 weights cast to bf16, the bf16 layers replaced by packed
-    copies, a prefill's activations), and glibc keeps freed heap pages mapped for reuse: here about 180 MB of the
-    engine's PSS after load (docs/engine.md, "The engine process")."""
-    gc.collect()
+    copies, the probes' activations), and glibc keeps freed heap pages mapped for reuse: about 200 MB of the
+    engine's PSS after load (docs/engine-memory.md)."""
+    if collect:
+        gc.collect()
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
@@ -91,9 +94,11 @@ def serve(conn: Connection, core: EngineCore) -> None:
     busy = False
     while True:
         if not core.has_work():
-            if busy:  # fell idle: what the steps freed (activations, finished requests' state) goes back
-                release_freed_memory()
-                busy = False
+            # Idle for IDLE_RELEASE_S after work: what the steps freed (activations) goes back to the OS. Not at
+            # once: requests back to back would fault the pages in again (measured: docs/engine-memory.md).
+            if busy and not conn.poll(IDLE_RELEASE_S):
+                release_freed_memory(collect=False)
+            busy = False
             conn.poll(None)  # idle: sleep until a command comes (or the parent goes: EOF)
         while conn.poll(0):
             message = conn.recv()

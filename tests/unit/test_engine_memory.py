@@ -1,17 +1,25 @@
 """Memory of the engine process: freed heap goes back to the OS (engine_child.release_freed_memory), a CPU KV cache
 commits only what is touched, and the PSS breakdown of benchmarks/engine_memory.py adds up.
-Each test runs in under 2 s."""
+Each test runs in under 2 s (the idle release one waits its 1 s)."""
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from multiprocessing import Pipe
 
 import pytest
 import torch
 
 from benchmarks.engine_memory import _mapping_kind, smaps_breakdown
+from models.llm.fake import FakeEngine
 from models.llm.kv_cache import KVShape, SlotKVCache
+from models.llm.types import SamplingParams
+from serving.services import engine_child
 from serving.services.engine_child import _libc
+from serving.services.engine_core import EngineCore
+from serving.services.engine_messages import AddRequest, StepOutputs, Stop
 
 # In a fresh interpreter: 96 MB of 64 KB blocks with a small block after each (so that freeing the large ones
 # leaves holes inside the heap that glibc keeps mapped), freed, then released; prints the PSS (MB) after each.
@@ -87,3 +95,33 @@ def resident_mb(tensors: list[torch.Tensor]) -> float:
             elif head == "Rss:" and inside:
                 rss_kb += int(line.split()[1])
     return rss_kb / 1024
+
+
+def test_the_engine_process_releases_memory_once_idle_after_work_and_not_between_back_to_back_requests(monkeypatch):
+    releases = []
+    monkeypatch.setattr(engine_child, "IDLE_RELEASE_S", 1.0)  # the default; "b" follows "a" well within it
+    monkeypatch.setattr(engine_child, "release_freed_memory", lambda collect=True: releases.append(time.monotonic()))
+    parent, child = Pipe()
+    server = threading.Thread(target=engine_child.serve, args=(child, EngineCore(FakeEngine())), daemon=True)
+    server.start()
+
+    def run(request_id: str) -> float:
+        """Send one request, read until it finishes; the time it finished."""
+        parent.send(AddRequest(request_id, [5, 6, 7], SamplingParams(max_tokens=3)))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and parent.poll(deadline - time.monotonic()):
+            message = parent.recv()
+            if isinstance(message, StepOutputs) and any(o.finished for o in message.outputs):
+                return time.monotonic()
+        raise AssertionError(f"{request_id} did not finish")
+
+    run("a")
+    run("b")  # within IDLE_RELEASE_S of "a": no release in between
+    assert releases == []
+    finished = run("c")
+    deadline = time.monotonic() + 10
+    while not releases and time.monotonic() < deadline:
+        parent.poll(0.05)
+    parent.send(Stop())
+    server.join(10)
+    assert len(releases) == 1 and releases[0] - finished >= 0.9  # once, after IDLE_RELEASE_S of idle
