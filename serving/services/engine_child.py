@@ -9,7 +9,7 @@ answers EngineReady (or EngineFailed), then runs commands and steps through an E
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import gc
 import logging
 import sys
@@ -59,11 +59,11 @@ def run(conn: Connection, build: Callable[..., Any], args: tuple) -> None:
 
 def release_freed_memory(collect: bool = True) -> None:
     """Hand memory the process freed back to the OS (glibc's malloc_trim; nothing elsewhere), after a garbage
-    collection when `collect` (about 250 ms of CPU here: once after load, not when idle).
+    collection when `collect` (a costly one: after load, not when idle).
 
     Loading frees far more than it keeps (the float32 weights cast to bf16, the bf16 layers replaced by packed
-    copies, the probes' activations), and glibc keeps freed heap pages mapped for reuse: about 200 MB of the
-    engine's PSS after load (docs/engine-memory.md)."""
+    copies, the probes' activations), and glibc keeps freed heap pages mapped for reuse (figures:
+    docs/engine-memory.md)."""
     if collect:
         gc.collect()
     libc = _libc()
@@ -71,14 +71,14 @@ def release_freed_memory(collect: bool = True) -> None:
         libc.malloc_trim(0)
 
 
+@functools.cache
 def _libc():
-    """glibc, or None (another C library has no malloc_trim)."""
-    name = ctypes.util.find_library("c")
+    """The process's own C library when it has malloc_trim (glibc), else None."""
     try:
-        libc = ctypes.CDLL(name) if name else None
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    return libc if hasattr(libc, "malloc_trim") else None
 
 
 def _report_failure(conn: Connection) -> None:
