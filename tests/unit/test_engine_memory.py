@@ -1,6 +1,7 @@
 """Memory of the engine process: freed heap goes back to the OS (engine_child.release_freed_memory), a CPU KV cache
 commits only what is touched, and the PSS breakdown of benchmarks/engine_memory.py adds up.
 Each test runs in under 2 s (the idle release one waits its 1 s)."""
+import ctypes
 import os
 import subprocess
 import sys
@@ -81,20 +82,20 @@ def test_a_cpu_kv_cache_is_zero_and_commits_only_the_slots_written():
 
 
 def resident_mb(tensors: list[torch.Tensor]) -> float:
-    """Resident memory (MB) of the mappings that hold `tensors`' data (each mapping counted once)."""
-    starts = {t.data_ptr() for t in tensors}
-    found, rss_kb, inside = set(), 0, False
-    with open(f"/proc/{os.getpid()}/smaps") as f:
-        for line in f:
-            head = line.split(None, 1)[0]
-            if "-" in head and not head.endswith(":"):
-                low, high = (int(x, 16) for x in head.split("-"))
-                inside = any(low <= p < high for p in starts) and (low, high) not in found
-                if inside:
-                    found.add((low, high))
-            elif head == "Rss:" and inside:
-                rss_kb += int(line.split()[1])
-    return rss_kb / 1024
+    """Resident memory (MB) of exactly the bytes that hold `tensors`' data, page by page (mincore), so that a
+    neighbouring mapping the kernel merged with theirs is not counted."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = os.sysconf("SC_PAGE_SIZE")
+    resident = 0
+    for t in tensors:
+        start = t.data_ptr() - t.data_ptr() % page
+        length = t.data_ptr() + t.numel() * t.element_size() - start
+        pages = -(-length // page)
+        vec = (ctypes.c_ubyte * pages)()
+        if libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore failed")
+        resident += sum(b & 1 for b in vec) * page
+    return resident / 2**20
 
 
 def test_the_engine_process_releases_memory_once_idle_after_work_and_not_between_back_to_back_requests(monkeypatch):
