@@ -48,7 +48,8 @@ class CpuMeter:
     def elapsed(self) -> dict:
         now = self._read()
         total, ours = now[0] - self.start[0], now[1] - self.start[1]
-        return {"machine_busy_cpu_s": round(total, 2), "others_cpu_s": round(total - ours, 2)}
+        return {"machine_busy_cpu_s": round(total, 2), "ours_cpu_s": round(ours, 2),
+                "others_cpu_s": round(total - ours, 2)}
 
     def _read(self) -> tuple[float, float]:
         tick = os.sysconf("SC_CLK_TCK")
@@ -186,6 +187,38 @@ def run_prefix(engine, tokenizer, vocab: int, system_len: int, rounds: int, outp
             stats.prefix_cache_hit_tokens, "prefix_cache_miss_tokens": stats.prefix_cache_miss_tokens}
 
 
+def wait_for_compile(engine, timeout_s: float = 900) -> dict | None:
+    """Wait (bounded) for the engine's background decode compile; its outcome, or None without compiled decode."""
+    from models.llm.compiled_decode import CompiledDecoder
+
+    decoder = getattr(engine.runner, "fast_decoder", None)
+    if not isinstance(decoder, CompiledDecoder):
+        return None
+    ready = decoder.wait(timeout_s)
+    return {"ready": ready, "compile_s": decoder.compile_seconds and round(decoder.compile_seconds, 1),
+            "error": decoder.compile_error}
+
+
+def compare_compiled(args, engine, prompts: list[list[int]]) -> dict:
+    """The engine phase with the eager lean decoder and the compiled one in turn, --compare-compiled rounds each."""
+    decoder = engine.runner.fast_decoder
+    if not getattr(decoder, "ready", False):
+        raise SystemExit("--compare-compiled needs compiled decode (a Q4 GGUF on CPU, lean decode on)")
+    variants = {"lean_eager": decoder.eager, "compiled": decoder}
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for _ in range(args.compare_compiled):
+        for name, variant in variants.items():
+            engine.runner.fast_decoder = variant
+            runs[name].append(phase(args, lambda: run_engine(engine, prompts, args.output_len, args.temperature)))
+    engine.runner.fast_decoder = decoder
+    summary = {name: {"median_output_tokens_per_s": statistics.median(r["output_tokens_per_s"] for r in rs),
+                      "median_ours_cpu_s": statistics.median(r["ours_cpu_s"] for r in rs),
+                      "median_cpu_ms_per_token": round(statistics.median(
+                          1000 * r["ours_cpu_s"] / r["output_tokens"] for r in rs), 2)}
+               for name, rs in runs.items()}
+    return {"summary": summary, "runs": runs}
+
+
 def phase(args, run) -> dict:
     """Run one measurement, after waiting (--wait-idle) for other processes to leave the cores alone."""
     quiet = wait_for_idle_cpu(0.15, args.wait_idle) if args.wait_idle else {}
@@ -214,6 +247,10 @@ def main() -> None:
     ap.add_argument("--max-batched-tokens", type=int, default=None)
     ap.add_argument("--no-lean-decode", action="store_true",
                     help="decode steps through the transformers forward (EngineConfig.lean_decode=False)")
+    ap.add_argument("--no-compiled-decode", action="store_true",
+                    help="lean decode steps stay eager (EngineConfig.compiled_decode=False)")
+    ap.add_argument("--compare-compiled", type=int, default=0, metavar="ROUNDS",
+                    help="run the engine phase ROUNDS times each with eager and compiled lean decode, alternating")
     ap.add_argument("--no-int4-decode", action="store_true",
                     help="decode on the model's own weights even where they are exactly 4-bit (a Q4 GGUF)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
@@ -256,13 +293,19 @@ def main() -> None:
         report["hf_generate_padded_batch"] = phase(args, lambda: run_padded(model, prompts, args.output_len))
     config = EngineConfig(max_model_len=max(args.prompt_len, args.long_prompt_len) + args.output_len + 32,
                           max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens,
-                          prefix_caching=not args.no_prefix_caching, lean_decode=not args.no_lean_decode)
+                          prefix_caching=not args.no_prefix_caching, lean_decode=not args.no_lean_decode,
+                          compiled_decode=not args.no_compiled_decode)
     engine = HFEngine(model, tokenizer, config, int4_weights=int4)
+    report["compiled_decode"] = wait_for_compile(engine)
     vocab = model.config.vocab_size
     run_engine(engine, [[(t + 1) % vocab for t in p] for p in prompts[:2]], 4)  # warm-up; other tokens: no hits
     if args.prefix:
         report["prefix"] = phase(args, lambda: run_prefix(engine, tokenizer, model.config.vocab_size,
                                                           args.prompt_len, args.rounds, args.output_len))
+        print(json.dumps(report, indent=2))
+        return
+    if args.compare_compiled:
+        report["compare_compiled"] = compare_compiled(args, engine, prompts)
         print(json.dumps(report, indent=2))
         return
     report["engine"] = {"batched": engine.batched, "packed_linears": engine.packed_linears,

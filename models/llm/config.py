@@ -123,6 +123,9 @@ class EngineConfig:
     # Decode-only steps (where no CUDA graph replays them) through the lean decode function of lean_decode.py, for
     # the architectures it knows and when it passes its load-time probe: no transformers module plumbing per step.
     lean_decode: bool = True
+    # On CPU, lean decode steps of at most 8 rows with the small ops of each layer compiled by torch.compile
+    # (compiled_decode.py): compiled in a background thread while the eager lean path serves, cached on disk.
+    compiled_decode: bool = True
 
     def __post_init__(self) -> None:
         _require(self.max_model_len is None or self.max_model_len >= 2, "max_model_len", "must be >= 2",

@@ -25,6 +25,7 @@ from models.llm.fallback_runner import PerRequestRunner
 from models.llm.gpu_memory import activation_reserve_of
 from models.llm.kv_cache import (KVShape, SlotAllocator, default_kv_budget_bytes, fit_num_slots,
                                   prefix_cache_blocks)
+from models.llm.compiled_decode import build_compiled_decoder
 from models.llm.lean_decode import checked_fast_decoder
 from models.llm.loader import eos_token_ids, load_with_int4_weights, resolve_max_model_len, vocab_size_of
 from models.llm.model_runner import (BatchedModelRunner, enable_slot_attention, probe_slot_attention,
@@ -51,9 +52,10 @@ class HFEngine:
     """
 
     def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None,
-                 int4_weights: dict[str, Int4Weight] | None = None):
+                 int4_weights: dict[str, Int4Weight] | None = None, cache_dir: str | None = None):
         config = config or EngineConfig()
         self.config = config
+        self.cache_dir = cache_dir  # where compiled decode keeps inductor's artefacts (None: inductor's default)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_model_len = resolve_max_model_len(model.config, config.max_model_len)
@@ -81,7 +83,7 @@ class HFEngine:
         config = config or EngineConfig()
         model, tokenizer, int4_weights = load_with_int4_weights(location, gguf_file, dtype, device, cache_dir,
                                                                 config.cpu_int4_decode)
-        return cls(model, tokenizer, config, int4_weights)
+        return cls(model, tokenizer, config, int4_weights, cache_dir)
 
     @property
     def batched(self) -> bool:
@@ -192,8 +194,17 @@ class HFEngine:
         return PerRequestRunner(self.model), max_running
 
     def _fast_decoder(self):
-        """The lean decode path (lean_decode.py) where decode steps are not CUDA graph replays, else None."""
+        """The lean decode path (lean_decode.py) where decode steps are not CUDA graph replays, else None; with int4
+        decode weights on CPU, its compiled form (compiled_decode.py), compiling in the background."""
         config = self.config
         if not config.lean_decode or (config.cuda_graphs and self.device.type == "cuda"):
             return None
-        return checked_fast_decoder(self.model, self.vocab_size)
+        decoder = checked_fast_decoder(self.model, self.vocab_size)
+        if decoder is None or not (config.compiled_decode and self.int4_linears and self.device.type == "cpu"):
+            return decoder
+        compiled = build_compiled_decoder(decoder)
+        if compiled is None:
+            log.info("%s: no compiled decode for these layers; lean decode stays eager", type(self.model).__name__)
+            return decoder
+        compiled.start(self.cache_dir)
+        return compiled

@@ -2,8 +2,9 @@
 
 A transformers forward spends part of a small decode step outside the matmuls: per-module Python, kwargs plumbing,
 mask and cache bookkeeping. `FastDecoder` calls the same modules (RMSNorm, rotary, projections, MLP) and slot
-attention's decode as a flat loop over the layers. torch.compile of this function was tried and is not used: see
-docs/benchmarks.md ("One stream: where a decode step goes").
+attention's decode as a flat loop over the layers. On CPU with int4 decode weights, compiled_decode.py runs the same
+steps with each layer's small ops compiled (torch.compile of this whole function fails on the packed LM head: see
+docs/benchmarks.md, "One stream: where a decode step goes").
 
 Only decode steps take this path (one new token per sequence); prefill and mixed steps keep the transformers
 forward. `build_fast_decoder` returns None for architectures it does not know, and `probe_fast_decoder` checks the

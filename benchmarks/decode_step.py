@@ -1,0 +1,106 @@
+"""CPU milliseconds of one engine decode step (SmolLM2 GGUF, int4 decode weights), decoders alternating in one run.
+
+    python -m benchmarks.decode_step                      # 1 decode row: eager lean vs compiled regions
+    python -m benchmarks.decode_step --rows 4 --rounds 5  # 4 rows
+    python -m benchmarks.decode_step --threads 2          # two threads for the lone decode (the engine uses one)
+
+Each variant runs `BatchedModelRunner.execute` on the same decode step (the same token rewritten at the same
+position, so every call does identical work) and is timed with `time.process_time()` (CPU time of the process, every
+OpenMP thread included: robust on a shared machine) and wall time (which only a quiet machine makes meaningful).
+Variants alternate in rounds; the figure per variant is the median over rounds of each round's minimum. Prints one
+JSON document.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def _time_calls(fn, calls: int) -> tuple[float, float]:
+    """(minimum process CPU ms, minimum wall ms) of `calls` calls of fn."""
+    cpu = wall = float("inf")
+    for _ in range(calls):
+        start, start_wall = time.process_time(), time.perf_counter()
+        fn()
+        cpu, wall = min(cpu, time.process_time() - start), min(wall, time.perf_counter() - start_wall)
+    return 1000 * cpu, 1000 * wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=1, help="decode rows of the step (sequences decoding together)")
+    ap.add_argument("--context", type=int, default=64, help="tokens already in each sequence's cache")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--two-threads", action="store_true",
+                    help="also run the compiled and eager lean steps at two threads (compare by wall time, quiet box)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=20, help="calls per variant per round")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from benchmarks.engine import load_model
+    from models.llm.compiled_decode import build_compiled_decoder
+    from models.llm.config import EngineConfig
+    from models.llm.engine import HFEngine
+
+    model, tokenizer, int4 = load_model("smollm2", "auto", "cpu")
+    engine = HFEngine(model, tokenizer, EngineConfig(max_running=args.rows, max_model_len=args.context + 64,
+                                                     compiled_decode=False), int4_weights=int4)
+    runner = engine.runner
+    eager = runner.fast_decoder
+    compiled = build_compiled_decoder(eager)
+    started = time.perf_counter()
+    compiled.start(None, background=False)
+    compile_s = time.perf_counter() - started
+    streams = [_Stream(list(range(100 + i, 100 + i + args.context)), slot=i) for i in range(args.rows)]
+    with torch.inference_mode():
+        runner.execute([(s, s.num_pending) for s in streams])  # prefill
+        for s in streams:
+            s.num_computed = len(s.token_ids)
+            s.token_ids.append(42)
+        work = [(s, 1) for s in streams]
+        variants = {"eager_lean": (eager, args.threads), "compiled": (compiled, args.threads),
+                    "transformers_forward": (None, args.threads)}
+        if args.two_threads:
+            variants.update({"eager_lean_2_threads": (eager, 2), "compiled_2_threads": (compiled, 2)})
+        outputs, times, walls = {}, {name: [] for name in variants}, {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, (decoder, threads) in variants.items():
+                torch.set_num_threads(threads)
+                runner.fast_decoder = decoder
+                outputs[name] = runner.execute(work)[1].float()
+                cpu, wall = _time_calls(lambda: runner.execute(work), args.calls)
+                times[name].append(cpu)
+                walls[name].append(wall)
+    report = {"command": "python -m benchmarks.decode_step " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
+              "torch": torch.__version__, "compile_s": round(compile_s, 1), "compile_error": compiled.compile_error,
+              "step_cpu_ms": {name: round(statistics.median(t), 2) for name, t in times.items()},
+              "step_wall_ms": {name: round(statistics.median(t), 2) for name, t in walls.items()},
+              "rounds_cpu_ms": {name: [round(x, 2) for x in t] for name, t in times.items()},
+              "max_logit_diff_vs_transformers": {name: float((o - outputs["transformers_forward"]).abs().max())
+                                                 for name, o in outputs.items()},
+              "same_argmax": {name: bool(torch.equal(o.argmax(-1), outputs["transformers_forward"].argmax(-1)))
+                              for name, o in outputs.items()}}
+    print(json.dumps(report, indent=2))
+
+
+class _Stream:
+    """The EngineRequest fields the runner reads."""
+
+    def __init__(self, tokens: list[int], slot: int):
+        self.token_ids, self.num_computed, self.slot = tokens, 0, slot
+
+    @property
+    def num_pending(self) -> int:
+        return len(self.token_ids) - self.num_computed
+
+    def pending_tokens(self, count: int) -> list[int]:
+        return self.token_ids[self.num_computed : self.num_computed + count]
+
+
+if __name__ == "__main__":
+    main()
