@@ -40,14 +40,16 @@ def engine_on(q4_model, **options) -> HFEngine:
     return HFEngine(model, tok, config, int4_weights=capture_lossless_int4(model))
 
 
-def test_compiled_decode_matches_generate_token_for_token_with_requests_joining_and_leaving(q4_model, tmp_path,
+def test_compiled_decode_matches_generate_token_for_token_with_requests_joining_and_leaving(q4_model, request,
                                                                                             monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    # pytest's cache folder outlives the run: the first run compiles cold (~1 min here), later ones in seconds.
+    folder = request.config.cache.mkdir("inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder))
     engine = engine_on(q4_model)
     decoder = engine.runner.fast_decoder
     assert isinstance(decoder, CompiledDecoder)
     assert decoder.wait(COMPILE_DEADLINE_S), decoder.compile_error
-    assert any(files for _, _, files in os.walk(tmp_path / "inductor"))  # artefacts on disk for the next start
+    assert any(files for _, _, files in os.walk(folder))  # artefacts on disk for the next start
     poison(engine)
     gen = torch.Generator().manual_seed(3)
     plan = {}
