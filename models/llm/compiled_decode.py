@@ -142,7 +142,7 @@ class CompiledDecoder:
         """Compile the regions (in a daemon thread when `background`) and switch to them when done; a failure
         is logged and leaves the eager lean decoder in place."""
         if cache_dir:
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_dir, "inductor"))
+            _use_cache_dir(os.path.join(cache_dir, "inductor"))
         if not background:
             self._compile()
             return
@@ -177,14 +177,14 @@ class CompiledDecoder:
     def _disagreement(self, fns: "_Compiled") -> str | None:
         """None when the compiled layer-0 regions give the eager ones' outputs on random input (to the dtype's
         precision), else how far apart they are."""
-        w, r = layer_weights(self.eager)[0], self.regions
+        (w, nxt), r = layer_weights(self.eager)[:2], self.regions
         dtype = self.eager.embed.weight.dtype
         gen = torch.Generator().manual_seed(0)
         h = torch.randn(3, self.eager.embed.weight.shape[1], generator=gen).to(dtype)
         cos, sin = torch.rand(2, 3, 1, r.head_dim, generator=gen).to(dtype)
         attn = torch.randn(3, r.heads, r.head_dim, generator=gen).to(dtype)
-        args = (h, attn, w["o"], w["post_norm"], w["gate"], w["up"], w["down"], cos, sin, w["norm"], w["q"], w["k"],
-                w["v"])
+        args = (h, attn, w["o"], w["post_norm"], w["gate"], w["up"], w["down"], cos, sin, nxt["norm"], nxt["q"],
+                nxt["k"], nxt["v"])
         tolerance = 1e-4 if dtype == torch.float32 else 2e-2
         for want, got in zip(r.bridge(*args), fns.bridge(*args)):
             error = float((want.float() - got.float()).abs().max()) / max(1.0, float(want.float().abs().max()))
@@ -193,14 +193,15 @@ class CompiledDecoder:
         return None
 
     def _warm_up(self, fns: "_Compiled", rows: int) -> None:
-        """Call the compiled region on zeros shaped as a step of `rows` decode rows (no cache is touched)."""
-        w, r = layer_weights(self.eager)[0], self.regions
+        """Call the compiled region on zeros shaped as a step of `rows` decode rows (no cache is touched), with two
+        different layers' weights and distinct cos/sin as a step passes them: dynamo specialises on aliased arguments."""
+        (w, nxt), r = layer_weights(self.eager)[:2], self.regions
         embed = self.eager.embed.weight
         h = torch.zeros(rows, embed.shape[1], dtype=embed.dtype)
-        cos = torch.zeros(rows, 1, r.head_dim, dtype=embed.dtype)
+        cos, sin = torch.zeros(2, rows, 1, r.head_dim, dtype=embed.dtype)
         attn = torch.zeros(rows, r.heads, r.head_dim, dtype=embed.dtype)
-        fns.bridge(h, attn, w["o"], w["post_norm"], w["gate"], w["up"], w["down"], cos, cos, w["norm"], w["q"],
-                   w["k"], w["v"])
+        fns.bridge(h, attn, w["o"], w["post_norm"], w["gate"], w["up"], w["down"], cos, sin, nxt["norm"], nxt["q"],
+                   nxt["k"], nxt["v"])
 
 
 class _Compiled:
@@ -213,6 +214,16 @@ class _Compiled:
         # compile_threads=1: no pool of compile worker processes (memory) for a single small graph.
         options = {"emulate_precision_casts": True, "compile_threads": 1}
         self.bridge = torch.compile(regions.bridge, dynamic=None, options=options)
+
+
+def _use_cache_dir(folder: str) -> None:
+    """Point inductor's caches at `folder`, unless the environment chose a folder of its own (inductor writes its
+    default into TORCHINDUCTOR_CACHE_DIR the first time it looks, so that value does not count as a choice)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
 
 
 def layer_weights(decoder: FastDecoder) -> list[dict[str, Any]] | None:
@@ -238,7 +249,7 @@ def layer_weights(decoder: FastDecoder) -> list[dict[str, Any]] | None:
 def build_compiled_decoder(decoder: FastDecoder) -> CompiledDecoder | None:
     """A CompiledDecoder over a (probed) FastDecoder, or None when its layers hold a kind of linear or activation the
     regions do not compute, or the norms have no single epsilon."""
-    if layer_weights(decoder) is None:
+    if len(decoder.layers) < 2 or layer_weights(decoder) is None:  # one layer: no bridge to compile
         return None
     eps = {getattr(layer.input_layernorm, "variance_epsilon", None) for layer in decoder.layers}
     eps |= {getattr(layer.post_attention_layernorm, "variance_epsilon", None) for layer in decoder.layers}
