@@ -247,10 +247,11 @@ def main() -> None:
     ap.add_argument("--max-batched-tokens", type=int, default=None)
     ap.add_argument("--no-lean-decode", action="store_true",
                     help="decode steps through the transformers forward (EngineConfig.lean_decode=False)")
-    ap.add_argument("--no-compiled-decode", action="store_true",
-                    help="lean decode steps stay eager (EngineConfig.compiled_decode=False)")
+    ap.add_argument("--compiled-decode", action="store_true",
+                    help="lean decode steps compiled (EngineConfig.compiled_decode=True; off by default)")
     ap.add_argument("--compare-compiled", type=int, default=0, metavar="ROUNDS",
-                    help="run the engine phase ROUNDS times each with eager and compiled lean decode, alternating")
+                    help="run the engine phase ROUNDS times each with eager and compiled lean decode, alternating "
+                         "(implies --compiled-decode)")
     ap.add_argument("--no-int4-decode", action="store_true",
                     help="decode on the model's own weights even where they are exactly 4-bit (a Q4 GGUF)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
@@ -294,7 +295,7 @@ def main() -> None:
     config = EngineConfig(max_model_len=max(args.prompt_len, args.long_prompt_len) + args.output_len + 32,
                           max_running=args.max_running or args.requests, max_batched_tokens=args.max_batched_tokens,
                           prefix_caching=not args.no_prefix_caching, lean_decode=not args.no_lean_decode,
-                          compiled_decode=not args.no_compiled_decode)
+                          compiled_decode=args.compiled_decode or args.compare_compiled > 0)
     engine = HFEngine(model, tokenizer, config, int4_weights=int4)
     report["compiled_decode"] = wait_for_compile(engine)
     vocab = model.config.vocab_size

@@ -124,8 +124,9 @@ class EngineConfig:
     # the architectures it knows and when it passes its load-time probe: no transformers module plumbing per step.
     lean_decode: bool = True
     # On CPU, lean decode steps of at most 8 rows with the small ops of each layer compiled by torch.compile
-    # (compiled_decode.py): compiled in a background thread while the eager lean path serves, cached on disk.
-    compiled_decode: bool = True
+    # (compiled_decode.py): compiled in a background thread while the eager lean path serves, cached on disk. Off by
+    # default: 5% less CPU a lone step, for a first-start compile of about a CPU-minute and 45 MB (engine.md).
+    compiled_decode: bool = False
 
     def __post_init__(self) -> None:
         _require(self.max_model_len is None or self.max_model_len >= 2, "max_model_len", "must be >= 2",

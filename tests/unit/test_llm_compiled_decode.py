@@ -43,9 +43,10 @@ def engine_on(q4_model, **options) -> HFEngine:
 def test_compiled_decode_matches_generate_token_for_token_with_requests_joining_and_leaving(q4_model, request,
                                                                                             monkeypatch):
     # pytest's cache folder outlives the run: the first run compiles cold (~1 min here), later ones in seconds.
-    folder = request.config.cache.mkdir("inductor")
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    folder = cache.mkdir("inductor") if cache is not None else request.getfixturevalue("tmp_path") / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder))
-    engine = engine_on(q4_model)
+    engine = engine_on(q4_model, compiled_decode=True)
     decoder = engine.runner.fast_decoder
     assert isinstance(decoder, CompiledDecoder)
     assert decoder.wait(COMPILE_DEADLINE_S), decoder.compile_error
@@ -64,9 +65,9 @@ def test_compiled_decode_matches_generate_token_for_token_with_requests_joining_
     assert decoder.compiled_steps > 0 and not engine.has_unfinished_requests()
 
 
-def test_compiled_decode_can_be_turned_off(q4_model):
-    decoder = engine_on(q4_model, compiled_decode=False).runner.fast_decoder
-    assert type(decoder) is FastDecoder
+def test_compiled_decode_is_off_unless_asked_for(q4_model):
+    assert type(engine_on(q4_model).runner.fast_decoder) is FastDecoder
+    assert type(engine_on(q4_model, compiled_decode=False).runner.fast_decoder) is FastDecoder
 
 
 def test_regions_that_disagree_with_eager_are_refused_and_decoding_stays_eager(q4_model, monkeypatch):
@@ -77,7 +78,7 @@ def test_regions_that_disagree_with_eager_are_refused_and_decoding_stays_eager(q
                 h * 0.5, attn, o, *rest)[1:]
 
     monkeypatch.setattr(compiled_decode, "_Compiled", Wrong)
-    engine = engine_on(q4_model)
+    engine = engine_on(q4_model, compiled_decode=True)
     decoder = engine.runner.fast_decoder
     assert not decoder.wait(COMPILE_DEADLINE_S)
     assert "differ from eager" in decoder.compile_error
