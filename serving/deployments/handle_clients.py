@@ -225,15 +225,16 @@ class MergedCalls:
     calls of at most `items` requests each."""
 
     held: int
-    in_flight: int = 2
+    in_flight: int = 1
     items: int = 64
 
     @classmethod
     def of(cls, model: ModelConfig) -> MergedCalls:
-        """Two calls per replica (one running, the next gathering), each at most what one replica holds."""
+        """One call per replica at a time, each at most what one replica holds: with a second in flight the replica
+        split 64 waiting requests into smaller passes (benchmarks.md, "Small requests")."""
         replicas = max(1, model.autoscaling.max_replicas if model.autoscaling else model.num_replicas)
         ongoing = max_ongoing_requests(model)
-        return cls(held=ongoing * replicas + max_queued_requests(model), in_flight=2 * replicas, items=ongoing)
+        return cls(held=ongoing * replicas + max_queued_requests(model), in_flight=replicas, items=ongoing)
 
 
 class HandleEmbeddingClient:

@@ -123,7 +123,7 @@ async def test_requests_not_answered_within_their_deadlines_fail_whether_sent_or
 
 def test_the_merging_follows_serves_bounds_of_the_model():
     model = ModelConfig(name="m", source="fake:", task="embedding", num_replicas=3, max_ongoing_requests=5)
-    assert MergedCalls.of(model) == MergedCalls(held=5 * 3 + 5 * 3, in_flight=6, items=5)
+    assert MergedCalls.of(model) == MergedCalls(held=5 * 3 + 5 * 3, in_flight=3, items=5)
 
 
 async def test_an_awaited_run_may_have_max_runs_in_flight_and_the_rest_waits_for_a_free_one():
