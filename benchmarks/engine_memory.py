@@ -20,7 +20,7 @@ import sys
 import time
 
 from benchmarks.runner import stamp
-from benchmarks.server import REPO
+from benchmarks.server import REPO, add_compare_tree, source_trees
 
 IDLE_WAIT_S = 2.0  # after the request: past engine_child.IDLE_RELEASE_S
 
@@ -98,12 +98,11 @@ def engine_round(config_path: str | None, tree: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="engine starts per tree")
-    p.add_argument("--compare-tree", action="append", default=[], metavar="NAME=DIR",
-                   help="also start the engine process of the source tree in DIR, alternating")
+    add_compare_tree(p, "also start the engine process of the source tree in DIR, alternating")
     p.add_argument("--config", default=None, help="a config file (default: the embedded one)")
     p.add_argument("--out", default="bench-results")
     args = p.parse_args(argv)
-    trees = {"this": REPO, **dict(item.split("=", 1) for item in args.compare_tree)}
+    trees = dict(source_trees(args.compare_tree))
     rounds: dict[str, list[dict]] = {name: [] for name in trees}
     for _ in range(args.rounds):
         for name, tree in trees.items():

@@ -16,6 +16,22 @@ import urllib.request
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def add_compare_tree(parser, help_text: str) -> None:
+    """--compare-tree NAME=DIR (repeatable): another source tree of the project to run beside this one."""
+    parser.add_argument("--compare-tree", action="append", default=[], metavar="NAME=DIR", help=help_text)
+
+
+def source_trees(compare: list[str]) -> list[tuple[str, str]]:
+    """[("this tree", REPO)] plus each --compare-tree NAME=DIR as (NAME, DIR); a malformed one exits with a message."""
+    trees = [("this tree", REPO)]
+    for item in compare:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise SystemExit(f"--compare-tree wants NAME=DIR, got {item!r}")
+        trees.append((name, folder))
+    return trees
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

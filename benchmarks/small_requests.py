@@ -21,7 +21,7 @@ import yaml
 from benchmarks import baselines, report, runner
 from benchmarks.loadgen import LoadSpec
 from benchmarks.runner import Scenario, Target
-from benchmarks.server import REPO, start_openserve
+from benchmarks.server import add_compare_tree, source_trees, start_openserve
 from benchmarks.suite import B64, EMBED, SENTENCE, encode_beside_server
 from benchmarks.workloads import embedding_payloads
 
@@ -31,8 +31,7 @@ TARGET_RATIO = 0.6
 def add_parser(sub) -> None:
     p = sub.add_parser("small-requests", help="64 x 1-sentence embedding requests vs in-process encode at batch 64")
     p.add_argument("--only-embedding", action="store_true", help="serve only the default embedding model")
-    p.add_argument("--compare-tree", action="append", default=[], metavar="NAME=DIR",
-                   help="also serve the project's source tree in DIR (e.g. a checkout of main), alternating")
+    add_compare_tree(p, "also serve the project's source tree in DIR (e.g. a checkout of main), alternating")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--requests", type=int, default=640, help="requests per server round")
     p.add_argument("--rounds", type=int, default=3, help="alternations of server and in-process encode")
@@ -78,7 +77,7 @@ def start_servers(args) -> tuple[list[tuple[str, object]], list[str]]:
     """([(target name, ServerProcess)], temporary configs to remove): this tree's server, then each
     --compare-tree's, each on its own default config (its modules first on the path: Ray's workers import from
     PYTHONPATH)."""
-    trees = [("this tree", REPO)] + [tuple(item.split("=", 1)) for item in args.compare_tree]
+    trees = source_trees(args.compare_tree)
     started, configs = [], []
     try:
         for name, tree in trees:

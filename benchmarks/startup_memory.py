@@ -23,7 +23,7 @@ import tempfile
 import time
 
 from benchmarks.runner import stamp
-from benchmarks.server import REPO, cpu_seconds_by_process, server_processes, start_openserve
+from benchmarks.server import add_compare_tree, cpu_seconds_by_process, server_processes, source_trees, start_openserve
 
 # Lines of `openserve up`'s output that mark a phase of the start (the first line matching each).
 MARKS = {
@@ -131,11 +131,10 @@ def summary(rounds: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="starts per tree in all: the first with an empty HOME")
-    p.add_argument("--compare-tree", action="append", default=[], metavar="NAME=DIR",
-                   help="also start the project's source tree in DIR (e.g. a checkout of main), alternating")
+    add_compare_tree(p, "also start the project's source tree in DIR (e.g. a checkout of main), alternating")
     p.add_argument("--out", default="bench-results")
     args = p.parse_args(argv)
-    trees = [("this tree", REPO)] + [tuple(item.split("=", 1)) for item in args.compare_tree]
+    trees = source_trees(args.compare_tree)
     homes = {name: tempfile.mkdtemp(prefix="osb-h", dir="/tmp") for name, _ in trees}  # short: Ray's socket paths
     rounds: dict[str, list[dict]] = {name: [] for name, _ in trees}
     try:
