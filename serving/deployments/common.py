@@ -32,8 +32,7 @@ def load_backend(spec: dict, data_dir: str):
     cache_dir = os.path.join(data_dir, "cache")
     backend = build_backend(model.task, source, model.dtype, model.device, cache_dir, model.options,
                             model.resources.num_gpus)
-    if "torch" in sys.modules:  # torch caps the count it read from the environment at the cores; a setting does not
-        sys.modules["torch"].set_num_threads(threads)
+    set_compute_threads(threads)  # torch (if the backend loaded it) capped the environment's count at the cores
     log.info("model %s (%s) loaded from %s in %.1f s", model.name, model.task, model.source, time.perf_counter() - start)
     return model, backend
 

@@ -50,6 +50,10 @@ class BatchMerger:
         """Items waiting for a run whose caller is still there."""
         return sum(1 for _, future in self._pending if not future.done())
 
+    def running(self) -> int:
+        """Runs started or in flight (at most `max_runs`)."""
+        return sum(1 for d in self._drainers if not d.done())
+
     async def _drain(self) -> None:
         taken: list[tuple[Any, asyncio.Future]] = []
         try:

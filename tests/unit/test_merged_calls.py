@@ -71,13 +71,21 @@ def started(client: HandleEmbeddingClient, inputs: list) -> asyncio.Future:
     return asyncio.ensure_future(client.embed(inputs))
 
 
+async def until(predicate, deadline_s: float = DEADLINE_S) -> None:
+    """Turns of the event loop until `predicate()` holds; AssertionError after `deadline_s`."""
+    deadline = asyncio.get_running_loop().time() + deadline_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0)
+
+
 async def test_requests_arriving_during_a_call_ride_the_next_one_and_get_their_own_vectors():
     handle = GatedHandle()
     client = HandleEmbeddingClient(handle, ROOMY, MergedCalls(held=100, in_flight=1))
     first = started(client, ["a"])
     await handle.wait_calls(1)  # a lone request is sent at once
     others = [started(client, [text]) for text in ("bb", "ccc", "dddd")]
-    await asyncio.sleep(0)  # let them enqueue (one turn of the loop, not a wait for time)
+    await until(lambda: client._merger.pending() == 3)  # all three wait behind the call in flight
     handle.gate.set()
     results = await asyncio.wait_for(asyncio.gather(first, *others), DEADLINE_S)
     assert [r.vectors[0, 0] for r in results] == [1, 2, 3, 4]
@@ -146,9 +154,8 @@ async def test_an_awaited_run_may_have_max_runs_in_flight_and_the_rest_waits_for
     third = asyncio.ensure_future(merger.submit(3))
     await runs_started(2)  # a second run while the first is in flight (with max_runs=1 this times out)
     fourth = asyncio.ensure_future(merger.submit(4))
-    for _ in range(5):
-        await asyncio.sleep(0)  # turns of the loop in which a third run could (wrongly) start
-    assert calls == [[1, 2], [3]]
+    await until(lambda: merger.pending() == 1)
+    assert merger.running() == 2 and calls == [[1, 2], [3]]  # the fourth waits: no third run was started
     gate.set()
     assert await asyncio.wait_for(asyncio.gather(*together, third, fourth), DEADLINE_S) == [10, 20, 30, 40]
     assert calls == [[1, 2], [3], [4]]
