@@ -97,6 +97,9 @@ class AutoscalingConfig(StrictModel):
 
 MODEL_ID = r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}"
 MODEL_APP_PREFIX = "model:"
+GROUP_APP_PREFIX = "group:"
+GROUP_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+COLOCATED_TASKS = ("embedding", "image", "speech")
 UPSTREAM_SOURCE = "upstream"  # the source of a model that a remote server serves (see `upstream`)
 
 
@@ -104,6 +107,11 @@ def deployment_name(model: str) -> str:
     """The Ray Serve application (and deployment) name of a model. Ray names cannot hold '/'; '~' cannot appear in
     a model id, so the mapping is one-to-one."""
     return MODEL_APP_PREFIX + model.replace("/", "~")
+
+
+def group_app_name(group: str) -> str:
+    """The Ray Serve application (and deployment) name of a colocation group (`colocate`): one for all its models."""
+    return GROUP_APP_PREFIX + group
 
 
 class ModelConfig(StrictModel):
@@ -140,6 +148,10 @@ class ModelConfig(StrictModel):
     upstream: UpstreamConfig | None = Field(None, description="served by this remote server, not by a replica")
     fallbacks: list[str] = Field(
         default_factory=list, description="models that answer, in order, while this one is unavailable or overloaded"
+    )
+    colocate: str | None = Field(
+        None, description="models with the same value share one replica process (one Python, one torch): less "
+        "memory on a small machine; embedding, image and speech models with one replica, no autoscaling",
     )
 
     @field_validator("name")
@@ -191,9 +203,24 @@ class ModelConfig(StrictModel):
             raise ValueError("an upstream model has no source, and `source: upstream` needs an `upstream` section")
         return self
 
+    @model_validator(mode="after")
+    def _colocation(self) -> "ModelConfig":
+        """Models that share a process are served by one replica whose members load and unload in place (a chat
+        model has an engine process of its own; an upstream model has no replica)."""
+        if self.colocate is None:
+            return self
+        if not re.fullmatch(GROUP_ID, self.colocate):
+            raise ValueError("colocate names use letters, digits and . _ - (at most 64 characters)")
+        if self.task not in COLOCATED_TASKS or self.upstream is not None:
+            raise ValueError(f"colocate: only {', '.join(COLOCATED_TASKS)} models served here share a process")
+        if self.autoscaling is not None or self.num_replicas != 1:
+            raise ValueError("colocate: models that share a process have one replica (num_replicas 1, no autoscaling)")
+        return self
+
     @property
     def deployment_name(self) -> str:
-        return deployment_name(self.name)
+        """The Serve application serving the model: its own, or its colocation group's."""
+        return group_app_name(self.colocate) if self.colocate else deployment_name(self.name)
 
     @property
     def initial_replicas(self) -> int:

@@ -122,6 +122,7 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-env", help="NAME of the environment variable holding the upstream's API key")
     p.add_argument("--fallback", action="append", dest="fallbacks", help="a model that answers while this one "
                    "is unavailable or overloaded (repeatable, in order)")
+    p.add_argument("--colocate", help="share one replica process with the other models of this group name")
 
 
 def _spec_from_flags(args: argparse.Namespace) -> dict:
@@ -130,7 +131,7 @@ def _spec_from_flags(args: argparse.Namespace) -> dict:
         with open(args.file) as f:
             spec.update(yaml.safe_load(f) or {})  # YAML is a superset of JSON
     for key in ("task", "source", "revision", "dtype", "device", "num_replicas", "max_ongoing_requests",
-                "description", "aliases", "fallbacks"):
+                "description", "aliases", "fallbacks", "colocate"):
         if getattr(args, key, None) is not None:
             spec[key] = getattr(args, key)
     groups = {"resources": ("num_cpus", "num_gpus", "custom"), "batching": ("max_batch_size", "batch_wait_timeout_s"),

@@ -134,10 +134,19 @@ def _custom_resources_column() -> Column:
     return Column("custom_resources", JSON)
 
 
-Migration = Callable[[Connection], None]
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5]  # MIGRATIONS[i] takes a database from version i to i + 1
+def _v6(conn: Connection) -> None:
+    """The colocation group a model's replica process is shared with (NULL: a process of its own)."""
+    _add_columns(conn, [_colocate_column()])
 
-# The tables as this release reads and writes them (today: version 5).
+
+def _colocate_column() -> Column:
+    return Column("colocate", String(64))
+
+
+Migration = Callable[[Connection], None]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6]  # MIGRATIONS[i] takes a database from version i to i + 1
+
+# The tables as this release reads and writes them (today: version 6).
 metadata = MetaData()
 _model_tables(metadata)
 _key_tables(metadata)
@@ -145,6 +154,7 @@ for _column in _bounds_columns() + _upstream_columns():
     metadata.tables["models"].append_column(_column)
 models = metadata.tables["models"]
 models.append_column(_custom_resources_column())
+models.append_column(_colocate_column())
 model_names = metadata.tables["model_names"]
 registry_state = metadata.tables["registry_state"]
 api_keys = metadata.tables["api_keys"]

@@ -29,7 +29,7 @@ log = logging.getLogger("serving.registry")
 
 _SPEC_COLUMNS = (
     "task", "source", "revision", "dtype", "device", "num_replicas", "torch_threads", "options", "description",
-    "max_queued_requests", "queue_timeout_s", "request_timeout_s",
+    "max_queued_requests", "queue_timeout_s", "request_timeout_s", "colocate",
 )
 
 

@@ -88,3 +88,28 @@ def test_deployment_names_are_one_to_one():
     built = {parse_config({"models": [{"name": n, "task": "chat", "source": "fake:"}]}).models[0].deployment_name
              for n in names}
     assert len(built) == 3 and all("/" not in b for b in built)
+
+
+def test_colocated_models_share_their_groups_application():
+    models = parse_config({"models": [
+        {**MINIMAL["models"][0], "colocate": "small"},
+        {"name": "v", "task": "speech", "source": "fake:", "colocate": "small"},
+        {"name": "alone", "task": "speech", "source": "fake:"},
+    ]}).models
+    assert models[0].deployment_name == models[1].deployment_name == "group:small"
+    assert models[2].deployment_name == "model:alone"
+    assert models[0].deployment_spec()["colocate"] == "small"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"task": "chat"}, "only embedding, image, speech models"),
+        ({"num_replicas": 2}, "one replica"),
+        ({"autoscaling": {"min_replicas": 0, "max_replicas": 2}}, "no autoscaling"),
+        ({"colocate": "a b"}, "colocate names use"),
+    ],
+)
+def test_bad_colocation(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"models": [{**MINIMAL["models"][0], "colocate": "small", **changes}]})

@@ -123,3 +123,11 @@ def test_a_file_from_before_custom_resources_gets_them_and_keeps_its_models(tmp_
     store.update(ModelConfig.model_validate(changed), actor="b")
     assert store.get("m").spec.resources.custom == {"special": 1.0}
     store.close()
+
+
+def test_a_file_from_before_colocation_gets_the_column_and_its_models_keep_a_process_of_their_own(tmp_path):
+    store = RegistryStore.open(_file_at(tmp_path, 5, "embedding"))
+    assert store.get("m").spec.colocate is None and store.get("m").spec.deployment_name == "model:m"
+    store.update(store.get("m").spec.model_copy(update={"colocate": "small"}), actor="b")
+    assert store.get("m").spec.colocate == "small" and store.get("m").spec.deployment_name == "group:small"
+    store.close()
