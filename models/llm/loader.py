@@ -1,18 +1,20 @@
 """Load a causal LM and its tokenizer from a local folder, a Hugging Face repo id, or a GGUF file (cached), and read
 what the engine needs from them (eos ids, the LM head's vocabulary, the context length).
 
-GGUF files are dequantized by transformers on every load (~20 s for SmolLM2-135M). So the first load converts the
-GGUF into a safetensors folder under `cache_dir`, keyed by the file's name, size and mtime, and later loads read
+GGUF files are dequantized by transformers on every load (~8 CPU-s for SmolLM2-135M, with `_gguf_parsed_once`; ~24
+without). So the first load converts the GGUF into a safetensors folder under `cache_dir`, keyed by the file's name, size and mtime, and later loads read
 that folder (~2 s). The folder is written to a temporary name and renamed into place, so a crash mid-write never
 leaves a half cache behind.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import tempfile
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 
@@ -104,13 +106,31 @@ def convert_gguf(folder: str, gguf_file: str, out_dir: str) -> None:
     """Dequantize `folder`/`gguf_file` to float32 and save model + tokenizer as safetensors into `out_dir`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     if getattr(model, "hf_quantizer", None) is not None:
         # save_pretrained refuses a model "quantized with gguf"; its weights are already plain float32 tensors.
         model.hf_quantizer.remove_quantization_config(model)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+@contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Within the block, each GGUF file is parsed once and each gguf tensor-name map built once. transformers (5.x)
+    parses the file for the tokenizer, the config and the weights (GGUFReader reads every metadata string: the
+    vocabulary and merges), and builds gguf's name map anew for every module of the model; both read-only uses.
+    transformers imports these names from `gguf` when it calls them, so the package's attributes are what it gets."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader = functools.lru_cache(maxsize=4)(reader)
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=16)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
 
 
 def _local_gguf_path(location: str, gguf_file: str) -> str:

