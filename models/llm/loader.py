@@ -1,14 +1,15 @@
 """Load a causal LM and its tokenizer from a local folder, a Hugging Face repo id, or a GGUF file (cached), and read
 what the engine needs from them (eos ids, the LM head's vocabulary, the context length).
 
-GGUF files are dequantized by transformers on every load (~8 CPU-s for SmolLM2-135M, with `_gguf_parsed_once`; ~24
-without). So the first load converts the GGUF into a safetensors folder under `cache_dir`, keyed by the file's name, size and mtime, and later loads read
-that folder (~2 s). The folder is written to a temporary name and renamed into place, so a crash mid-write never
-leaves a half cache behind.
+GGUF files are dequantized by transformers on every load, so the first load converts the GGUF into a safetensors
+folder under `cache_dir` (SmolLM2-135M: ~12 CPU-s, parsing the file once; ~27 as transformers does it alone, see
+`_gguf_parsed_once`), keyed by the file's name, size and content hash, and later loads read that folder (~2 s). The
+folder is written to a temporary name and renamed into place, so a crash mid-write never leaves a half cache behind.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -94,12 +95,15 @@ def converted_gguf_dir(location: str, gguf_file: str, cache_dir: str | None = No
 
 
 def gguf_cache_key(gguf_path: str) -> str:
-    """Folder name for a GGUF conversion: changes whenever the file is replaced (size or mtime)."""
-    st = os.stat(gguf_path)
+    """Folder name for a GGUF conversion: its name, size and content hash. A file replaced by other bytes gets a new
+    conversion; the same bytes installed again (a fresh venv gives the packaged file a new mtime) reuse the old one
+    instead of leaving a stale ~0.5 GB copy per install. Hashing 100 MB costs ~0.1 CPU-s per start."""
     stem = os.path.basename(gguf_path)
     if stem.lower().endswith(".gguf"):
         stem = stem[: -len(".gguf")]
-    return f"{stem}-{st.st_size}-{st.st_mtime_ns}"
+    with open(gguf_path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    return f"{stem}-{os.path.getsize(gguf_path)}-{digest}"
 
 
 def convert_gguf(folder: str, gguf_file: str, out_dir: str) -> None:

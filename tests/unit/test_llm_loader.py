@@ -60,7 +60,10 @@ def test_gguf_is_converted_once_then_read_from_the_cache(fake_gguf):
     assert calls == [(str(folder), "m.gguf")]
     (entry,) = os.listdir(cache)
     assert entry.startswith("m-") and os.path.isfile(cache / entry / "config.json")
-    os.utime(folder / "m.gguf", ns=(1, 1))  # the file was replaced: a new key, a new conversion
+    os.utime(folder / "m.gguf", ns=(1, 1))  # the same bytes installed again: the same conversion
+    load_causal_lm(str(folder), gguf_file="m.gguf", cache_dir=str(cache))
+    assert len(calls) == 1
+    (folder / "m.gguf").write_bytes(b"GGUF not really, v2")  # the file was replaced: a new key, a new conversion
     load_causal_lm(str(folder), gguf_file="m.gguf", cache_dir=str(cache))
     assert len(calls) == 2 and len(os.listdir(cache)) == 2
 
