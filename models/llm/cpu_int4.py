@@ -14,7 +14,10 @@ Applies to no model whose weights are not already 4-bit: nothing is quantized th
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
 
 import torch
 from torch import nn
@@ -76,6 +79,53 @@ def capture_lossless_int4(model: nn.Module) -> dict[str, Int4Weight]:
                 if int4 is not None:
                     found[name] = int4
     return found
+
+
+def cached_lossless_int4(model: nn.Module, folder: str) -> dict[str, Int4Weight]:
+    """capture_lossless_int4(model) for a model loaded from `folder`: read from the folder's cache file when a load
+    before wrote one, else captured and written there (best effort). The file is per torch version (the packed layout
+    is the kernel's own); it must only sit beside the weights it was captured from (a GGUF conversion's folder)."""
+    if not int4_supported():
+        return {}
+    path = os.path.join(folder, f"int4-torch-{torch.__version__}.safetensors")
+    if os.path.isfile(path):
+        try:
+            return _read_int4(path)
+        except Exception as e:  # noqa: BLE001 - a damaged cache is recomputed, never fatal
+            log.warning("int4 cache %s unreadable (%s); capturing again", path, e)
+    found = capture_lossless_int4(model)
+    try:
+        _write_int4(path, found)
+    except OSError as e:  # a read-only folder: capture again next time
+        log.info("int4 cache not written to %s: %s", path, e)
+    return found
+
+
+def _write_int4(path: str, found: dict[str, Int4Weight]) -> None:
+    """Atomically (temporary file, then rename) write the captured weights as safetensors."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, w in found.items():
+        tensors[f"{name}.packed"], tensors[f"{name}.scales_zeros"] = w.packed, w.scales_zeros
+    shapes = json.dumps({name: [w.out_features, w.in_features] for name, w in found.items()})
+    fd, tmp = tempfile.mkstemp(prefix=".int4-", dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"shapes": shapes})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _read_int4(path: str) -> dict[str, Int4Weight]:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        shapes = json.loads(f.metadata()["shapes"])
+        return {name: Int4Weight(f.get_tensor(f"{name}.packed"), f.get_tensor(f"{name}.scales_zeros"), n, k)
+                for name, (n, k) in shapes.items()}
 
 
 class Int4DecodeLinear(nn.Module):

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import torch
 
-from models.llm.cpu_int4 import Int4Weight, capture_lossless_int4, int4_supported
+from models.llm.cpu_int4 import Int4Weight, cached_lossless_int4, int4_supported
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,14 @@ def _local_gguf_path(location: str, gguf_file: str) -> str:
 def load_with_int4_weights(location: str, gguf_file: str | None = None, dtype: str = "auto", device: str = "cpu",
                            cache_dir: str | None = None, int4: bool = True) -> tuple[Any, Any, dict[str, Int4Weight]]:
     """(model cast to `dtype`, tokenizer, int4 weights) with `load_causal_lm`. For a GGUF on CPU (its conversion is
-    float32) and `int4`, the linear weights that are exactly 4-bit (cpu_int4.py) are found before the cast."""
+    float32) and `int4`, the linear weights that are exactly 4-bit (cpu_int4.py) are found before the cast, once per
+    conversion: later loads read them from the conversion's folder."""
     target = resolve_dtype(dtype, device)
     int4 = int4 and gguf_file is not None and str(device) == "cpu" and int4_supported()
-    model, tokenizer = load_causal_lm(location, gguf_file=gguf_file, dtype="float32" if int4 else dtype,
-                                      device=device, cache_dir=cache_dir)
-    int4_weights = capture_lossless_int4(model) if int4 else {}
+    if gguf_file is not None:  # the conversion's folder: the int4 cache lives beside its weights
+        location, gguf_file = converted_gguf_dir(location, gguf_file, cache_dir), None
+    model, tokenizer = load_causal_lm(location, dtype="float32" if int4 else dtype, device=device)
+    int4_weights = cached_lossless_int4(model, location) if int4 else {}
     if model.dtype != target:
         model.to(target)
     return model, tokenizer, int4_weights

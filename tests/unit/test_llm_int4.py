@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.llm.cpu_int4 import (SMALL_ROWS, Int4DecodeLinear, attach_int4, capture_lossless_int4, int4_supported,
-                                 lossless_int4)
+from models.llm import cpu_int4
+from models.llm.cpu_int4 import (SMALL_ROWS, Int4DecodeLinear, attach_int4, cached_lossless_int4, capture_lossless_int4,
+                                 int4_supported, lossless_int4)
 from models.llm.config import EngineConfig
 from models.llm.engine import HFEngine
 from models.llm.loader import load_causal_lm
@@ -66,6 +67,21 @@ def test_capture_and_attach_wrap_exactly_the_4bit_layers():
         assert attach_int4(model, captured) == 2
         assert isinstance(model[0], Int4DecodeLinear) and type(model[2]) is nn.Linear
         torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_a_conversions_int4_weights_are_captured_once_then_read_back_equal(tmp_path, monkeypatch):
+    model = nn.Sequential(q4_linear(64, 32), nn.ReLU(), nn.Linear(32, 64), nn.ReLU(), q4_linear(64, 16))
+    first = cached_lossless_int4(model, str(tmp_path))
+    (cache,) = [p for p in tmp_path.iterdir() if p.name.startswith("int4-torch-")]
+    monkeypatch.setattr(cpu_int4, "capture_lossless_int4", lambda m: pytest.fail("captured again"))
+    again = cached_lossless_int4(model, str(tmp_path))
+    assert set(again) == set(first) == {"0", "4"}
+    for name, w in first.items():
+        assert torch.equal(again[name].packed, w.packed) and torch.equal(again[name].scales_zeros, w.scales_zeros)
+        assert (again[name].out_features, again[name].in_features) == (w.out_features, w.in_features)
+    cache.write_bytes(b"damaged")  # a damaged cache is captured again, not fatal
+    monkeypatch.setattr(cpu_int4, "capture_lossless_int4", capture_lossless_int4)
+    assert set(cached_lossless_int4(model, str(tmp_path))) == {"0", "4"}
 
 
 def test_engine_on_int4_decode_weights_matches_generate_token_for_token(tmp_path):
