@@ -8,7 +8,9 @@ from serving.admin.service import RegistryAdmin
 from serving.api.app import build_app
 from serving.config import ModelConfig
 from serving.registry.checks import NodeResources
-from serving.registry.controller import AppState, ControllerSettings, ModelController, ReplicaInfo, Replicas
+from serving.registry.controller import (
+    AppState, ControllerSettings, MemberState, ModelController, ReplicaInfo, Replicas,
+)
 from serving.registry.routes import RegistryRoutes
 from serving.registry.store import RegistryStore
 from serving.router import ModelRouter
@@ -44,6 +46,9 @@ class FakeServeOps:
     running: dict[str, AppState] = field(default_factory=dict)
     runs: list[tuple[str, int]] = field(default_factory=list)  # (model, max_batch_size) per run
     deleted: list[str] = field(default_factory=list)
+    group_runs: list[tuple[str, list[str]]] = field(default_factory=list)  # (group, member names) per run_group
+    members: dict[str, dict[str, dict]] = field(default_factory=dict)  # group app -> member -> spec it loaded
+    member_outcomes: dict[str, MemberState] = field(default_factory=dict)  # by model name; default ready
 
     def run(self, spec: ModelConfig) -> None:
         self.runs.append((spec.name, spec.batching.max_batch_size))
@@ -51,8 +56,22 @@ class FakeServeOps:
         state = AppState("RUNNING", replicas=replicas(wanted, wanted))
         self.running[spec.deployment_name] = self.outcomes.get(spec.name, state)
 
+    def run_group(self, group: str, members: list[ModelConfig]) -> None:
+        self.group_runs.append((group, [m.name for m in members]))
+        app = members[0].deployment_name
+        self.members[app] = {m.name: m.deployment_spec() for m in members}
+        self.running[app] = self.outcomes.get(app, AppState("RUNNING", replicas=replicas(1, 1)))
+
+    def member_state(self, app: str, spec: ModelConfig) -> MemberState | None:
+        if app not in self.running:
+            return None
+        if self.members.get(app, {}).get(spec.name) != spec.deployment_spec():
+            return MemberState("loading")
+        return self.member_outcomes.get(spec.name, MemberState("ready"))
+
     def delete(self, app: str) -> None:
         self.running.pop(app, None)
+        self.members.pop(app, None)
         self.deleted.append(app)
 
     def state(self, app: str) -> AppState | None:
@@ -63,6 +82,13 @@ class FakeServeOps:
 
     def nodes(self) -> list[NodeResources]:
         return self.nodes_
+
+
+async def settle(controller: ModelController, *names: str) -> None:
+    """Have the controller look at these models and wait until it is idle again."""
+    for name in names:
+        controller.notify(name)
+    await controller.wait_idle()
 
 
 FAKE_CLIENTS = {"chat": FakeChatClient, "embedding": FakeEmbeddingClient, "image": FakeImageClient,

@@ -2,7 +2,8 @@
 
 Level-triggered: `notify(name)` only says "look at this model again"; one worker per model reads the entry and
 converges (deploy, redeploy, watch, or drain and delete), so requests that arrive while it works are never lost or
-interleaved. Between changes, `check_replicas` watches the serving models' replicas: it logs scale changes, marks a
+interleaved. Models with the same `colocate` share their group's application instead (serving/registry/groups.py):
+a member joins, changes or leaves it in place, and one member's failure leaves the others serving. Between changes, `check_replicas` watches the serving models' replicas: it logs scale changes, marks a
 model failed when it lost every replica and none can be placed (its node died), and ready again when one runs. The
 controller writes `status` (and `error`); the admin API writes everything else. Serve itself is behind the narrow
 ServeOps interface, so the logic is tested without Ray.
@@ -16,10 +17,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from serving.config import ModelConfig, ServerConfig, deployment_name
+from serving.config import ModelConfig, ServerConfig, deployment_name, group_app_name
 from serving.errors import ModelNotFoundError
 from serving.registry.checks import NodeResources, resources_problem, source_problem
 from serving.registry.entry import ModelEntry
+from serving.registry.groups import Groups
 from serving.registry.store import RegistryStore
 
 # A child of Ray Serve's logger: in the controller's replica its lines reach `openserve up`'s output and Serve's logs.
@@ -69,10 +71,22 @@ class AppState:
     replicas: Replicas | None = None  # filled by ServeOps.states()
 
 
+@dataclass(frozen=True)
+class MemberState:
+    """What a colocation group's replica says of one of its models."""
+
+    status: str  # "loading" (not yet loaded with this spec), "ready", or "failed"
+    error: str | None = None  # why it failed: "ExceptionType: message"
+
+
 class ServeOps(Protocol):
     """The few Ray Serve operations the controller needs (blocking; called from threads)."""
 
     def run(self, spec: ModelConfig) -> None: ...  # deploy or update the model's application, without waiting
+    # deploy or update a colocation group's application to serve exactly `members`, without waiting
+    def run_group(self, group: str, members: list[ModelConfig]) -> None: ...
+    # the group's replica's word on one member at this spec; None while there is no replica to ask
+    def member_state(self, app: str, spec: ModelConfig) -> MemberState | None: ...
     def delete(self, app: str) -> None: ...  # remove an application once its replicas drained
     def state(self, app: str) -> AppState | None: ...  # None when there is no such application
     def states(self) -> dict[str, AppState]: ...  # every model application, with its replicas
@@ -121,6 +135,7 @@ class ModelController:
         self._seen: dict[str, tuple[int, int]] = {}  # name -> (target, running) last logged
         self._placements: dict[str, dict[str, dict]] = {}  # application -> replica id -> what it reported
         self._snapshot: tuple[float, dict[str, AppState]] = (float("-inf"), {})
+        self.groups = Groups(store, ops, self._lost)
 
     def notify(self, name: str) -> None:
         """Have the model's worker look at its entry again (starts the worker if it is idle)."""
@@ -170,21 +185,58 @@ class ModelController:
         if entry.spec.upstream is not None:
             await self._serve_upstream(entry)
             return
+        previous = self._running.get(entry.name)  # what the model was last deployed as (None: not by us)
+        deploy = self._deploy_member if entry.spec.colocate else self._deploy_own
+        if await deploy(entry) and previous is not None and previous.get("colocate") != entry.spec.colocate:
+            await asyncio.sleep(self.settings.route_grace_s)  # make before break: the new place serves it first
+            await self._leave(entry.name, previous.get("colocate"))
+
+    async def _deploy_own(self, entry: ModelEntry) -> bool:
+        """Deploy the model's own application (if its spec changed or it is gone) and watch it; True once ready."""
         app, spec = entry.spec.deployment_name, entry.spec.deployment_spec()
         started = time.monotonic()
         if self._running.get(entry.name) != spec or await asyncio.to_thread(self.ops.state, app) is None:
             problem = await self._preflight(entry.spec)
             if problem:
                 await self._fail(entry, problem)
-                return
+                return False
             try:
                 await asyncio.to_thread(self.ops.run, entry.spec)
             except Exception as e:  # Serve refused the application itself (e.g. a setting it does not accept)
                 await self._fail(entry, f"Ray Serve refused the deployment: {type(e).__name__}: {e}")
-                return
+                return False
             self._running[entry.name] = spec
             log.info("deploying %s (version %d)", entry.name, entry.version)
-        await self._watch(entry, app, started)
+        return await self._watch(entry, app, started)
+
+    async def _deploy_member(self, entry: ModelEntry) -> bool:
+        """Have the model's group serve it (the group's application made or updated only when its members changed)
+        and watch until the group's replica has it; True once ready."""
+        app, spec, group = entry.spec.deployment_name, entry.spec.deployment_spec(), entry.spec.colocate
+        started = time.monotonic()
+        if self._running.get(entry.name) != spec:
+            # A new member needs no room when its group's replica runs already: it loads in that process.
+            place = await asyncio.to_thread(self.ops.state, app) is None
+            problem = await self._preflight(entry.spec, place=place)
+            if problem:
+                await self._fail(entry, problem)
+                return False
+        try:
+            await self.groups.converge(group, include=entry.spec)
+        except Exception as e:  # Serve refused the application itself
+            await self._fail(entry, f"Ray Serve refused the deployment: {type(e).__name__}: {e}")
+            return False
+        if self._running.get(entry.name) != spec:
+            log.info("deploying %s (version %d) in group %s", entry.name, entry.version, group)
+        self._running[entry.name] = spec
+        return await self._watch(entry, app, started)
+
+    async def _leave(self, name: str, group: str | None) -> None:
+        """The model stops being served from its former place: its own application, or its group (`group`)."""
+        if group is not None:
+            await self.groups.converge(group)  # the model is no member any more: the group drops it
+        elif await asyncio.to_thread(self.ops.state, deployment_name(name)) is not None:
+            await asyncio.to_thread(self.ops.delete, deployment_name(name))
 
     async def _serve_upstream(self, entry: ModelEntry) -> None:
         """An upstream model has no Serve application (each ingress calls the remote itself): it is ready once its
@@ -202,25 +254,31 @@ class ModelController:
             await asyncio.sleep(self.settings.route_grace_s)
             await asyncio.to_thread(self.ops.delete, entry.spec.deployment_name)
 
-    async def _preflight(self, spec: ModelConfig) -> str | None:
+    async def _preflight(self, spec: ModelConfig, place: bool = True) -> str | None:
+        """Why the model cannot be deployed (its source; with `place`, whether any node can hold its replica)."""
         problem = await asyncio.to_thread(source_problem, spec)
-        if problem is None and self.settings.check_cluster_resources:
+        if problem is None and place and self.settings.check_cluster_resources:
             problem = resources_problem(spec, await asyncio.to_thread(self.ops.nodes))
         return problem
 
-    async def _watch(self, entry: ModelEntry, app: str, started: float) -> None:
-        """Poll the application until it runs, fails or times out; stop early when the entry changes again."""
+    async def _watch(self, entry: ModelEntry, app: str, started: float) -> bool:
+        """Poll the application (and for a group's member, what its replica says of it) until it serves the model,
+        fails or times out; stop early when the entry changes again. True once ready."""
         while entry.name not in self._wake:
             state = await asyncio.to_thread(self.ops.state, app)
             waited = time.monotonic() - started
+            member = await self._member(entry, app, state)
             if state is None:
                 await self._fail(entry, "the model's Serve application disappeared")
-            elif state.status == "RUNNING":
+            elif member is not None and member.status == "failed":
+                await self._fail(entry, "the model failed to start: " + (member.error or "no reason given"))
+            elif state.status == "RUNNING" and (member is None or member.status == "ready"):
                 ready = await self._set_status(
                     entry.name, "ready", None, version=entry.version, deployed=True
                 )
                 if ready:
                     log.info("%s is ready", entry.name)
+                return True
             elif state.status in ("DEPLOY_FAILED", "UNHEALTHY"):
                 await self._fail(entry, "the model failed to start: " + failure_reason(state.message))
             elif state.unschedulable and waited > self.settings.schedule_timeout_s:
@@ -230,24 +288,41 @@ class ModelController:
             else:
                 await asyncio.sleep(self.settings.poll_s)
                 continue
-            return
+            return False
+        return False
+
+    async def _member(self, entry: ModelEntry, app: str, state: AppState | None) -> MemberState | None:
+        """For a group's member in a running application: what the replica says of it (still loading when it has
+        no word yet). None for a model with an application of its own."""
+        if entry.spec.colocate is None or state is None or state.status != "RUNNING":
+            return None
+        member = await asyncio.to_thread(self.ops.member_state, app, entry.spec)
+        return member or MemberState("loading")
 
     async def _fail(self, entry: ModelEntry, reason: str) -> None:
         """Mark the entry failed (if it still is this version) and remove what is left of its application (a failed
-        update takes the old version down too: the entry says failed, so nothing routes to it)."""
+        update takes the old version down too: the entry says failed, so nothing routes to it). A group's member
+        leaves its group, whose other models keep serving."""
         log.warning("%s failed: %s", entry.name, reason)
         await self._set_status(entry.name, "failed", reason, version=entry.version)
-        self._running.pop(entry.name, None)
-        if await asyncio.to_thread(self.ops.state, entry.spec.deployment_name) is not None:
-            await asyncio.to_thread(self.ops.delete, entry.spec.deployment_name)
+        previous = self._running.pop(entry.name, None)
+        places = {entry.spec.colocate, previous.get("colocate") if previous else entry.spec.colocate}
+        for group in places:
+            try:
+                await self._leave(entry.name, group)
+            except Exception:  # noqa: BLE001 - the failure is recorded; the group converges on its next change
+                log.exception("removing %s from %s failed", entry.name, group or "its application")
 
     async def _stop(self, name: str, entry: ModelEntry | None) -> None:
-        """Drain and delete the model's application (if any); the entry, if it still exists, becomes stopped."""
-        app = deployment_name(name)
+        """Drain and delete the model's application, or take it out of its group (if it is served at all); the
+        entry, if it still exists, becomes stopped."""
+        previous = self._running.get(name)
+        group = previous.get("colocate") if previous is not None else entry.spec.colocate if entry else None
+        app = group_app_name(group) if group else deployment_name(name)
         exists = await asyncio.to_thread(self.ops.state, app) is not None
         if exists:
             await asyncio.sleep(self.settings.route_grace_s)  # let every ingress stop routing to it first
-            await asyncio.to_thread(self.ops.delete, app)  # Serve lets in-flight requests finish
+            await self._leave(name, group)  # Serve lets in-flight requests finish
             log.info("%s undeployed", name)
         self._running.pop(name, None)
         if entry is not None and (exists or entry.status not in ("registered", "stopped")):
@@ -271,8 +346,8 @@ class ModelController:
         taken, states = self._snapshot
         if time.monotonic() - taken > max_age_s:
             states = await self._look()
-        names = {deployment_name(n): n for n in await asyncio.to_thread(lambda: [e.name for e in self.store.list()])}
-        return {names[app]: state.replicas for app, state in states.items() if app in names and state.replicas}
+        apps = await asyncio.to_thread(lambda: [(e.name, e.spec.deployment_name) for e in self.store.list()])
+        return {name: states[app].replicas for name, app in apps if app in states and states[app].replicas}
 
     async def _look(self) -> dict[str, AppState]:
         states = await asyncio.to_thread(self.ops.states)

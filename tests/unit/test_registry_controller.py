@@ -1,26 +1,8 @@
 """ModelController over an in-memory Serve: deploys, failures with reasons, timeouts, updates, undeploys."""
 import sqlite3
 
-import pytest
-
 from serving.registry.controller import AppState, ModelController, failure_reason
-from tests.registry_fakes import FAST, FakeServeOps, embedding as spec
-
-
-@pytest.fixture
-def ops():
-    return FakeServeOps()
-
-
-@pytest.fixture
-def controller(store, ops):
-    return ModelController(store, ops, FAST)
-
-
-async def settle(controller, *names):
-    for name in names:
-        controller.notify(name)
-    await controller.wait_idle()
+from tests.registry_fakes import FAST, embedding as spec, settle
 
 
 async def test_deploy_becomes_ready(store, ops, controller):
