@@ -69,10 +69,22 @@ class AppState:
     replicas: Replicas | None = None  # filled by ServeOps.states()
 
 
+@dataclass(frozen=True)
+class MemberState:
+    """What a colocation group's replica says of one of its models."""
+
+    status: str  # "loading" (not yet loaded with this spec), "ready", or "failed"
+    error: str | None = None  # why it failed: "ExceptionType: message"
+
+
 class ServeOps(Protocol):
     """The few Ray Serve operations the controller needs (blocking; called from threads)."""
 
     def run(self, spec: ModelConfig) -> None: ...  # deploy or update the model's application, without waiting
+    # deploy or update a colocation group's application to serve exactly `members`, without waiting
+    def run_group(self, group: str, members: list[ModelConfig]) -> None: ...
+    # the group's replica's word on one member at this spec; None while there is no replica to ask
+    def member_state(self, app: str, spec: ModelConfig) -> MemberState | None: ...
     def delete(self, app: str) -> None: ...  # remove an application once its replicas drained
     def state(self, app: str) -> AppState | None: ...  # None when there is no such application
     def states(self) -> dict[str, AppState]: ...  # every model application, with its replicas
