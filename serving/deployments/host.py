@@ -21,7 +21,7 @@ from models.images.types import ImageParams
 from models.speech.types import SpeechParams
 from serving.clients import EmbeddingResult, EncodedAudio
 from serving.config import ModelConfig
-from serving.deployments.common import ItemError, ServedModel, load_backend, set_compute_threads
+from serving.deployments.common import ItemError, ServedModel, load_backend, set_compute_threads, tune_for_compute
 from serving.deployments.embedding import EmbeddingModel
 from serving.deployments.image import ImageModel
 from serving.deployments.observability import group_replica
@@ -148,6 +148,10 @@ class ModelHost:
 
     def __init__(self, group: str, data_dir: str, report_to: str | None = None):
         self.group = group
+        # Here, on the thread that runs the replica's event loop: Linux niceness is per thread, and the threads that
+        # load and run the members (and their OpenMP pools) are made later from this one and inherit it; lowered
+        # only inside a load's worker thread, most of them would compute at Ray's nice 15.
+        tune_for_compute()
         group_replica(group)
         self.members = Members(lambda spec: load_backend(place_replica(spec, report_to), data_dir))
 
