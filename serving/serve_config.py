@@ -43,18 +43,18 @@ def _group_application(group: str, members: list[ModelConfig], data_dir: str) ->
 
 
 def _applications(models: list[ModelConfig], data_dir: str) -> list[dict]:
-    """One application per model, and one per colocation group (in the order its first member comes)."""
+    """One application per model, and one per colocation group (where its first member comes)."""
     groups: dict[str, list[ModelConfig]] = {}
-    apps: list[dict] = []
+    for model in models:
+        if model.colocate is not None:
+            groups.setdefault(model.colocate, []).append(model)
+    apps = []
     for model in models:
         if model.colocate is None:
             apps.append(_model_application(model, data_dir))
-        elif model.colocate not in groups:
-            groups[model.colocate] = []
-            apps.append({"group": model.colocate})  # filled below, once every member is known
-        if model.colocate is not None:
-            groups[model.colocate].append(model)
-    return [_group_application(a["group"], groups[a["group"]], data_dir) if "group" in a else a for a in apps]
+        elif groups[model.colocate][0] is model:
+            apps.append(_group_application(model.colocate, groups[model.colocate], data_dir))
+    return apps
 
 
 def serve_config(server: ServerConfig, models: list[ModelConfig]) -> dict:

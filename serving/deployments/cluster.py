@@ -26,8 +26,9 @@ def _replicas(deployment: dict) -> Replicas:
 
 
 def model_states() -> dict[str, AppState]:
-    """Every model application (a model's own or a colocation group's) with its replicas, from one call for Serve's details (the ServeInstanceDetails
-    dict that `serve status -v` and the dashboard show; the client call is Serve's own, not public API)."""
+    """Every model application (a model's own or a colocation group's) with its replicas, from one call for Serve's
+    details (the ServeInstanceDetails dict that `serve status -v` and the dashboard show; the client call is Serve's
+    own, not public API)."""
     states = {}
     for name, app in _get_global_client().get_serve_details().get("applications", {}).items():
         if not name.startswith((MODEL_APP_PREFIX, GROUP_APP_PREFIX)):

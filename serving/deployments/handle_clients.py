@@ -286,7 +286,8 @@ class HandleSpeechClient:
         self._model = model  # sent with every call: a colocation group's replica serves several models
 
     async def synthesize(self, text: str, params: SpeechParams, response_format: str) -> EncodedAudio:
-        return await call_within(self._handle.synthesize.remote(text, params, response_format, model=self._model), self._deadlines)
+        response = self._handle.synthesize.remote(text, params, response_format, model=self._model)
+        return await call_within(response, self._deadlines)
 
 
 HANDLE_CLIENTS = {
