@@ -50,6 +50,14 @@ def compute_threads(specs: list[dict]) -> int:
     return max(wanted)
 
 
+def own_device(spec: dict) -> dict:
+    """The member's spec with `auto` resolved as its own replica would: a member that reserved no GPU computes on
+    the CPU, even where the group's replica holds a GPU (reserved by another member)."""
+    if spec.get("device", "auto") == "auto" and not spec.get("resources", {}).get("num_gpus"):
+        return {**spec, "device": "cpu"}
+    return spec
+
+
 @dataclass
 class Member:
     spec: dict  # the spec wanted now
@@ -153,7 +161,7 @@ class ModelHost:
         # only inside a load's worker thread, most of them would compute at Ray's nice 15.
         tune_for_compute()
         group_replica(group)
-        self.members = Members(lambda spec: load_backend(place_replica(spec, report_to), data_dir))
+        self.members = Members(lambda spec: load_backend(place_replica(own_device(spec), report_to), data_dir))
 
     async def reconfigure(self, config: dict) -> None:
         """Serve's lightweight update (and the start): {"members": [specs]}; returns before anything loads."""

@@ -14,7 +14,7 @@ from models.speech.types import SpeechParams
 from serving.config import ModelConfig
 from serving.deployments import host as host_module
 from serving.deployments.common import load_backend
-from serving.deployments.host import Members, ModelHost, compute_threads, member_config, spec_key
+from serving.deployments.host import Members, ModelHost, compute_threads, member_config, own_device, spec_key
 from serving.deployments.serve_ops import group_actor_options, group_options
 from serving.errors import ModelNotFoundError, ModelUnavailableError
 from serving.metrics import definitions as m
@@ -174,3 +174,10 @@ def test_a_group_reserves_the_largest_need_and_adds_up_its_bounds():
 def test_the_group_computes_on_its_largest_thread_count_or_every_core():
     assert compute_threads([{"torch_threads": 1}, {"torch_threads": 3}]) == 3
     assert compute_threads([{"torch_threads": 1}, {"torch_threads": None}]) == len(os.sched_getaffinity(0))
+
+
+def test_a_member_that_reserved_no_gpu_computes_on_the_cpu_beside_one_that_did():
+    cpu, gpu = specs(embedder("cpu"), embedder("gpu", resources={"num_gpus": 0.5}))
+    assert own_device(cpu)["device"] == "cpu"
+    assert own_device(gpu)["device"] == "auto"  # the replica's placement makes it `cuda` (it has the GPU share)
+    assert own_device({**cpu, "device": "cuda"})["device"] == "cuda"  # asked for: kept
