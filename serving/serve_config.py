@@ -11,11 +11,12 @@ from ray.serve.schema import ServeDeploySchema
 
 from serving.application import APP_NAME, ON_HEAD
 from serving.config import ModelConfig, ServerConfig
-from serving.deployments.serve_ops import deployment_options
+from serving.deployments.serve_ops import deployment_options, group_options
 from serving.keys.records import stored_form
 
 INGRESS_APP = "serving.serve_apps:ingress_app"
 MODEL_APP = "serving.serve_apps:model_app"
+GROUP_APP = "serving.serve_apps:group_app"
 
 
 def _compact(model) -> dict:
@@ -31,6 +32,31 @@ def _model_application(model: ModelConfig, data_dir: str) -> dict:
     }
 
 
+def _group_application(group: str, members: list[ModelConfig], data_dir: str) -> dict:
+    """A colocation group's application: its members travel in the deployment's user_config, so that `serve deploy`
+    of a file with a member added or removed updates the live replica in place."""
+    options = group_options(group, members)
+    return {
+        "name": options["name"], "route_prefix": None, "import_path": GROUP_APP,
+        "args": {"group": group, "data_dir": data_dir}, "deployments": [options],
+    }
+
+
+def _applications(models: list[ModelConfig], data_dir: str) -> list[dict]:
+    """One application per model, and one per colocation group (where its first member comes)."""
+    groups: dict[str, list[ModelConfig]] = {}
+    for model in models:
+        if model.colocate is not None:
+            groups.setdefault(model.colocate, []).append(model)
+    apps = []
+    for model in models:
+        if model.colocate is None:
+            apps.append(_model_application(model, data_dir))
+        elif groups[model.colocate][0] is model:
+            apps.append(_group_application(model.colocate, groups[model.colocate], data_dir))
+    return apps
+
+
 def serve_config(server: ServerConfig, models: list[ModelConfig]) -> dict:
     """A Serve config file (ServeDeploySchema) serving `models` behind the ingress on server.host:port. API keys
     are written as their hashes (sha256:...), as the ingress stores them: the file holds no secret."""
@@ -42,7 +68,7 @@ def serve_config(server: ServerConfig, models: list[ModelConfig]) -> dict:
     }
     config = {
         "proxy_location": "Disabled",  # the ingress serves HTTP itself (serving/deployments/ingress.py)
-        "applications": [ingress] + [_model_application(m, server.resolved_data_dir) for m in models],
+        "applications": [ingress] + _applications(models, server.resolved_data_dir),
     }
     ServeDeploySchema.model_validate(config)  # Ray's own check: a file `serve deploy` refuses is never written
     return config

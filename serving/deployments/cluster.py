@@ -5,7 +5,7 @@ import ray
 from ray._private.state import available_resources_per_node  # DeveloperAPI: Ray's only per-node view of what is free
 from ray.serve.context import _get_global_client
 
-from serving.config import MODEL_APP_PREFIX
+from serving.config import GROUP_APP_PREFIX, MODEL_APP_PREFIX
 from serving.registry.checks import NodeResources
 from serving.registry.controller import AppState, ReplicaInfo, Replicas
 
@@ -26,11 +26,12 @@ def _replicas(deployment: dict) -> Replicas:
 
 
 def model_states() -> dict[str, AppState]:
-    """Every model application with its replicas, from one call for Serve's details (the ServeInstanceDetails
-    dict that `serve status -v` and the dashboard show; the client call is Serve's own, not public API)."""
+    """Every model application (a model's own or a colocation group's) with its replicas, from one call for Serve's
+    details (the ServeInstanceDetails dict that `serve status -v` and the dashboard show; the client call is Serve's
+    own, not public API)."""
     states = {}
     for name, app in _get_global_client().get_serve_details().get("applications", {}).items():
-        if not name.startswith(MODEL_APP_PREFIX):
+        if not name.startswith((MODEL_APP_PREFIX, GROUP_APP_PREFIX)):
             continue
         deployment = app.get("deployments", {}).get(name, {})
         message = "\n".join(m for m in (app.get("message"), deployment.get("message")) if m)

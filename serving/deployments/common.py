@@ -15,7 +15,7 @@ from serving.config import ModelConfig
 from serving.deployments.merge import BatchMerger
 from serving.deployments.observability import model_replica
 from serving.errors import ModelExecutionError, ModelUnavailableError, ServingError
-from serving.metrics.models import watch_merger
+from serving.metrics.models import unwatch_merger, watch_merger
 
 log = logging.getLogger("serving.deployments")
 
@@ -77,6 +77,19 @@ def batch_merger(model: ModelConfig, run: Callable[[list], list]) -> BatchMerger
     merger.on_pass = watch_merger(model.name, merger)  # metrics: requests per pass, requests waiting
     model_replica(model.name)
     return merger
+
+
+class ServedModel:
+    """One model loaded in this process, as its own replica or as a member of a ModelHost (serving/deployments/
+    host.py): its configuration, its backend, and the merger that batches its requests through `run`."""
+
+    def __init__(self, model: ModelConfig, backend, run: Callable[[list], list]):
+        self.model, self.backend = model, backend
+        self.merger = batch_merger(model, run)
+
+    def close(self) -> None:
+        """Stop reporting this model's queue: it is dropped (its requests in flight still finish)."""
+        unwatch_merger(self.model.name)
 
 
 @dataclass

@@ -9,7 +9,8 @@ from ray import serve
 
 from models.embeddings.types import EmbeddingBackend
 from serving.clients import EmbeddingResult
-from serving.deployments.common import ItemError, batch_merger, load_backend
+from serving.config import ModelConfig
+from serving.deployments.common import ItemError, ServedModel, load_backend
 from serving.deployments.placement import place_replica
 
 
@@ -32,14 +33,26 @@ def embed_calls(backend: EmbeddingBackend, calls: list[list]) -> list[EmbeddingR
     return results
 
 
-@serve.deployment
-class EmbeddingDeployment:
-    def __init__(self, spec: dict, data_dir: str, report_to: str | None = None):
-        self.model, self.backend = load_backend(place_replica(spec, report_to), data_dir)
-        run = lambda calls: embed_calls(self.backend, calls)  # noqa: E731
-        self._merger = batch_merger(self.model, run)
+class EmbeddingModel(ServedModel):
+    """An embedding model in this process: the requests of each call, and of every call arriving meanwhile, are
+    encoded together."""
+
+    def __init__(self, model: ModelConfig, backend: EmbeddingBackend):
+        super().__init__(model, backend, lambda calls: embed_calls(backend, calls))
 
     async def embed_many(self, calls: list[list[str] | list[list[int]]]) -> list[EmbeddingResult | ItemError]:
         """Several requests merged by the ingress, each its own item of the merger: one result or ItemError per
         request (the ingress raises a request's own error; its neighbours still get their vectors)."""
-        return list(await asyncio.gather(*(self._merger.submit(list(inputs)) for inputs in calls)))
+        return list(await asyncio.gather(*(self.merger.submit(list(inputs)) for inputs in calls)))
+
+
+@serve.deployment
+class EmbeddingDeployment:
+    """One embedding model's own replica."""
+
+    def __init__(self, spec: dict, data_dir: str, report_to: str | None = None):
+        self.served = EmbeddingModel(*load_backend(place_replica(spec, report_to), data_dir))
+
+    async def embed_many(self, calls: list, model: str | None = None) -> list[EmbeddingResult | ItemError]:
+        """EmbeddingModel.embed_many; `model` (the name the ingress sends every replica) is this replica's own."""
+        return await self.served.embed_many(calls)

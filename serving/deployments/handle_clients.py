@@ -240,11 +240,12 @@ class MergedCalls:
 class HandleEmbeddingClient:
     """Concurrent requests go to the replica as one handle call (a Ray call costs more CPU than encoding a short
     sentence; docs/architecture.md): a BatchMerger sends what waits whenever fewer than `in_flight` calls run, a
-    lone request at once. The replica answers each request on its own (`EmbeddingDeployment.embed_many`)."""
+    lone request at once. The replica answers each request on its own (`EmbeddingModel.embed_many`)."""
 
-    def __init__(self, handle, deadlines: Deadlines, merged: MergedCalls | None = None):
+    def __init__(self, handle, deadlines: Deadlines, merged: MergedCalls | None = None, model: str | None = None):
         self._handle = direct(handle)
         self._deadlines = deadlines
+        self._model = model  # sent with every call: a colocation group's replica serves several models
         self._merged = merged or MergedCalls(held=2**31)
         self._merger = BatchMerger(self._call, self._merged.items, max_runs=self._merged.in_flight)
         self._held = 0
@@ -265,25 +266,28 @@ class HandleEmbeddingClient:
             self._held -= 1
 
     async def _call(self, calls: list) -> list:
-        return await call_within(self._handle.embed_many.remote(calls), self._deadlines)
+        return await call_within(self._handle.embed_many.remote(calls, model=self._model), self._deadlines)
 
 
 class HandleImageClient:
-    def __init__(self, handle, deadlines: Deadlines):
+    def __init__(self, handle, deadlines: Deadlines, model: str | None = None):
         self._handle = direct(handle)
         self._deadlines = deadlines
+        self._model = model  # sent with every call: a colocation group's replica serves several models
 
     async def generate(self, prompt: str, params: ImageParams, n: int) -> list[bytes]:
-        return await call_within(self._handle.generate.remote(prompt, params, n), self._deadlines)
+        return await call_within(self._handle.generate.remote(prompt, params, n, model=self._model), self._deadlines)
 
 
 class HandleSpeechClient:
-    def __init__(self, handle, deadlines: Deadlines):
+    def __init__(self, handle, deadlines: Deadlines, model: str | None = None):
         self._handle = direct(handle)
         self._deadlines = deadlines
+        self._model = model  # sent with every call: a colocation group's replica serves several models
 
     async def synthesize(self, text: str, params: SpeechParams, response_format: str) -> EncodedAudio:
-        return await call_within(self._handle.synthesize.remote(text, params, response_format), self._deadlines)
+        response = self._handle.synthesize.remote(text, params, response_format, model=self._model)
+        return await call_within(response, self._deadlines)
 
 
 HANDLE_CLIENTS = {

@@ -8,7 +8,8 @@ from dataclasses import replace
 from ray import serve
 
 from models.images.types import ImageBackend, ImageParams
-from serving.deployments.common import batch_merger, item_result, load_backend
+from serving.config import ModelConfig
+from serving.deployments.common import ServedModel, item_result, load_backend
 from serving.deployments.placement import place_replica
 
 
@@ -22,17 +23,28 @@ def generate_images(backend: ImageBackend, items: list[tuple[str, ImageParams]])
     return backend.generate([p for p, _ in items], [params for _, params in items])
 
 
-@serve.deployment
-class ImageDeployment:
-    def __init__(self, spec: dict, data_dir: str, report_to: str | None = None):
-        self.model, self.backend = load_backend(place_replica(spec, report_to), data_dir)
-        run = lambda items: generate_images(self.backend, items)  # noqa: E731
-        self._merger = batch_merger(self.model, run)
+class ImageModel(ServedModel):
+    """A text-to-image model in this process: each requested image is one item of the merger."""
+
+    def __init__(self, model: ModelConfig, backend: ImageBackend):
+        super().__init__(model, backend, lambda items: generate_images(backend, items))
 
     async def generate(self, prompt: str, params: ImageParams, n: int) -> list[bytes]:
         """n PNGs; image i uses seed + i when a seed is given. Encoded in worker threads, not on the merger's
         thread: there the encoding of one batch would hold back the pipeline's next batch."""
         per_image = [replace(params, seed=None if params.seed is None else params.seed + i) for i in range(n)]
-        results = await asyncio.gather(*[self._merger.submit((prompt, p)) for p in per_image])
+        results = await asyncio.gather(*[self.merger.submit((prompt, p)) for p in per_image])
         images = [item_result(r) for r in results]
         return list(await asyncio.gather(*[asyncio.to_thread(to_png, image) for image in images]))
+
+
+@serve.deployment
+class ImageDeployment:
+    """One image model's own replica."""
+
+    def __init__(self, spec: dict, data_dir: str, report_to: str | None = None):
+        self.served = ImageModel(*load_backend(place_replica(spec, report_to), data_dir))
+
+    async def generate(self, prompt: str, params: ImageParams, n: int, model: str | None = None) -> list[bytes]:
+        """ImageModel.generate; `model` (the name the ingress sends every replica) is this replica's own."""
+        return await self.served.generate(prompt, params, n)

@@ -35,13 +35,16 @@ from serving.secrets import read_server
 
 
 def handle_client(model: ModelConfig, server: ServerConfig, check_exists: bool = True):
-    """A client over the model's own Serve application (same name for the app and its one deployment), with the
-    model's deadlines (for a model that scales to zero, its cold start bounds the wait for a replica).
+    """A client over the model's Serve application, its own or its colocation group's (same name for the app and
+    its one deployment), with the model's deadlines (for a model that scales to zero, its cold start bounds the
+    wait for a replica); every call names the model.
     check_exists=False: the application may still be on its way (a Serve config file deploys them all at once)."""
     handle = serve.get_deployment_handle(model.deployment_name, model.deployment_name, _check_exists=check_exists)
     if model.task == "embedding":
-        return HandleEmbeddingClient(handle, Deadlines.of(model, server), MergedCalls.of(model))
-    return HANDLE_CLIENTS[model.task](handle, Deadlines.of(model, server))
+        return HandleEmbeddingClient(handle, Deadlines.of(model, server), MergedCalls.of(model), model=model.name)
+    if model.task == "chat":
+        return HandleChatClient(handle, Deadlines.of(model, server))
+    return HANDLE_CLIENTS[model.task](handle, Deadlines.of(model, server), model=model.name)
 
 
 class IngressClients:

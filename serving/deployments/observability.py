@@ -20,6 +20,11 @@ def model_replica(model: str) -> None:
     start_pushing("model:" + model)
 
 
+def group_replica(group: str) -> None:
+    """A colocation group's replica: its members' numbers go to the hub from now on, as one process' source."""
+    start_pushing("group:" + group)
+
+
 def tag_serve_request(request_id: str) -> None:
     """Make `request_id` the id of the handle calls this request makes, so that the model replica's own log lines
     (Serve's replica logger) carry the same id as the ingress' (what Serve's HTTP proxy does with X-Request-Id; a

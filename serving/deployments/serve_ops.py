@@ -5,6 +5,7 @@ controller is one), in a worker thread so the replica's event loop keeps serving
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Callable
@@ -15,14 +16,17 @@ from ray.serve.api import RunTarget
 
 from models.factory import chat_engine_config, wants_gpu
 from models.sources import resolve_source
-from serving.config import ModelConfig
+from serving.config import ModelConfig, group_app_name
 from serving.deployments.chat import ChatDeployment
 from serving.deployments.cluster import model_states, node_resources, value
 from serving.deployments.embedding import EmbeddingDeployment
+from serving.deployments.host import ModelHost, member_config, spec_key
 from serving.deployments.image import ImageDeployment
 from serving.deployments.speech import SpeechDeployment
 from serving.registry.checks import NodeResources
-from serving.registry.controller import AppState
+from serving.registry.controller import AppState, MemberState
+
+log = logging.getLogger("ray.serve.openserve")
 
 DEPLOYMENTS = {
     "chat": ChatDeployment,
@@ -94,6 +98,54 @@ def model_application(model: ModelConfig, data_dir: str, report_to: str | None =
     return deployment.bind(model.deployment_spec(), data_dir, report_to)
 
 
+# A group's deployment keeps one code version across membership changes: Serve gives an imperatively deployed
+# deployment a random one each time, which restarts its replica; with the same one a new user_config is a
+# lightweight update (reconfigure() on the live replica). A change of ray_actor_options still restarts it.
+GROUP_CODE_VERSION = "openserve-model-host-1"
+
+
+def group_actor_options(members: list[ModelConfig]) -> dict:
+    """Ray resources of a group's replica: the element-wise largest of its members' (they share one process), so
+    that a member joining with no larger need leaves them, and the replica, as they are."""
+    options: dict = {"num_cpus": 0.0, "num_gpus": 0.0}
+    for member in members:
+        for key, amount in actor_options(member).items():
+            if key == "resources":
+                merged = options.setdefault("resources", {})
+                for name, need in amount.items():
+                    merged[name] = max(merged.get(name, 0), need)
+            else:
+                options[key] = max(options[key], amount)
+    return options
+
+
+def group_options(group: str, members: list[ModelConfig]) -> dict:
+    """Everything Serve is told about a colocation group's deployment (also written by `openserve serve-config`).
+    Bounds add up over the members (one process answers for all; both are updated without a restart)."""
+    return {
+        "name": group_app_name(group),
+        "max_ongoing_requests": sum(max_ongoing_requests(m) for m in members),
+        "max_queued_requests": sum(max_queued_requests(m) for m in members),
+        "ray_actor_options": group_actor_options(members),
+        "health_check_period_s": 10,
+        "graceful_shutdown_timeout_s": 30,
+        "num_replicas": 1,
+        "user_config": member_config(members),
+    }
+
+
+def group_application(group: str, members: list[ModelConfig], data_dir: str,
+                      report_to: str | None = None) -> Application:
+    """A colocation group's application: one ModelHost deployment whose replica serves `members`."""
+    deployment = ModelHost.options(**group_options(group, members))
+    deployment = deployment.options(version=GROUP_CODE_VERSION, _internal=True)  # see GROUP_CODE_VERSION
+    return deployment.bind(group, data_dir, report_to)
+
+
+# How long the registry controller waits for a group's replica to say how it holds its members.
+MEMBER_STATE_TIMEOUT_S = 5.0
+
+
 class SharedLookup:
     """fetch()'s result, fetched again only when older than `max_age_s`; callers from several threads at once share
     one fetch (the others wait for it). clear() makes the next get() fetch."""
@@ -124,12 +176,34 @@ class RayServeOps:
         self.data_dir = data_dir
         self.report_to = report_to
         self._status = SharedLookup(serve.status, STATUS_MAX_AGE_S)
+        self._hosts: dict = {}  # group application -> its handle (one router each, made once)
 
     def run(self, spec: ModelConfig) -> None:
         app = model_application(spec, self.data_dir, self.report_to)
         serve.run_many([RunTarget(target=app, name=spec.deployment_name, route_prefix=None)],
                        wait_for_applications_running=False)
         self._status.clear()  # the next look sees the new application
+
+    def run_group(self, group: str, members: list[ModelConfig]) -> None:
+        app = group_application(group, members, self.data_dir, self.report_to)
+        serve.run_many([RunTarget(target=app, name=group_app_name(group), route_prefix=None)],
+                       wait_for_applications_running=False)
+        self._status.clear()
+
+    def member_state(self, app: str, spec: ModelConfig) -> MemberState | None:
+        """Asked of the group's replica (bounded); "loading" while it holds another spec of the model or none."""
+        if self.state(app) is None:
+            return None
+        try:
+            handle = self._hosts.get(app) or self._hosts.setdefault(app, serve.get_app_handle(app))
+            members = handle.member_states.remote().result(timeout_s=MEMBER_STATE_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - no replica (yet), or it is not answering: not there
+            log.debug("member states of %s not read: %r", app, e)
+            return None
+        held = members.get(spec.name)
+        if held is None or held["key"] != spec_key(spec.deployment_spec()):
+            return MemberState("loading")
+        return MemberState(held["status"], held["error"])
 
     def delete(self, app: str) -> None:
         serve.delete(app, _blocking=True)

@@ -72,3 +72,11 @@ def watch_merger(model: str, merger: Any) -> Callable[[int], None]:
     """Queue depth of a BatchMerger (`merger.pending()`), and the callback it calls with each pass' request count."""
     m.BATCH_QUEUE.labels(model).set_function(merger.pending)
     return m.BATCH_SIZE.labels(model).observe
+
+
+def unwatch_merger(model: str) -> None:
+    """Stop showing the queue depth of `model`'s merger (the model left this process; its pass sizes stay counted)."""
+    try:
+        m.BATCH_QUEUE.remove(model)
+    except KeyError:  # never watched here
+        pass

@@ -166,7 +166,7 @@ class FailingHandle:
     def __getattr__(self, method: str):
         return self
 
-    def remote(self, *args):
+    def remote(self, *args, **kwargs):
         return FailedResponse(self.error)
 
 

@@ -129,8 +129,8 @@ async def test_pngs_are_encoded_after_the_batch_pass_not_inside_it(monkeypatch):
     monkeypatch.setattr(image_deployment, "to_png", lambda im: events.append("png") or real_png(im))
     monkeypatch.setattr(image_deployment, "load_backend", lambda spec, data_dir: (model, FakeImageBackend()))
     replica = image_deployment.ImageDeployment.func_or_class(model.model_dump(), "/unused")
-    run = replica._merger.run
-    replica._merger.run = lambda items: (events.append("pass"), run(items), events.append("pass done"))[1]
+    run = replica.served.merger.run
+    replica.served.merger.run = lambda items: (events.append("pass"), run(items), events.append("pass done"))[1]
     params = ImageParams(width=8, height=8, num_inference_steps=1, guidance_scale=1.0, seed=1)
     pngs = await asyncio.wait_for(replica.generate("a cat", params, 3), 10)
     assert [png[:4] for png in pngs] == [b"\x89PNG"] * 3

@@ -36,7 +36,7 @@ class GatedHandle:
     def embed_many(self):
         return self
 
-    def remote(self, calls: list) -> "GatedAnswer":
+    def remote(self, calls: list, model: str | None = None) -> "GatedAnswer":
         self.calls.append(calls)
         self.sent.set()
         return GatedAnswer(self, calls)

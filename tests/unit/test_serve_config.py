@@ -42,7 +42,12 @@ def test_without_a_registry_the_configuration_files_models_are_written(tmp_path,
     assert main(["serve-config", "--data-dir", str(tmp_path / "fresh")]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     names = [a["name"] for a in config["applications"]]
-    assert names[0] == "openserve" and len(names) == 5  # the ingress and the four default models
+    assert names == ["openserve", "model:smollm2-135m-instruct", "group:cpu-models"]  # the three others share one
+    group = config["applications"][2]
+    assert group["import_path"] == "serving.serve_apps:group_app" and group["args"]["group"] == "cpu-models"
+    members = group["deployments"][0]["user_config"]["members"]
+    assert [m["name"] for m in members] == ["all-minilm-l6-v2", "piper-joe-medium", "tiny-random-sd"]
+    assert group["deployments"][0]["ray_actor_options"]["num_cpus"] == 0.25  # the largest share, not the sum
     assert not (tmp_path / "fresh").exists()  # looking did not create a registry
 
 
@@ -58,3 +63,12 @@ def test_a_kuberay_rayservice_embeds_the_same_serve_config(tmp_path, capsys):
     assert head["image"] == "reg/os:1" and {"containerPort": 8000, "name": "openserve"} in head["ports"]
     worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"] == {"nvidia.com/gpu": 1}
+
+
+def test_a_group_application_builds_from_the_file_as_serve_deploy_would(tmp_path):
+    """`serve deploy` calls the import path with the file's args; the members arrive later, as user_config."""
+    from serving.serve_apps import group_app
+
+    app = group_app({"group": "cpu-models", "data_dir": str(tmp_path)})
+    assert app._bound_deployment.name == "group:cpu-models"
+    assert app._bound_deployment.init_args == ("cpu-models", str(tmp_path))
