@@ -11,8 +11,8 @@ bf16 arithmetic makes them when the batch around a request changes: the winner c
 scores are that close. (An inverse CDF is not: its position moves with every weight before it, and on a flat
 distribution almost any change lands on another entry.) The race runs in two levels, among blocks of RACE_BLOCK
 entries (a block weighing its sum) and then within the winning block: exact, since the first arrival in a block
-comes at the rate of its sum, and it needs noise for V / RACE_BLOCK + RACE_BLOCK entries per row instead of V. The same blocks give greedy rows
-their argmax (`Race.argmax`): block maxima, then one block.
+comes at the rate of its sum, and it needs noise for V / RACE_BLOCK + RACE_BLOCK entries per row instead of V.
+The same blocks give greedy rows their argmax (`Race.argmax`): block maxima, then one block.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import torch
 
 from models.llm.constraints import TokenMask
 from models.llm.draw import RACE_BLOCK, Race, counter_uniform, race, row_keys
-from models.llm.sampler import BatchSampler, _best_first, filtered_weights, nucleus, sampling_probs
+from models.llm.sampler import TOP_P_CANDIDATES, BatchSampler, _best_first, filtered_weights, nucleus, sampling_probs
 from models.llm.types import SamplingParams
 
 V = 50
@@ -112,9 +112,8 @@ def test_top_p_on_the_heaviest_candidates_is_the_full_sort_exactly():
         assert torch.equal(nucleus(w.clone(), p, host_reads=True), nucleus(w.clone(), p, host_reads=False))
         limit = p[:, None] * w.sum(-1, keepdim=True)
         widths.append(_best_first(w, limit, p < 1.0, host_reads=True).shape[1])
-    vocab = weights.shape[1]
-    assert max(widths[0:2]) < 64 and widths[2] == 1  # peaked: a few candidates; top_p 1 alone: none
-    assert 1 < min(widths[4:6]) and max(widths[4:6]) < vocab  # less peaked: more candidates
+    vocab, (first, second) = weights.shape[1], TOP_P_CANDIDATES
+    assert widths[0] == widths[4] == first and widths[7] == widths[12] == second  # peaked: the first; less: more
     assert widths[8] == vocab and widths[-1] == vocab  # flat: the full sort
     assert (nucleus(weights.clone(), top_p) > 0).sum(-1)[top_p == 1.0].eq(weights.shape[1]).all()
 
