@@ -268,7 +268,7 @@ def _best_first(weights: torch.Tensor, limit: torch.Tensor, active: torch.Tensor
     sort too: `_mass_before` gives it exactly their cumulative sum, as a full sort's does). numpy's partition picks
     them: torch's CPU topk costs several times as much, its sort 40 times."""
     if host_reads:
-        values = weights.numpy()  # [R, V], shares the memory
+        values = weights.detach().numpy()  # [R, V], shares the memory
         vocab = values.shape[-1]
         for count in TOP_P_CANDIDATES:
             if count >= vocab:
