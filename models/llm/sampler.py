@@ -31,7 +31,7 @@ from models.llm.draw import Race, row_keys
 from models.llm.types import SamplingParams
 
 GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM): logits / 1e-30 overflow to inf
-TOP_P_CANDIDATES = (256, 4096)  # with host reads: entries ordered for top-p before sorting whole rows (nucleus)
+TOP_P_CANDIDATES = 256  # with host reads: entries ordered for top-p before sorting whole rows (nucleus)
 _TEMPERATURE, _TOP_P, _PRESENCE, _FREQUENCY = range(4)  # columns of BatchSampler.knobs (float32)
 _TOP_K, _SEED, _DRAWS = range(3)  # columns of BatchSampler.counters (int64)
 
@@ -242,9 +242,9 @@ def filtered_weights(x: torch.Tensor, temperature: torch.Tensor, top_k: torch.Te
     temperature ([R], > 0) after its top-k (top_k [R] long, V = off; max_top_k the largest that is on), then its
     top-p (top_p [R], 1 = off): exp((x - max) / T), no normalization, since the race needs none. A row whose knobs
     are off gets exactly its tempered weights, whatever the other rows ask: its draw must not depend on its
-    neighbours. host_reads: see nucleus."""
+    neighbours. host_reads: the CPU, where reading values waits for nothing (see nucleus, _heaviest)."""
     if top_k is not None:
-        x = _top_k_filter(x, top_k, max_top_k)
+        x = _top_k_filter(x, top_k, max_top_k, host_reads)
     weights = (x - x.amax(dim=-1, keepdim=True)).div_(temperature[:, None]).exp_()  # [R, V], new: ours to write
     return weights if top_p is None else nucleus(weights, top_p, host_reads)
 
@@ -253,7 +253,7 @@ def nucleus(weights: torch.Tensor, top_p: torch.Tensor, host_reads: bool = False
     """`weights` [R, V] (>= 0) with 0 outside each row's nucleus (top_p [R], 1 = off): the best entries while the
     mass of those strictly before is below top_p of the row's; entries tied with the lightest kept one stay too.
     host_reads (the CPU, where reading a value waits for nothing): order only the heaviest candidates when every
-    nucleus ends among them (_best_first), instead of sorting whole rows; the result is the same."""
+    nucleus ends among them, else sort with numpy (_best_first); the result is the same."""
     limit = top_p[:, None] * weights.sum(dim=-1, keepdim=True)  # [R, 1]
     ordered = _best_first(weights, limit, top_p < 1.0, host_reads)  # [R, K], descending
     before = _mass_before(ordered)  # [R, K]: nondecreasing, 0 first (the best entry is always kept)
@@ -263,21 +263,27 @@ def nucleus(weights: torch.Tensor, top_p: torch.Tensor, host_reads: bool = False
 
 
 def _best_first(weights: torch.Tensor, limit: torch.Tensor, active: torch.Tensor, host_reads: bool) -> torch.Tensor:
-    """Each row's weights, best first: all V sorted, or with host_reads (the CPU) only the heaviest n of the first n
-    in TOP_P_CANDIDATES whose mass reaches every active row's limit (the entry after them is then dropped in a full
-    sort too: `_mass_before` gives it exactly their cumulative sum, as a full sort's does). numpy's partition picks
-    them: torch's CPU topk costs several times as much, its sort 40 times."""
-    if host_reads:
-        values = weights.detach().numpy()  # [R, V], shares the memory
-        vocab = values.shape[-1]
-        for count in TOP_P_CANDIDATES:
-            if count >= vocab:
-                break
-            best = np.sort(np.partition(values, vocab - count, axis=-1)[:, vocab - count :], axis=-1)  # ascending
-            ordered = torch.from_numpy(np.ascontiguousarray(best[:, ::-1]))  # [R, count], best first
-            if bool(((ordered.cumsum(dim=-1)[:, -1:] >= limit) | ~active[:, None]).all()):
-                return ordered
-    return weights.sort(dim=-1, descending=True).values
+    """Each row's weights, best first: all V, or with host_reads only the heaviest TOP_P_CANDIDATES when their mass
+    reaches every active row's limit (the entry after them is then dropped in a full sort too: `_mass_before`
+    gives it exactly their cumulative sum, as a full sort's does)."""
+    vocab = weights.shape[-1]
+    if host_reads and TOP_P_CANDIDATES < vocab:
+        ordered = _heaviest(weights, TOP_P_CANDIDATES, host_reads)  # [R, TOP_P_CANDIDATES]
+        if bool(((ordered.cumsum(dim=-1)[:, -1:] >= limit) | ~active[:, None]).all()):
+            return ordered
+    return _heaviest(weights, vocab, host_reads)
+
+
+def _heaviest(x: torch.Tensor, count: int, host_reads: bool) -> torch.Tensor:
+    """The `count` largest entries of each row of x [R, V], best first: [R, count]. With host_reads (the CPU)
+    numpy's partition and sort pick them: torch's CPU topk costs about twice as much, its sort 20 times."""
+    vocab = x.shape[-1]
+    if not host_reads:
+        return x.sort(dim=-1, descending=True).values if count >= vocab else x.topk(count, dim=-1).values
+    values = x.detach().numpy()  # [R, V], shares the memory
+    if count < vocab:
+        values = np.partition(values, vocab - count, axis=-1)[:, vocab - count :]  # the largest, unordered
+    return torch.from_numpy(np.sort(values, axis=-1)[:, ::-1].copy())  # a copy: torch takes no negative strides
 
 
 def _mass_before(ordered: torch.Tensor) -> torch.Tensor:
@@ -285,9 +291,9 @@ def _mass_before(ordered: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(ordered.cumsum(dim=-1)[:, :-1], (1, 0))
 
 
-def _top_k_filter(scaled: torch.Tensor, top_k: torch.Tensor, max_top_k: int) -> torch.Tensor:
+def _top_k_filter(scaled: torch.Tensor, top_k: torch.Tensor, max_top_k: int, host_reads: bool) -> torch.Tensor:
     """-inf below each row's k-th largest logit; rows with top_k off (> max_top_k) keep everything."""
-    best = scaled.topk(max_top_k, dim=-1).values  # [R, k], best first
+    best = _heaviest(scaled, max_top_k, host_reads)  # [R, k], best first
     kth = best.gather(1, (top_k.clamp(max=max_top_k) - 1)[:, None])  # [R, 1]
     kth = kth.masked_fill(top_k[:, None] > max_top_k, float("-inf"))
     return scaled.masked_fill(scaled < kth, float("-inf"))

@@ -112,10 +112,17 @@ def test_top_p_on_the_heaviest_candidates_is_the_full_sort_exactly():
         assert torch.equal(nucleus(w.clone(), p, host_reads=True), nucleus(w.clone(), p, host_reads=False))
         limit = p[:, None] * w.sum(-1, keepdim=True)
         widths.append(_best_first(w, limit, p < 1.0, host_reads=True).shape[1])
-    vocab, (first, second) = weights.shape[1], TOP_P_CANDIDATES
-    assert widths[0] == widths[4] == first and widths[7] == widths[12] == second  # peaked: the first; less: more
-    assert widths[8] == vocab and widths[-1] == vocab  # flat: the full sort
+    vocab = weights.shape[1]
+    assert widths[0] == widths[4] == TOP_P_CANDIDATES and widths[8] == widths[-1] == vocab  # peaked; flat: sorted
     assert (nucleus(weights.clone(), top_p) > 0).sum(-1)[top_p == 1.0].eq(weights.shape[1]).all()
+
+
+def test_top_k_and_top_p_pick_the_same_tokens_on_the_host_as_on_a_device():
+    weights, top_p = nucleus_cases()
+    x = weights.log()  # logits with ties (the bf16 rows) and -inf nowhere
+    temperature, top_k = torch.full((16,), 0.7), torch.tensor([1, 5, 40, 16_384] * 4)
+    on = [filtered_weights(x, temperature, top_k, 40, top_p, host_reads=reads) for reads in (True, False)]
+    assert torch.equal(on[0], on[1]) and ((on[0] > 0).sum(-1)[top_k == 1] == 1).all()
 
 
 def test_top_p_keeps_exactly_the_smallest_prefix_reaching_the_mass_and_whole_ties():
