@@ -115,7 +115,8 @@ def main() -> None:
         timer.wrap(engine.runner.fast_decoder, "head", "head")
     rows: dict[str, dict[str, list[dict]]] = {s: {m: [] for m in MODES} for s in samplers}
     for round_ in range(args.rounds + 1):  # round 0 warms up
-        for sampler_name, cls in samplers.items():
+        turn = list(samplers.items())
+        for sampler_name, cls in turn if round_ % 2 else turn[::-1]:  # each sampler first in every other round
             engine.sampler = cls(engine.max_running, engine.vocab_size, engine.device)
             timer.wrap(engine.sampler, "sample", "sample")
             for mode, knobs in MODES.items():
