@@ -3,6 +3,7 @@
     python -m benchmarks.engine                                   # SmolLM2-135M (packaged GGUF), CPU, 16 x 96 tokens
     python -m benchmarks.engine --dtype bfloat16 --requests 32
     python -m benchmarks.engine --temperature 0.7 --baselines none  # the cost of sampling (not greedy)
+    python -m benchmarks.engine --temperature 0.7 --top-p 0.9 --baselines none  # nucleus sampling, as apps send
     python -m benchmarks.engine --model random:llama-3.2-1b --device cuda --requests 64 --baselines none
     python -m benchmarks.engine --model /path/to/hf/folder --prompt-len 512 --output-len 128
     python -m benchmarks.engine --prefix --prompt-len 1000 --rounds 3  # prefix cache: TTFT of a repeated system prompt
@@ -114,10 +115,11 @@ def make_prompts(tokenizer, count: int, length: int, vocab: int) -> list[list[in
     return [(ids[i * 7 :] + ids)[:length] for i in range(count)]
 
 
-def run_engine(engine, prompts: list[list[int]], output_len: int, temperature: float = 0.0) -> dict:
+def run_engine(engine, prompts: list[list[int]], output_len: int, temperature: float = 0.0, top_p: float = 1.0
+               ) -> dict:
     from models.llm.types import SamplingParams
 
-    params = SamplingParams(temperature=temperature, max_tokens=output_len, ignore_eos=True)
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=output_len, ignore_eos=True)
     start = time.perf_counter()
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, params)
@@ -209,7 +211,8 @@ def compare_compiled(args, engine, prompts: list[list[int]]) -> dict:
     for _ in range(args.compare_compiled):
         for name, variant in variants.items():
             engine.runner.fast_decoder = variant
-            runs[name].append(phase(args, lambda: run_engine(engine, prompts, args.output_len, args.temperature)))
+            runs[name].append(phase(args, lambda: run_engine(engine, prompts, args.output_len, args.temperature,
+                                                             args.top_p)))
     engine.runner.fast_decoder = decoder
     summary = {name: {"median_output_tokens_per_s": statistics.median(r["output_tokens_per_s"] for r in rs),
                       "median_ours_cpu_s": statistics.median(r["ours_cpu_s"] for r in rs),
@@ -256,6 +259,7 @@ def main() -> None:
                     help="decode on the model's own weights even where they are exactly 4-bit (a Q4 GGUF)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     ap.add_argument("--temperature", type=float, default=0.0, help="of the engine's requests (baselines: greedy)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="of the engine's requests (with --temperature > 0)")
     ap.add_argument("--baselines", default=None, help="comma list of sequential,padded or 'none' (default: both on CPU)")
     ap.add_argument("--baseline-requests", type=int, default=4, help="requests for the sequential baseline")
     ap.add_argument("--long-prompt-len", type=int, default=0, help="give the middle request a prompt this long")
@@ -313,8 +317,10 @@ def main() -> None:
                         "lean_decode": getattr(engine.runner, "fast_decoder", None) is not None,
                         "int4_decode_linears": engine.int4_linears,
                         "max_batched_tokens": engine.scheduler.max_batched_tokens,
-                        "temperature": args.temperature, "decode_split": not args.no_decode_split,
-                        **phase(args, lambda: run_engine(engine, prompts, args.output_len, args.temperature))}
+                        "temperature": args.temperature, "top_p": args.top_p,
+                        "decode_split": not args.no_decode_split,
+                        **phase(args, lambda: run_engine(engine, prompts, args.output_len, args.temperature,
+                                                         args.top_p))}
     for name in ("hf_generate_sequential", "hf_generate_padded_batch"):
         if name in report:
             report[f"speedup_vs_{name}"] = round(report["engine"]["output_tokens_per_s"]

@@ -1,7 +1,10 @@
 """Batched sampling: every row of a step drawn at once, each request with its own seed, one host transfer.
 
 Order (as vLLM): raw logprobs → allowed-token masks of constrained rows (constraints.py) → logit_bias →
-presence/frequency penalties → argmax where temperature == 0, else temperature → top-k → top-p → a draw.
+presence/frequency penalties → argmax where temperature == 0, else top-k → temperature → top-p → a draw (top-k
+before the temperature picks the same tokens). The draw needs weights only in proportion to the probabilities:
+exp((logits - max) / T), never normalized; top-p orders only the best candidates where the host may read values
+(`nucleus`), and rows without top-p or top-k are never sorted.
 Logprobs are those of the *raw* model distribution (log_softmax of the logits as the model gave them), vLLM's
 default: they describe the model, not the sampling knobs.
 
@@ -15,9 +18,11 @@ the host in one transfer (device_io.download); nothing else in here waits for th
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from models.llm.constraints import TokenMask, apply_token_bitmask, unpack_bitmask, words
@@ -26,6 +31,7 @@ from models.llm.draw import Race, row_keys
 from models.llm.types import SamplingParams
 
 GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM): logits / 1e-30 overflow to inf
+TOP_P_CANDIDATES = 256  # with host reads: entries ordered for top-p before sorting whole rows (nucleus)
 _TEMPERATURE, _TOP_P, _PRESENCE, _FREQUENCY = range(4)  # columns of BatchSampler.knobs (float32)
 _TOP_K, _SEED, _DRAWS = range(3)  # columns of BatchSampler.counters (int64)
 
@@ -96,6 +102,9 @@ class BatchSampler:
         self.bias: torch.Tensor | None = None  # [rows, V] logit_bias, from the first request that sets one
         self._row_ids = torch.arange(num_rows, device=self.device)  # [rows]
         self._race = Race(vocab_size, self.device)
+        # torch's CPU argmax costs several times a two-level one; on a device it is one kernel
+        self._argmax = self._race.argmax if self.device.type == "cpu" else functools.partial(torch.argmax, dim=-1)
+        self.host_reads = self.device.type == "cpu"  # nucleus may read values: nothing to wait for on the CPU
         self._owner: list[SamplingRow | None] = [None] * num_rows
         self._plain = [False] * num_rows  # the row's request only samples at a temperature (see StepPlan.of)
 
@@ -177,16 +186,16 @@ class BatchSampler:
     def _choose(self, x: torch.Tensor, rows, plan: StepPlan) -> torch.Tensor:
         """Argmax for greedy rows, a draw for the others: [R, V] -> [R] long."""
         if plan.greedy == x.shape[0]:
-            return x.argmax(-1)
+            return self._argmax(x)
         knobs, counters = self.knobs[rows], self.counters[rows]  # [R, 4], [R, 3]
         temperature = knobs[:, _TEMPERATURE]
-        greedy = temperature == 0.0  # [R] bool
+        greedy = temperature == 0.0 if plan.greedy else None  # [R] bool
         keys = row_keys(counters[:, _SEED], counters[:, _DRAWS])  # [R] int64: this step's noise, per row
-        scaled = x / torch.where(greedy, 1.0, temperature)[:, None]
-        top_k = counters[:, _TOP_K] if plan.max_top_k else None
-        top_p = knobs[:, _TOP_P] if plan.top_p else None
-        drawn = self._race(filtered_probs(scaled, top_k, plan.max_top_k, top_p), keys)
-        return torch.where(greedy, x.argmax(-1), drawn) if plan.greedy else drawn
+        weights = filtered_weights(x, temperature if greedy is None else torch.where(greedy, 1.0, temperature),
+                                   counters[:, _TOP_K] if plan.max_top_k else None, plan.max_top_k,
+                                   knobs[:, _TOP_P] if plan.top_p else None, self.host_reads)
+        drawn = self._race(weights, keys)
+        return drawn if greedy is None else torch.where(greedy, self._argmax(x), drawn)
 
     def _record(self, rows, tokens: torch.Tensor, count: int) -> None:
         """Count the draw (the next uniform of each row) and, for penalties, the tokens."""
@@ -227,25 +236,64 @@ def _unpack(host: list[float], requests: list[SamplingRow], plan: StepPlan) -> l
     return out
 
 
-def filtered_probs(scaled: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,
-                   top_p: torch.Tensor | None) -> torch.Tensor:
-    """Each row's probabilities [R, V] (vocabulary order) after its top-k (top_k [R] long, V = off; max_top_k the
-    largest that is on), then its top-p (top_p [R], 1 = off). A row whose knobs are off gets exactly softmax(its
-    logits), whatever the other rows ask: its draw must not depend on its neighbours."""
+def filtered_weights(x: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,
+                     top_p: torch.Tensor | None, host_reads: bool = False) -> torch.Tensor:
+    """Each row's weights [R, V] (vocabulary order, proportional to its probabilities, the best 1) at its
+    temperature ([R], > 0) after its top-k (top_k [R] long, V = off; max_top_k the largest that is on), then its
+    top-p (top_p [R], 1 = off): exp((x - max) / T), no normalization, since the race needs none. A row whose knobs
+    are off gets exactly its tempered weights, whatever the other rows ask: its draw must not depend on its
+    neighbours. host_reads: the CPU, where reading values waits for nothing (see nucleus, _heaviest)."""
     if top_k is not None:
-        scaled = _top_k_filter(scaled, top_k, max_top_k)
-    if top_p is not None:
-        ordered, order = scaled.sort(dim=-1, descending=True)  # [R, V], [R, V]
-        probs = torch.softmax(ordered, dim=-1)  # [R, V], best first
-        mass_before = probs.cumsum(dim=-1) - probs  # [R, V]: mass of strictly better tokens; the best is always kept
-        drop = (mass_before >= top_p[:, None]) & (top_p[:, None] < 1.0)  # [R, V], sorted
-        scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
-    return torch.softmax(scaled, dim=-1)
+        x = _top_k_filter(x, top_k, max_top_k, host_reads)
+    weights = (x - x.amax(dim=-1, keepdim=True)).div_(temperature[:, None]).exp_()  # [R, V], new: ours to write
+    return weights if top_p is None else nucleus(weights, top_p, host_reads)
 
 
-def _top_k_filter(scaled: torch.Tensor, top_k: torch.Tensor, max_top_k: int) -> torch.Tensor:
+def nucleus(weights: torch.Tensor, top_p: torch.Tensor, host_reads: bool = False) -> torch.Tensor:
+    """`weights` [R, V] (>= 0) with 0 outside each row's nucleus (top_p [R], 1 = off): the best entries while the
+    mass of those strictly before is below top_p of the row's; entries tied with the lightest kept one stay too.
+    host_reads (the CPU, where reading a value waits for nothing): order only the heaviest candidates when every
+    nucleus ends among them, else sort with numpy (_best_first); the result is the same."""
+    limit = top_p[:, None] * weights.sum(dim=-1, keepdim=True)  # [R, 1]
+    ordered = _best_first(weights, limit, top_p < 1.0, host_reads)  # [R, K], descending
+    before = _mass_before(ordered)  # [R, K]: nondecreasing, 0 first (the best entry is always kept)
+    kept = (before < limit).sum(dim=-1, keepdim=True)  # [R, 1] >= 1
+    lightest = ordered.gather(1, kept - 1).masked_fill(top_p[:, None] >= 1.0, 0.0)  # [R, 1]
+    return weights.masked_fill_(weights < lightest, 0.0)
+
+
+def _best_first(weights: torch.Tensor, limit: torch.Tensor, active: torch.Tensor, host_reads: bool) -> torch.Tensor:
+    """Each row's weights, best first: all V, or with host_reads only the heaviest TOP_P_CANDIDATES when their mass
+    reaches every active row's limit (the entry after them is then dropped in a full sort too: `_mass_before`
+    gives it exactly their cumulative sum, as a full sort's does)."""
+    vocab = weights.shape[-1]
+    if host_reads and TOP_P_CANDIDATES < vocab:
+        ordered = _heaviest(weights, TOP_P_CANDIDATES, host_reads)  # [R, TOP_P_CANDIDATES]
+        if bool(((ordered.cumsum(dim=-1)[:, -1:] >= limit) | ~active[:, None]).all()):
+            return ordered
+    return _heaviest(weights, vocab, host_reads)
+
+
+def _heaviest(x: torch.Tensor, count: int, host_reads: bool) -> torch.Tensor:
+    """The `count` largest entries of each row of x [R, V], best first: [R, count]. With host_reads (the CPU)
+    numpy's partition and sort pick them: torch's CPU topk costs about twice as much, its sort 20 times."""
+    vocab = x.shape[-1]
+    if not host_reads:
+        return x.sort(dim=-1, descending=True).values if count >= vocab else x.topk(count, dim=-1).values
+    values = x.detach().numpy()  # [R, V], shares the memory
+    if count < vocab:
+        values = np.partition(values, vocab - count, axis=-1)[:, vocab - count :]  # the largest, unordered
+    return torch.from_numpy(np.sort(values, axis=-1)[:, ::-1].copy())  # a copy: torch takes no negative strides
+
+
+def _mass_before(ordered: torch.Tensor) -> torch.Tensor:
+    """Exclusive cumulative sums along rows: entry i holds cumsum[i - 1] exactly (0 for the first)."""
+    return torch.nn.functional.pad(ordered.cumsum(dim=-1)[:, :-1], (1, 0))
+
+
+def _top_k_filter(scaled: torch.Tensor, top_k: torch.Tensor, max_top_k: int, host_reads: bool) -> torch.Tensor:
     """-inf below each row's k-th largest logit; rows with top_k off (> max_top_k) keep everything."""
-    best = scaled.topk(max_top_k, dim=-1).values  # [R, k], best first
+    best = _heaviest(scaled, max_top_k, host_reads)  # [R, k], best first
     kth = best.gather(1, (top_k.clamp(max=max_top_k) - 1)[:, None])  # [R, 1]
     kth = kth.masked_fill(top_k[:, None] > max_top_k, float("-inf"))
     return scaled.masked_fill(scaled < kth, float("-inf"))
@@ -255,8 +303,10 @@ def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     """The distribution ([V], vocabulary order) a row with these params (temperature > 0) is drawn from."""
     vocab = logits.shape[-1]
     top_k = params.top_k if 0 < params.top_k < vocab else 0
-    return filtered_probs(logits.float()[None] / params.temperature, torch.tensor([top_k]) if top_k else None, top_k,
-                          torch.tensor([params.top_p]) if params.top_p < 1.0 else None)[0]
+    weights = filtered_weights(logits.float()[None], torch.tensor([float(params.temperature)]),
+                               torch.tensor([top_k]) if top_k else None, top_k,
+                               torch.tensor([params.top_p]) if params.top_p < 1.0 else None)[0]
+    return weights / weights.sum()
 
 
 def _temperature(params: SamplingParams) -> float:

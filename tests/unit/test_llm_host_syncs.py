@@ -154,6 +154,7 @@ def engines():
             model = model_class(config_class(**BASE, **extra)).eval()
             built[name] = HFEngine(model, FakeTokenizer(),
                                    EngineConfig(max_running=ROWS, max_batched_tokens=1024, kv_cache_gb=1))
+            built[name].sampler.host_reads = False  # as on a device (on the CPU top-p may read values: sampler.py)
             assert built[name].batched and built[name].max_running == ROWS
         return built[name]
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from models.llm.constraints import TokenMask
-from models.llm.draw import RACE_BLOCK, counter_uniform, race, row_keys
-from models.llm.sampler import BatchSampler, sampling_probs
+from models.llm.draw import RACE_BLOCK, Race, counter_uniform, race, row_keys
+from models.llm.sampler import TOP_P_CANDIDATES, BatchSampler, _best_first, filtered_weights, nucleus, sampling_probs
 from models.llm.types import SamplingParams
 
 V = 50
@@ -82,6 +82,65 @@ def test_a_race_keeps_its_winner_when_the_weights_move_a_little():
     u = counter_uniform(torch.arange(rows), torch.zeros(rows, dtype=torch.long))  # the same draws by inverse CDF
     position = [torch.searchsorted(x.softmax(-1).double().cumsum(-1), u[:, None])[:, 0] for x in (logits, moved)]
     assert (position[0] != position[1]).float().mean() > 0.3  # why the sampler races (here: 0.02 vs 0.475)
+
+
+@pytest.mark.parametrize("vocab", [5, RACE_BLOCK, RACE_BLOCK + 70, 49_152])
+def test_the_two_level_argmax_is_torchs_first_maximum_ties_and_nans_included(vocab):
+    gen = torch.Generator().manual_seed(vocab)
+    x = torch.randn(12, vocab, generator=gen)
+    x[:4] = x[:4].round()  # many ties: the first of them wins
+    x[4, vocab // 3] = x[4, vocab - 1] = float("nan")  # NaN counts as the largest, the first one wins
+    x[5] = float("-inf")
+    x[6] = 7.0  # all equal
+    assert torch.equal(Race(vocab).argmax(x), x.argmax(-1))
+
+
+def nucleus_cases(vocab=16_384):
+    """Weights [16, V] whose nuclei end among the first candidates, the second, neither (flat), with ties (bf16)."""
+    gen = torch.Generator().manual_seed(0)
+    scales = (12.0, 4.0, 0.3, 3.0)  # peaked to flat, then bf16 logits
+    x = torch.cat([torch.randn(4, vocab, generator=gen) * scale for scale in scales])
+    x[12:] = x[12:].bfloat16().float()
+    return (x - x.amax(-1, keepdim=True)).exp(), torch.tensor([0.9, 0.5, 1.0, 0.99] * 4)
+
+
+def test_top_p_on_the_heaviest_candidates_is_the_full_sort_exactly():
+    weights, top_p = nucleus_cases()
+    widths = []
+    for rows in [slice(i, i + 1) for i in range(16)] + [slice(0, 8), slice(0, 16)]:
+        w, p = weights[rows], top_p[rows]
+        assert torch.equal(nucleus(w.clone(), p, host_reads=True), nucleus(w.clone(), p, host_reads=False))
+        limit = p[:, None] * w.sum(-1, keepdim=True)
+        widths.append(_best_first(w, limit, p < 1.0, host_reads=True).shape[1])
+    vocab = weights.shape[1]
+    assert widths[0] == widths[4] == TOP_P_CANDIDATES and widths[8] == widths[-1] == vocab  # peaked; flat: sorted
+    assert (nucleus(weights.clone(), top_p) > 0).sum(-1)[top_p == 1.0].eq(weights.shape[1]).all()
+
+
+def test_top_k_and_top_p_pick_the_same_tokens_on_the_host_as_on_a_device():
+    weights, top_p = nucleus_cases()
+    x = weights.log()  # logits with ties (the bf16 rows) and -inf nowhere
+    temperature, top_k = torch.full((16,), 0.7), torch.tensor([1, 5, 40, 16_384] * 4)
+    on = [filtered_weights(x, temperature, top_k, 40, top_p, host_reads=reads) for reads in (True, False)]
+    assert torch.equal(on[0], on[1]) and ((on[0] > 0).sum(-1)[top_k == 1] == 1).all()
+
+
+def test_top_p_keeps_exactly_the_smallest_prefix_reaching_the_mass_and_whole_ties():
+    weights = torch.tensor([[4.0, 1.0, 2.0, 2.0, 1.0]])  # mass 10: 4 (0) then 2, 2 (4, 6 before) then 1, 1 (8, 9)
+    assert nucleus(weights.clone(), torch.tensor([0.45])).tolist() == [[4.0, 0.0, 2.0, 2.0, 0.0]]  # a tie stays
+    assert nucleus(weights.clone(), torch.tensor([0.4])).tolist() == [[4.0, 0.0, 0.0, 0.0, 0.0]]
+    assert nucleus(weights.clone(), torch.tensor([0.81])).tolist() == [[4.0, 1.0, 2.0, 2.0, 1.0]]
+
+
+def test_fast_top_p_draws_in_proportion_over_a_real_vocabulary():
+    vocab, rows = 8_192, 4_000
+    logits = torch.full((rows, vocab), -30.0)
+    logits[:, [5, 300, 4_000, 8_191]] = torch.log(torch.tensor([0.5, 0.25, 0.15, 0.1]))  # nucleus 0.8: 3 kept
+    weights = filtered_weights(logits, torch.ones(rows), None, 0, torch.full((rows,), 0.8), host_reads=True)
+    picked = Race(vocab)(weights, row_keys(torch.arange(rows), torch.zeros(rows, dtype=torch.long)))
+    counts = torch.bincount(picked, minlength=vocab)
+    assert set(torch.nonzero(counts)[:, 0].tolist()) == {5, 300, 4_000}
+    assert torch.allclose(counts[[5, 300, 4_000]] / rows, torch.tensor([0.5, 0.25, 0.15]) / 0.9, atol=0.03)
 
 
 def test_greedy_is_argmax_whatever_the_other_knobs():
