@@ -77,12 +77,19 @@ class ServerProcess:
     def log(self) -> str:
         return "".join(self.lines)
 
-    def leftover_processes(self) -> list[str]:
-        """Processes still running whose command line names this server's data dir (raylet, gcs, workers)."""
+    def leftover_processes(self, wait_s: float = 15.0) -> list[str]:
+        """Processes whose command line names this server's data dir (raylet, gcs, workers) still running `wait_s`
+        after the call: when the driver has exited, Ray may still be reaping its last worker, which is no leak."""
+        deadline = time.monotonic() + wait_s
+        while (found := self._naming_data_dir()) and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling a predicate (the processes gone) under a deadline
+        return found
+
+    def _naming_data_dir(self) -> list[str]:
         found = []
-        for p in psutil.process_iter(["pid", "cmdline"]):
+        for p in psutil.process_iter(["pid", "cmdline", "status"]):
             cmd = " ".join(p.info["cmdline"] or [])
-            if self.data_dir in cmd and p.pid != os.getpid():
+            if self.data_dir in cmd and p.pid != os.getpid() and p.info["status"] != psutil.STATUS_ZOMBIE:
                 found.append(f"{p.pid}: {cmd[:160]}")
         return found
 
