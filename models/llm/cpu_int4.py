@@ -122,9 +122,15 @@ def _write_int4(path: str, found: dict[str, Int4Weight]) -> None:
 def _read_int4(path: str) -> dict[str, Int4Weight]:
     from safetensors import safe_open
 
+    def owned(tensor: torch.Tensor) -> torch.Tensor:
+        # A copy in the process's own memory: a tensor left on the file's mapping keeps the whole file mapped, which
+        # counts in the engine's PSS on top of what the copies take (+23 MB measured for SmolLM2).
+        return tensor.clone()
+
     with safe_open(path, framework="pt") as f:
         shapes = json.loads(f.metadata()["shapes"])
-        return {name: Int4Weight(f.get_tensor(f"{name}.packed"), f.get_tensor(f"{name}.scales_zeros"), n, k)
+        return {name: Int4Weight(owned(f.get_tensor(f"{name}.packed")), owned(f.get_tensor(f"{name}.scales_zeros")),
+                                 n, k)
                 for name, (n, k) in shapes.items()}
 
 
