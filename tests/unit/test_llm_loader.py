@@ -8,6 +8,7 @@ import torch
 
 from models.llm import loader
 from models.llm.cpu_int4 import int4_supported
+from models.llm.cpu_native import NativeDecodeLinear
 from models.llm.engine import HFEngine
 from models.llm.loader import load_causal_lm, resolve_dtype
 from models.llm.types import SamplingParams
@@ -135,7 +136,7 @@ def test_a_conversion_parses_the_gguf_once_and_builds_each_name_map_once():
 
 def test_smollm2_gguf_conversion_is_cached_as_safetensors(smollm2_cache):
     _, cache = smollm2_cache
-    (entry,) = os.listdir(cache)  # no temporary folder left behind
+    (entry,) = set(os.listdir(cache)) - {"native"}  # no temporary folder left behind (native: the built kernels)
     assert entry.startswith("SmolLM2-135M-Instruct.Q4_1-")
     files = set(os.listdir(cache / entry))
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
@@ -145,7 +146,11 @@ def test_smollm2_from_cache_answers_paris(smollm2_engine):
     engine = smollm2_engine
     assert engine.max_model_len == 8192 and engine.tokenizer.eos_token_id in engine.eos_token_ids
     assert engine.batched
-    if int4_supported():  # Q4_1: every linear of the 30 blocks decodes on its exact int4 weights (cpu_int4.py)
+    if any(isinstance(m, NativeDecodeLinear) for m in engine.model.modules()):
+        # bf16 with the native kernels (cpu_native.py): the 30 blocks' Q4_1 linears and the Q8_0 LM head
+        assert engine.int4_linears == 30 * 7 + 1
+        assert isinstance(engine.model.get_output_embeddings(), NativeDecodeLinear)
+    elif int4_supported():  # Q4_1: every linear of the 30 blocks decodes on its exact int4 weights (cpu_int4.py)
         assert engine.int4_linears == 30 * 7
     prompt = engine.tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=True
