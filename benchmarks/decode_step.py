@@ -3,6 +3,7 @@
     python -m benchmarks.decode_step                      # 1 decode row: eager lean vs compiled regions
     python -m benchmarks.decode_step --rows 4 --rounds 5  # 4 rows
     python -m benchmarks.decode_step --threads 2          # two threads for the lone decode (the engine uses one)
+    python -m benchmarks.decode_step --kernels            # PyTorch's int4 kernel vs the native ones (cpu_native.py)
 
 Each variant runs `BatchedModelRunner.execute` on the same decode step (the same token rewritten at the same
 position, so every call does identical work) and is timed with `time.process_time()` (CPU time of the process, every
@@ -37,6 +38,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--two-threads", action="store_true",
                     help="also run the compiled and eager lean steps at two threads (compare by wall time, quiet box)")
+    ap.add_argument("--kernels", action="store_true",
+                    help="compare the 4/8-bit decode kernels instead: PyTorch's int4 (bf16 LM head), native, native "
+                         "with its helper thread (eager lean steps; compare by wall time, quiet box)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=20, help="calls per variant per round")
     args = ap.parse_args()
@@ -47,6 +51,8 @@ def main() -> None:
     from models.llm.config import EngineConfig
     from models.llm.engine import HFEngine
 
+    if args.kernels:
+        return _compare_kernels(args)
     model, tokenizer, int4 = load_model("smollm2", "auto", "cpu")
     engine = HFEngine(model, tokenizer, EngineConfig(max_running=args.rows, max_model_len=args.context + 64,
                                                      compiled_decode=False), int4_weights=int4)
@@ -84,6 +90,59 @@ def main() -> None:
               "max_logit_diff_vs_transformers": {name: float((o - outputs["transformers_forward"]).abs().max())
                                                  for name, o in outputs.items()},
               "same_argmax": {name: bool(torch.equal(o.argmax(-1), outputs["transformers_forward"].argmax(-1)))
+                              for name, o in outputs.items()}}
+    print(json.dumps(report, indent=2))
+
+
+def _compare_kernels(args) -> None:
+    """Wall and CPU ms of the same lone decode step on PyTorch's int4 kernel and on the native kernels."""
+    import os
+
+    from benchmarks.engine import load_model
+    from models.llm.config import EngineConfig
+    from models.llm.cpu_native import HELPER_MIN_BYTES, NativeDecodeLinear
+    from models.llm.engine import HFEngine
+
+    engines, works = {}, {}
+    for name, native in (("pytorch_int4", False), ("native", True)):
+        model, tokenizer, weights = load_model("smollm2", "auto", "cpu", native_decode=native)
+        config = EngineConfig(max_running=args.rows, max_model_len=args.context + 64, cpu_native_helper=False)
+        engines[name] = HFEngine(model, tokenizer, config, int4_weights=weights,
+                                 cache_dir=os.path.expanduser(os.path.join("~", ".cache", "openserve", "cache", "llm")))
+        streams = [_Stream(list(range(100 + i, 100 + i + args.context)), slot=i) for i in range(args.rows)]
+        with torch.inference_mode():
+            engines[name].runner.execute([(s, s.num_pending) for s in streams])  # prefill
+        for s in streams:
+            s.num_computed = len(s.token_ids)
+            s.token_ids.append(42)
+        works[name] = [(s, 1) for s in streams]
+    natives = [m for m in engines["native"].model.modules() if isinstance(m, NativeDecodeLinear)]
+    if not natives:
+        raise SystemExit("the native kernels are unavailable here (see the log)")
+    kernels = natives[0].kernels
+    variants = {"pytorch_int4": ("pytorch_int4", 0), "native": ("native", 0),
+                "native_helper": ("native", HELPER_MIN_BYTES)}
+    times, walls, outputs = {name: [] for name in variants}, {name: [] for name in variants}, {}
+    with torch.inference_mode():
+        for _ in range(args.rounds):
+            for name, (engine, helper) in variants.items():
+                kernels.use_helper_thread(helper)
+                runner, work = engines[engine].runner, works[engine]
+                outputs[name] = runner.execute(work)[1].float()
+                cpu, wall = _time_calls(lambda: runner.execute(work), args.calls)
+                times[name].append(cpu)
+                walls[name].append(wall)
+    kernels.use_helper_thread(0)
+    report = {"command": "python -m benchmarks.decode_step --kernels " + " ".join(
+                  f"--{k} {v}" for k, v in vars(args).items() if k != "kernels"),
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "native_weight_mb": round(sum(m.weight.nbytes for m in natives) / 1e6, 1),
+              "step_wall_ms": {name: round(statistics.median(t), 2) for name, t in walls.items()},
+              "step_cpu_ms": {name: round(statistics.median(t), 2) for name, t in times.items()},
+              "rounds_wall_ms": {name: [round(x, 2) for x in t] for name, t in walls.items()},
+              "max_logit_diff_vs_pytorch_int4": {name: float((o - outputs["pytorch_int4"]).abs().max())
+                                                 for name, o in outputs.items()},
+              "same_argmax": {name: bool(torch.equal(o.argmax(-1), outputs["pytorch_int4"].argmax(-1)))
                               for name, o in outputs.items()}}
     print(json.dumps(report, indent=2))
 

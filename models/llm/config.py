@@ -111,8 +111,8 @@ class EngineConfig:
     # GGUF's 4- and 8-bit blocks, AVX-512 VNNI, built with the system's C compiler on first use) instead of
     # PyTorch's int4 kernel; the LM head too when it is 8-bit. Falls back to PyTorch's kernel where they cannot run.
     cpu_native_decode: bool = True
-    # Split each native decode matmul of at least 64 KB of weights between the calling thread and one helper thread
-    # (on a machine with more than one core): a lone decode step is bound by how fast one core streams weights.
+    # Split each native decode matmul of at least 4 MiB of weights (SmolLM2: the LM head) between the calling thread
+    # and one helper thread, on a machine with more than one core: one core streams weights at ~6-12 GB/s.
     cpu_native_helper: bool = True
     # Reuse the KV of prompt prefixes computed before (system prompts, earlier turns): full blocks of
     # kv_block_size tokens keyed by their tokens, kept in prefix_cache_gb, least recently used evicted first.

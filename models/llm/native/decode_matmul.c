@@ -214,7 +214,7 @@ static void *helper_main(void *arg) {
     return NULL;
 }
 
-/* Use a helper thread for calls of at least this many weight bytes (0: never). spin: polls before sleeping. */
+/* Start the helper thread (once). spin: how many times it polls for the next job before it sleeps. */
 int os_set_helper(int spin) {
     pool.spin = spin;
     if (pool.started) return 0;
