@@ -100,7 +100,7 @@ def _compare_kernels(args) -> None:
 
     from benchmarks.engine import load_model
     from models.llm.config import EngineConfig
-    from models.llm.cpu_native import HELPER_MIN_BYTES, NativeDecodeLinear
+    from models.llm.cpu_native import HELPER_MIN_BYTES, HELPER_SPIN_US, NativeDecodeLinear
     from models.llm.engine import HFEngine
 
     engines, works = {}, {}
@@ -120,16 +120,21 @@ def _compare_kernels(args) -> None:
     if not natives:
         raise SystemExit("the native kernels are unavailable here (see the log)")
     kernels = natives[0].kernels
-    variants = {"pytorch_int4": ("pytorch_int4", 0), "native": ("native", 0),
-                "native_helper": ("native", HELPER_MIN_BYTES)}
+    variants = {"pytorch_int4": ("pytorch_int4", 0, 0), "native": ("native", 0, 0),
+                "native_helper": ("native", HELPER_MIN_BYTES, HELPER_SPIN_US),  # the engine's default
+                "native_helper_every_layer": ("native", 64 * 1024, 300)}  # a polling helper on every matmul
+    # The variants alternate call by call (not in blocks): this machine's memory bandwidth drifts within seconds,
+    # and a drift then falls on every variant alike. Per variant: the median and the minimum over all calls.
     times, walls, outputs = {name: [] for name in variants}, {name: [] for name in variants}, {}
     with torch.inference_mode():
-        for _ in range(args.rounds):
-            for name, (engine, helper) in variants.items():
-                kernels.use_helper_thread(helper)
+        for name, (engine, helper, spin_us) in variants.items():
+            kernels.use_helper_thread(helper, spin_us)
+            outputs[name] = engines[engine].runner.execute(works[engine])[1].float()
+        for _ in range(args.rounds * args.calls):
+            for name, (engine, helper, spin_us) in variants.items():
+                kernels.use_helper_thread(helper, spin_us)
                 runner, work = engines[engine].runner, works[engine]
-                outputs[name] = runner.execute(work)[1].float()
-                cpu, wall = _time_calls(lambda: runner.execute(work), args.calls)
+                cpu, wall = _time_calls(lambda: runner.execute(work), 1)
                 times[name].append(cpu)
                 walls[name].append(wall)
     kernels.use_helper_thread(0)
@@ -137,9 +142,10 @@ def _compare_kernels(args) -> None:
                   f"--{k} {v}" for k, v in vars(args).items() if k != "kernels"),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "native_weight_mb": round(sum(m.weight.nbytes for m in natives) / 1e6, 1),
-              "step_wall_ms": {name: round(statistics.median(t), 2) for name, t in walls.items()},
-              "step_cpu_ms": {name: round(statistics.median(t), 2) for name, t in times.items()},
-              "rounds_wall_ms": {name: [round(x, 2) for x in t] for name, t in walls.items()},
+              "step_wall_ms_median": {name: round(statistics.median(t), 2) for name, t in walls.items()},
+              "step_wall_ms_min": {name: round(min(t), 2) for name, t in walls.items()},
+              "step_cpu_ms_median": {name: round(statistics.median(t), 2) for name, t in times.items()},
+              "steps_per_variant": args.rounds * args.calls,
               "max_logit_diff_vs_pytorch_int4": {name: float((o - outputs["pytorch_int4"]).abs().max())
                                                  for name, o in outputs.items()},
               "same_argmax": {name: bool(torch.equal(o.argmax(-1), outputs["pytorch_int4"].argmax(-1)))

@@ -40,11 +40,13 @@ BLOCK = 32  # weights per scale, as in GGUF's Q4_0/Q4_1/Q8_0 blocks
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma", "-mavx2", "-shared",
           "-fPIC", "-pthread")
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma", "avx2")
-# Calls reading at least this much weight split with the helper thread (engine.py): a call that takes ~0.3 ms or
-# more pays for waking the sleeping helper (SmolLM2: its 30 MB LM head only). A helper spinning between calls, to
-# split every layer's matmuls, gave the engine alone 22 -> 18 ms a step but cost the server more than it gained: on
-# two cores it took the core that the ingress and the replica need (one stream 35 -> 23-30 tokens/s).
+# Calls reading at least this much weight are split with the helper thread (engine.py); between calls it polls for
+# HELPER_SPIN_US (yielding its core to anything else runnable), then sleeps. Measured (docs/benchmarks.md): splitting
+# every layer's matmuls with a polling helper takes a lone step of the engine alone from 21.3 to 18.2 ms, but spends
+# the second core that the server's ingress and replica need (the server's CPU per token rose by half and one stream
+# did not get faster); so by default only calls of 4 MiB or more (SmolLM2: its 30 MB LM head) wake a sleeping helper.
 HELPER_MIN_BYTES = 4 * 2**20
+HELPER_SPIN_US = 0
 MAX_ROWS = SMALL_ROWS  # calls of at most this many rows take the kernel (it holds up to 8 rows' accumulators)
 ROUND_TRIP_TOLERANCE = 1e-5  # as cpu_int4: a block round-trips when every weight comes back within this of its range
 _F32, _BF16 = 0, 1
@@ -89,10 +91,10 @@ class Kernels:
         """A buffer for one call's quantized activations (reused across calls of one thread)."""
         return torch.empty(int(self._scratch_bytes(MAX_ROWS, in_features)), dtype=torch.uint8)
 
-    def use_helper_thread(self, min_weight_bytes: int, spin: int = 0) -> bool:
-        """Split calls that read at least `min_weight_bytes` of weights with one helper thread (0: never); the helper
-        polls `spin` times for the next call before it sleeps (0: sleeps at once). False when it could not start."""
-        if min_weight_bytes and self._set_helper(spin) != 0:
+    def use_helper_thread(self, min_weight_bytes: int, spin_us: int = HELPER_SPIN_US) -> bool:
+        """Split calls that read at least `min_weight_bytes` of weights with one helper thread (0: never); between
+        calls the helper polls for spin_us, then sleeps. False when the thread could not start."""
+        if min_weight_bytes and self._set_helper(spin_us) != 0:
             return False
         self._set_helper_min_bytes(min_weight_bytes)
         return True

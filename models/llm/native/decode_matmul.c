@@ -18,7 +18,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sched.h>
 #include <string.h>
+#include <time.h>
 
 #define ABI_VERSION 1
 #define PREFETCH_BYTES 8192 /* weights are streamed once per step: prefetch this far ahead (measured: 6.5 -> 14 GB/s) */
@@ -181,45 +183,85 @@ static void run_job(const job *j) {
         q8_rows(j->qs, j->d, j->N, j->K, j->a, j->R, j->y, j->ydtype, j->n0, j->n1);
 }
 
+/* The posted job is cut into chunks of output rows that the caller and the helper claim one at a time (a CAS on
+ * one word holding the job's sequence number and the next chunk), so that a helper which is late — asleep, or
+ * preempted by another process on a busy machine — costs the caller nothing: the caller then computes every chunk
+ * itself and waits only for a chunk the helper has already started. Between jobs the helper polls, yielding the core
+ * to anything else runnable, for spin_ns, then sleeps until the next job wakes it. */
+#define CHUNKS 8
+
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    pthread_t thread;
     int started;
-    job work;
-    atomic_int posted; /* sequence number of the last job posted */
-    atomic_int done;   /* sequence number of the last job finished */
-    int spin;          /* iterations the helper polls for the next job before it sleeps */
+    job work;                 /* the posted job (stable while its chunks run) */
+    int chunk_rows;
+    _Atomic uint64_t claim;   /* sequence number << 32 | chunks << 16 | next chunk to claim: one word, so that a
+                                 claim always reads the chunk count of the job it claims from */
+    atomic_int finished;      /* chunks of the posted job finished */
+    atomic_int sleeping;      /* the helper waits on `wake` */
+    long spin_ns;
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+/* Claim and run chunks of the posted job while there are any; returns how many it ran. */
+static int claim_chunks(void) {
+    int ran = 0;
+    for (;;) {
+        uint64_t v = atomic_load_explicit(&pool.claim, memory_order_acquire);
+        if ((v & 0xFFFF) >= ((v >> 16) & 0xFFFF)) return ran;
+        if (!atomic_compare_exchange_weak_explicit(&pool.claim, &v, v + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        int c = (int)(v & 0xFFFF);
+        job part = pool.work;
+        part.n0 = pool.work.n0 + c * pool.chunk_rows;
+        part.n1 = part.n0 + pool.chunk_rows < pool.work.n1 ? part.n0 + pool.chunk_rows : pool.work.n1;
+        run_job(&part);
+        atomic_fetch_add_explicit(&pool.finished, 1, memory_order_acq_rel);
+        ran++;
+    }
+}
+
+static int claimable(void) {
+    uint64_t v = atomic_load(&pool.claim);
+    return (v & 0xFFFF) < ((v >> 16) & 0xFFFF);
+}
 
 static void *helper_main(void *arg) {
     (void)arg;
-    int seen = 0;
+    long idle_since = now_ns();
     for (;;) {
-        int spins = 0;
-        while (atomic_load_explicit(&pool.posted, memory_order_acquire) == seen) {
-            if (++spins < pool.spin) {
-                _mm_pause();
-                continue;
-            }
-            pthread_mutex_lock(&pool.lock);
-            while (atomic_load_explicit(&pool.posted, memory_order_acquire) == seen)
-                pthread_cond_wait(&pool.wake, &pool.lock);
-            pthread_mutex_unlock(&pool.lock);
+        if (claim_chunks()) {
+            idle_since = now_ns();
+            continue;
         }
-        seen = atomic_load_explicit(&pool.posted, memory_order_acquire);
-        run_job(&pool.work);
-        atomic_store_explicit(&pool.done, seen, memory_order_release);
+        if (now_ns() - idle_since < pool.spin_ns) {
+            sched_yield();
+            continue;
+        }
+        pthread_mutex_lock(&pool.lock);
+        atomic_store(&pool.sleeping, 1); /* seq_cst: pairs with the caller's store of claim, then load of sleeping */
+        while (!claimable()) pthread_cond_wait(&pool.wake, &pool.lock);
+        atomic_store(&pool.sleeping, 0);
+        pthread_mutex_unlock(&pool.lock);
+        idle_since = now_ns();
     }
     return NULL;
 }
 
-/* Start the helper thread (once). spin: how many times it polls for the next job before it sleeps. */
-int os_set_helper(int spin) {
-    pool.spin = spin;
+/* Start the helper thread (once); spin_us: how long it polls for the next job before it sleeps. */
+int os_set_helper(int spin_us) {
+    pool.spin_ns = (long)spin_us * 1000L;
     if (pool.started) return 0;
-    if (pthread_create(&pool.thread, NULL, helper_main, NULL) != 0) return -1;
-    pthread_detach(pool.thread);
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, helper_main, NULL) != 0) return -1;
+    pthread_detach(thread);
     pool.started = 1;
     return 0;
 }
@@ -228,22 +270,24 @@ static size_t helper_min_bytes = 0;
 void os_set_helper_min_bytes(size_t bytes) { helper_min_bytes = bytes; }
 
 static void dispatch(job j, size_t weight_bytes) {
-    if (!pool.started || helper_min_bytes == 0 || weight_bytes < helper_min_bytes || j.n1 - j.n0 < 32) {
+    int rows = j.n1 - j.n0;
+    if (!pool.started || helper_min_bytes == 0 || weight_bytes < helper_min_bytes || rows < 2 * 16) {
         run_job(&j);
         return;
     }
-    int mid = j.n0 + ((j.n1 - j.n0) / 2 & ~15);
-    job mine = j;
-    mine.n1 = mid;
+    int chunks = rows / 16 < CHUNKS ? rows / 16 : CHUNKS;
     pool.work = j;
-    pool.work.n0 = mid;
-    int seq = atomic_load_explicit(&pool.posted, memory_order_relaxed) + 1;
-    pthread_mutex_lock(&pool.lock);
-    atomic_store_explicit(&pool.posted, seq, memory_order_release);
-    pthread_cond_signal(&pool.wake);
-    pthread_mutex_unlock(&pool.lock);
-    run_job(&mine);
-    while (atomic_load_explicit(&pool.done, memory_order_acquire) != seq) _mm_pause();
+    pool.chunk_rows = (rows + chunks - 1) / chunks;
+    atomic_store_explicit(&pool.finished, 0, memory_order_relaxed);
+    uint64_t seq = ((atomic_load_explicit(&pool.claim, memory_order_relaxed) >> 32) + 1) & 0xFFFFFFFFu;
+    atomic_store(&pool.claim, seq << 32 | (uint64_t)chunks << 16); /* publishes the job (seq_cst) */
+    if (atomic_load(&pool.sleeping)) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_signal(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    claim_chunks();
+    while (atomic_load_explicit(&pool.finished, memory_order_acquire) < chunks) _mm_pause();
 }
 
 /* x [R, K] (F32 or BF16), y [R, N] (F32 or BF16); R <= 8; K a multiple of 64; scratch os_scratch_bytes(R, K). */
