@@ -102,10 +102,11 @@ def serve(conn: Connection, core: EngineCore) -> None:
             conn.poll(None)  # idle: sleep until a command comes (or the parent goes: EOF)
         while conn.poll(0):
             message = conn.recv()
-            if isinstance(message, AddRequest):
-                refused = core.add(message)
-                if refused is not None:
-                    conn.send(refused)
+            if isinstance(message, (AddRequest, list)):  # a list: requests admitted together (add_many)
+                for request in message if isinstance(message, list) else [message]:
+                    refused = core.add(request)
+                    if refused is not None:
+                        conn.send(refused)
             elif isinstance(message, AbortRequests):
                 core.abort(message.request_ids)
             else:  # Stop

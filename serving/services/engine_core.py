@@ -173,6 +173,10 @@ class LocalEngine:
         if refused is not None:
             self._refusals.append(refused)
 
+    def add_many(self, requests: list[AddRequest]) -> None:
+        for request in requests:
+            self.add(request)
+
     def abort(self, request_ids: list[str]) -> None:
         self.core.abort(request_ids)
 

@@ -99,6 +99,11 @@ class EngineClient(Protocol):
     def add(self, request: AddRequest) -> None:
         """Queue a request; a refusal comes back later as a RequestFailed event. EngineDeadError if gone."""
 
+    def add_many(self, requests: list[AddRequest]) -> None:
+        """Queue requests that the engine admits together, before its next step (the n choices of one request:
+        admitted a step apart, the first choice's first decode would run in the second's prefill step, on other
+        kernels, and a seeded request would not repeat itself)."""
+
     def abort(self, request_ids: list[str]) -> None:
         """Drop requests (unknown ids are ignored); nothing more is reported for them."""
 

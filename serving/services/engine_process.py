@@ -66,6 +66,10 @@ class EngineProcess:
         self._send(request)
         self._unfinished.add(request.request_id)
 
+    def add_many(self, requests: list[AddRequest]) -> None:
+        self._send(list(requests))  # one message: the child adds them all before it steps
+        self._unfinished.update(r.request_id for r in requests)
+
     def abort(self, request_ids: list[str]) -> None:
         ids = [rid for rid in request_ids if rid in self._unfinished]
         if ids:

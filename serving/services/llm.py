@@ -290,11 +290,13 @@ class LLMService:
 
     def _add(self, command: _Add) -> None:
         self._streams.update(command.streams)  # first, so that an engine death below fails them too
+        requests = []
         for i, rid in enumerate(command.streams):
             params = command.request.params
             if params.seed is not None and i > 0:
                 params = replace(params, seed=params.seed + i)
-            self.engine.add(AddRequest(rid, command.prompt_token_ids, params, command.request.grammar))
+            requests.append(AddRequest(rid, command.prompt_token_ids, params, command.request.grammar))
+        self.engine.add_many(requests)  # the n choices start in one step
 
     def _fail_everything(self, error: ServingError) -> None:
         """Fail every request in flight and every command not yet run (their callers hear `error`)."""

@@ -63,6 +63,28 @@ def test_the_pipe_speaks_typed_messages():
         engine.close()
 
 
+def test_requests_added_together_start_in_the_same_step():
+    """add_many is one message: the child admits every request before it steps (n choices of one request)."""
+    engine = EngineProcess(build_faulty, (16, 256, 0.0))
+    sent = []
+    send = engine._send
+    engine._send = lambda message: (sent.append(message), send(message))
+    try:
+        prompt = engine.info.tokenizer.encode("hi")
+        for round_ in range(20):  # separate messages would let the child step between them now and then
+            ids = [f"r{round_}-{i}" for i in range(4)]
+            engine.add_many([AddRequest(rid, prompt, SamplingParams(max_tokens=2)) for rid in ids])
+            steps = []
+            while not steps:
+                steps = [e for e in engine.step() if isinstance(e, StepOutputs) and e.outputs]
+            assert sorted({o.request_id for o in steps[0].outputs}) == ids  # the first step that produced anything
+            while engine.has_unfinished():
+                engine.step()
+        assert len(sent) == 20 and all(len(message) == 4 for message in sent)  # one message per add_many
+    finally:
+        engine.close()
+
+
 async def test_an_engine_in_a_child_process_streams_aborts_and_refuses_like_one_in_process():
     svc = LLMService(lambda: EngineProcess(FakeEngine, (None, 2048, 1, 1, 0.002)))  # tokenizer, len, running, queued
     try:
