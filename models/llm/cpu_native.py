@@ -359,6 +359,44 @@ def attach_native(model: nn.Module, captured: dict[str, NativeWeight], kernels: 
     return len(targets)
 
 
+class NativeEmbedding(nn.Module):
+    """The input embedding read from an 8-bit LM head's native weight (a tied Q8_0 embedding): rows gathered and
+    widened on lookup, so the model need not keep a bf16 copy of the table (SmolLM2: 56 MB)."""
+
+    def __init__(self, weight: NativeWeight, dtype: torch.dtype):
+        super().__init__()
+        self.weight_q8, self.dtype = weight, dtype
+        self.num_embeddings, self.embedding_dim = weight.out_features, weight.in_features
+        k = weight.in_features  # stored per pair of blocks as [A0..15, B0..15, A16..31, B16..31]: undo that
+        self.order = torch.arange(k).reshape(k // 64, 2, 2, 16).transpose(1, 2).reshape(k).argsort()  # [K]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        codes = self.weight_q8.qs[flat][:, self.order].to(torch.int16) - 128  # [T, K]
+        scales = self.weight_q8.d[flat].float().repeat_interleave(BLOCK, dim=1)  # [T, K]
+        return (codes.float() * scales).to(self.dtype).reshape(*ids.shape, self.embedding_dim)
+
+
+def share_embedding(model: nn.Module) -> bool:
+    """Replace the model's input embedding by a NativeEmbedding over its native 8-bit LM head when the two are
+    the same table and the lookup gives the embedding's values bit for bit; True if replaced (its copy is freed)."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    if not isinstance(head, NativeDecodeLinear) or head.weight.bits != 8 or type(embed) is not nn.Embedding:
+        return False
+    table = embed.weight
+    if tuple(table.shape) != (head.out_features, head.in_features) or table.dtype not in (torch.bfloat16,
+                                                                                            torch.float16):
+        return False
+    shared = NativeEmbedding(head.weight, table.dtype)
+    with torch.inference_mode():
+        for start in range(0, table.shape[0], 8192):  # the whole table, in slices (memory)
+            ids = torch.arange(start, min(start + 8192, table.shape[0]))
+            if not torch.equal(shared(ids), table[ids]):
+                return False
+    model.set_input_embeddings(shared)
+    return True
+
+
 def _agrees(layer: NativeDecodeLinear) -> bool:
     """The native path gives the layer's own outputs to bf16 precision on one row (in the layer's dtype)."""
     dtype = activation_dtype(layer.large)

@@ -21,7 +21,7 @@ from models.errors import FastPathError
 from models.llm.constraints import TokenMask
 from models.llm.cpu_int4 import SMALL_ROWS, Int4Weight, attach_int4
 from models.llm.cpu_linear import pack_linears
-from models.llm.cpu_native import HELPER_MIN_BYTES, NativeWeight, attach_native, load_kernels
+from models.llm.cpu_native import HELPER_MIN_BYTES, NativeWeight, attach_native, load_kernels, share_embedding
 from models.llm.cpu_tuning import LoneDecodeThreads, warn_if_openmp_spins
 from models.llm.fallback_runner import PerRequestRunner
 from models.llm.gpu_memory import activation_reserve_of
@@ -103,6 +103,8 @@ class HFEngine:
         attached = attach_native(self.model, native, kernels)
         if attached and self.config.cpu_native_helper and _cores() > 1:
             kernels.use_helper_thread(HELPER_MIN_BYTES)
+        if attached and share_embedding(self.model):
+            log.info("the input embedding reads the 8-bit LM head's weights (its bf16 copy freed)")
         return attached + attach_int4(self.model, int4)
 
     @property

@@ -9,8 +9,8 @@ from torch import nn
 
 from models.llm import cpu_native
 from models.llm.config import EngineConfig
-from models.llm.cpu_native import (MAX_ROWS, NativeDecodeLinear, attach_native, cached_native, capture_native,
-                                   load_kernels, native_q4, native_q8)
+from models.llm.cpu_native import (MAX_ROWS, NativeDecodeLinear, NativeEmbedding, attach_native, cached_native,
+                                   capture_native, load_kernels, native_q4, native_q8, share_embedding)
 from models.llm.engine import HFEngine
 from models.llm.loader import load_causal_lm
 from models.llm.types import SamplingParams
@@ -18,13 +18,13 @@ from tests.fixtures.tiny_llm import build_tiny_llm
 from tests.unit.test_llm_int4 import as_q4_1
 
 
-def as_q8_0(weight: torch.Tensor, seed: int = 0) -> torch.Tensor:
+def as_q8_0(weight: torch.Tensor, seed: int = 0, scale: float = 0.02) -> torch.Tensor:
     """Weights a Q8_0 GGUF dequantizes to: each block of 32 along a row is d * q, fp16 d, q in -127..127."""
     gen = torch.Generator().manual_seed(seed)
     n, k = weight.shape
     codes = torch.randint(-127, 128, (n, k // 32, 32), generator=gen).float()
     codes[..., 0] = 127  # the block's largest magnitude maps to 127, as the quantizer makes it
-    d = (torch.rand(n, k // 32, 1, generator=gen) * 0.02 + 1e-3).half().float()
+    d = (torch.rand(n, k // 32, 1, generator=gen) * scale + scale / 20).half().float()
     return (codes * d).reshape(n, k)
 
 
@@ -139,20 +139,28 @@ def test_capture_and_cache_take_exactly_the_block_layers(kernels, tmp_path):
 
 
 def test_engine_on_native_weights_matches_generate_on_the_same_layers(kernels_dir, tmp_path):
+    """Q4_1 layers and a Q8_0 LM head tied to the embedding, in bf16: the engine (native layers, the embedding read
+    from the head's 8-bit weights, its bf16 table freed) generates what HF generate does on the same native layers
+    with the model's own embedding."""
     import copy
 
     model, tok = load_causal_lm(build_tiny_llm(str(tmp_path / "m")), dtype="float32")
     with torch.no_grad():
         for i, layer in enumerate(m for m in model.modules() if type(m) is nn.Linear and m.in_features % 64 == 0):
             layer.weight.copy_(as_q4_1_f16(layer.weight, seed=i))
+        table = model.get_input_embeddings().weight
+        table.copy_(as_q8_0(table, seed=99, scale=2e-4))  # entries up to ~0.03, as embeddings are
+        model.get_output_embeddings().weight = table  # tied, as SmolLM2's
     captured = capture_native(model)
+    assert captured["lm_head"].bits == 8 and sum(w.bits == 4 for w in captured.values()) == len(captured) - 1
     model.to(torch.bfloat16)
     reference_model = copy.deepcopy(model)
+    bf16_table = model.get_input_embeddings().weight.detach().clone()
     prompts = [[5, 6, 7, 8, 9], [30, 31, 32]]
     with torch.inference_mode():
         ids = torch.tensor([prompts[0]])  # [1, T]
         own = reference_model(ids).logits[0, -1].double()  # the model's own bf16 forward
-        assert attach_native(reference_model, captured, load_kernels(kernels_dir)) == len(captured) > 0
+        assert attach_native(reference_model, captured, load_kernels(kernels_dir)) == len(captured)
         native = reference_model(ids).logits[0, -1]  # 5 rows: every wrapped layer on the kernel
         assert relative_error(native, own) < 3e-2
         references = []
@@ -163,6 +171,11 @@ def test_engine_on_native_weights_matches_generate_on_the_same_layers(kernels_di
             references.append(out[0, len(prompt):].tolist())
     engine = HFEngine(model, tok, EngineConfig(max_running=2), int4_weights=captured, cache_dir=kernels_dir)
     assert engine.int4_linears == len(captured)
+    embedding = model.get_input_embeddings()
+    assert isinstance(embedding, NativeEmbedding)
+    with torch.inference_mode():
+        every = torch.arange(bf16_table.shape[0])
+        assert torch.equal(embedding(every), bf16_table)  # bit for bit
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True))
     got: dict[str, list[int]] = {}
@@ -170,6 +183,21 @@ def test_engine_on_native_weights_matches_generate_on_the_same_layers(kernels_di
         for out in engine.step():
             got.setdefault(out.request_id, []).extend(out.new_token_ids)
     assert [got[str(i)] for i in range(len(prompts))] == references
+
+
+def test_an_embedding_that_is_not_the_heads_table_is_kept(kernels):
+    model = nn.Module()
+    model.embed, model.head = nn.Embedding(128, 64), nn.Linear(64, 128, bias=False)
+    model.get_input_embeddings = lambda: model.embed
+    model.get_output_embeddings = lambda: model.head
+    model.set_input_embeddings = lambda e: pytest.fail("replaced an embedding that differs from the head")
+    with torch.no_grad():
+        model.head.weight.copy_(as_q8_0(model.head.weight))
+        model.embed.weight.copy_(as_q8_0(model.head.weight, seed=5))  # also 8-bit blocks, but another table
+    head = native_q8(model.head.weight)
+    model.to(torch.bfloat16)
+    model.head = NativeDecodeLinear(model.head, head, kernels)
+    assert share_embedding(model) is False
 
 
 def test_without_the_kernels_nothing_is_built_and_the_reason_is_logged(monkeypatch, tmp_path, caplog):
