@@ -42,7 +42,7 @@ CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma", "avx2")
 # Calls reading at least this much weight are split with the helper thread (engine.py); between calls it polls for
 # HELPER_SPIN_US (yielding its core to anything else runnable), then sleeps. Measured (docs/benchmarks.md): splitting
-# every layer's matmuls with a polling helper takes a lone step of the engine alone from 21.3 to 18.2 ms, but spends
+# every layer's matmuls with a polling helper takes a lone step of the engine alone from 21.2 to 17.6 ms, but spends
 # the second core that the server's ingress and replica need (the server's CPU per token rose by half and one stream
 # did not get faster); so by default only calls of 4 MiB or more (SmolLM2: its 30 MB LM head) wake a sleeping helper.
 HELPER_MIN_BYTES = 4 * 2**20
