@@ -14,13 +14,13 @@ Applies to no model whose weights are not already 4-bit: nothing is quantized th
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 
 import torch
 from torch import nn
+
+from models.llm import weight_cache
 
 log = logging.getLogger(__name__)
 
@@ -88,50 +88,20 @@ def cached_lossless_int4(model: nn.Module, folder: str) -> dict[str, Int4Weight]
     if not int4_supported():
         return {}
     path = os.path.join(folder, f"int4-torch-{torch.__version__}.safetensors")
-    if os.path.isfile(path):
-        try:
-            return _read_int4(path)
-        except Exception as e:  # noqa: BLE001 - a damaged cache is recomputed, never fatal
-            log.warning("int4 cache %s unreadable (%s); capturing again", path, e)
-    found = capture_lossless_int4(model)
-    try:
-        _write_int4(path, found)
-    except OSError as e:  # a read-only folder: capture again next time
-        log.info("int4 cache not written to %s: %s", path, e)
-    return found
+    return weight_cache.cached(path, lambda: capture_lossless_int4(model), _write_int4, _read_int4, "int4")
 
 
 def _write_int4(path: str, found: dict[str, Int4Weight]) -> None:
-    """Atomically (temporary file, then rename) write the captured weights as safetensors."""
-    from safetensors.torch import save_file
-
     tensors = {}
     for name, w in found.items():
         tensors[f"{name}.packed"], tensors[f"{name}.scales_zeros"] = w.packed, w.scales_zeros
-    shapes = json.dumps({name: [w.out_features, w.in_features] for name, w in found.items()})
-    fd, tmp = tempfile.mkstemp(prefix=".int4-", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"shapes": shapes})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    weight_cache.save(path, tensors, {name: [w.out_features, w.in_features] for name, w in found.items()})
 
 
 def _read_int4(path: str) -> dict[str, Int4Weight]:
-    from safetensors import safe_open
-
-    def owned(tensor: torch.Tensor) -> torch.Tensor:
-        # A copy in the process's own memory: a tensor left on the file's mapping keeps the whole file mapped, which
-        # counts in the engine's PSS on top of what the copies take (+23 MB measured for SmolLM2).
-        return tensor.clone()
-
-    with safe_open(path, framework="pt") as f:
-        shapes = json.loads(f.metadata()["shapes"])
-        return {name: Int4Weight(owned(f.get_tensor(f"{name}.packed")), owned(f.get_tensor(f"{name}.scales_zeros")),
-                                 n, k)
-                for name, (n, k) in shapes.items()}
+    shapes, tensors = weight_cache.load(path)
+    return {name: Int4Weight(tensors[f"{name}.packed"], tensors[f"{name}.scales_zeros"], n, k)
+            for name, (n, k) in shapes.items()}
 
 
 class Int4DecodeLinear(nn.Module):

@@ -29,6 +29,7 @@ import tempfile
 import torch
 from torch import nn
 
+from models.llm import weight_cache
 from models.llm.cpu_int4 import SMALL_ROWS, activation_dtype
 
 log = logging.getLogger(__name__)
@@ -269,50 +270,23 @@ def cached_native(model: nn.Module, folder: str) -> dict[str, NativeWeight]:
     """capture_native(model) for a model loaded from `folder` (a GGUF conversion's): read from the folder's cache
     file when a load before wrote one, else captured and written there (best effort)."""
     path = os.path.join(folder, f"native-v{ABI_VERSION}.safetensors")
-    if os.path.isfile(path):
-        try:
-            return _read(path)
-        except Exception as e:  # noqa: BLE001 - a damaged cache is recomputed, never fatal
-            log.warning("native weight cache %s unreadable (%s); capturing again", path, e)
-    found = capture_native(model)
-    try:
-        _write(path, found)
-    except OSError as e:
-        log.info("native weight cache not written to %s: %s", path, e)
-    return found
+    return weight_cache.cached(path, lambda: capture_native(model), _write, _read, "native weight")
 
 
 def _write(path: str, found: dict[str, NativeWeight]) -> None:
-    from safetensors.torch import save_file
-
     tensors, shapes = {}, {}
     for name, w in found.items():
         tensors[f"{name}.qs"], tensors[f"{name}.d"] = w.qs, w.d
         if w.m is not None:
             tensors[f"{name}.m"] = w.m
         shapes[name] = [w.bits, w.out_features, w.in_features]
-    fd, tmp = tempfile.mkstemp(prefix=".native-", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"shapes": json.dumps(shapes)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    weight_cache.save(path, tensors, shapes)
 
 
 def _read(path: str) -> dict[str, NativeWeight]:
-    from safetensors import safe_open
-
-    found = {}
-    with safe_open(path, framework="pt") as f:
-        shapes = json.loads(f.metadata()["shapes"])
-        for name, (bits, n, k) in shapes.items():
-            # clone: a tensor left on the file's mapping keeps the file mapped (PSS), as in cpu_int4._read_int4
-            m = f.get_tensor(f"{name}.m").clone() if bits == 4 else None
-            found[name] = NativeWeight(bits, f.get_tensor(f"{name}.qs").clone(), f.get_tensor(f"{name}.d").clone(),
-                                       m, n, k)
-    return found
+    shapes, tensors = weight_cache.load(path)
+    return {name: NativeWeight(bits, tensors[f"{name}.qs"], tensors[f"{name}.d"], tensors.get(f"{name}.m"), n, k)
+            for name, (bits, n, k) in shapes.items()}
 
 
 class NativeDecodeLinear(nn.Module):
