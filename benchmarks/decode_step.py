@@ -3,7 +3,8 @@
     python -m benchmarks.decode_step                      # 1 decode row: eager lean vs compiled regions
     python -m benchmarks.decode_step --rows 4 --rounds 5  # 4 rows
     python -m benchmarks.decode_step --threads 2          # two threads for the lone decode (the engine uses one)
-    python -m benchmarks.decode_step --kernels            # PyTorch's int4 kernel vs the native ones (cpu_native.py)
+    python -m benchmarks.decode_step --kernels            # PyTorch's int4 kernel vs the native ones (cpu_native.py),
+                                                          # with and without fused q/k/v and gate/up calls
 
 Each variant runs `BatchedModelRunner.execute` on the same decode step (the same token rewritten at the same
 position, so every call does identical work) and is timed with `time.process_time()` (CPU time of the process, every
@@ -122,22 +123,32 @@ def _compare_kernels(args) -> None:
     kernels = natives[0].kernels
     variants = {"pytorch_int4": ("pytorch_int4", 0, 0), "native": ("native", 0, 0),
                 "native_helper": ("native", HELPER_MIN_BYTES, HELPER_SPIN_US),  # the engine's default
+                "native_helper_unfused": ("native", HELPER_MIN_BYTES, HELPER_SPIN_US),  # q/k/v, gate/up apart
                 "native_helper_every_layer": ("native", 64 * 1024, 300)}  # a polling helper on every matmul
+    decoder = engines["native"].runner.fast_decoder
+    fused = (decoder.qkv, decoder.gate_up)
+    unfused = ([None] * len(decoder.qkv), [None] * len(decoder.gate_up))
+
+    def select(name: str, engine: str, helper: int, spin_us: int):
+        kernels.use_helper_thread(helper, spin_us)
+        decoder.qkv, decoder.gate_up = unfused if name.endswith("_unfused") else fused
+        return engines[engine].runner, works[engine]
+
     # The variants alternate call by call (not in blocks): this machine's memory bandwidth drifts within seconds,
     # and a drift then falls on every variant alike. Per variant: the median and the minimum over all calls.
     times, walls, outputs = {name: [] for name in variants}, {name: [] for name in variants}, {}
     with torch.inference_mode():
         for name, (engine, helper, spin_us) in variants.items():
-            kernels.use_helper_thread(helper, spin_us)
-            outputs[name] = engines[engine].runner.execute(works[engine])[1].float()
+            runner, work = select(name, engine, helper, spin_us)
+            outputs[name] = runner.execute(work)[1].float()
         for _ in range(args.rounds * args.calls):
             for name, (engine, helper, spin_us) in variants.items():
-                kernels.use_helper_thread(helper, spin_us)
-                runner, work = engines[engine].runner, works[engine]
+                runner, work = select(name, engine, helper, spin_us)
                 cpu, wall = _time_calls(lambda: runner.execute(work), 1)
                 times[name].append(cpu)
                 walls[name].append(wall)
     kernels.use_helper_thread(0)
+    decoder.qkv, decoder.gate_up = fused
     report = {"command": "python -m benchmarks.decode_step --kernels " + " ".join(
                   f"--{k} {v}" for k, v in vars(args).items() if k != "kernels"),
               "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -333,6 +333,47 @@ def attach_native(model: nn.Module, captured: dict[str, NativeWeight], kernels: 
     return len(targets)
 
 
+class FusedNative:
+    """Layers that read the same input (q/k/v, gate/up) as one kernel call: their weights concatenated by rows, the
+    layers' own weights turned into views of that concatenation (nothing stored twice). `fused(x)` gives each layer's
+    output as a column slice of one [R, sum N] result, bit for bit what the layers give alone (every output row of the
+    kernel is computed the same whatever rows surround it); calls of at most MAX_ROWS rows only."""
+
+    def __init__(self, layers: list[NativeDecodeLinear]):
+        weights = [layer.weight for layer in layers]
+        first = weights[0]
+        qs = torch.cat([w.qs for w in weights])
+        d = torch.cat([w.d for w in weights])
+        m = torch.cat([w.m for w in weights]) if first.bits == 4 else None
+        self.spans, start = [], 0
+        for w in weights:
+            end = start + w.out_features
+            w.qs, w.d = qs[start:end], d[start:end]  # the layer keeps working, on views of the fused storage
+            if m is not None:
+                w.m = m[start:end]
+            self.spans.append((start, end))
+            start = end
+        self.weight = NativeWeight(first.bits, qs, d, m, start, first.in_features)
+        self.kernels = layers[0].kernels
+        self.in_features = first.in_features
+        self.scratch = self.kernels.scratch(first.in_features)
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        rows = x.numel() // self.in_features
+        flat = x.reshape(rows, self.in_features).contiguous()  # [R, K]
+        out = torch.empty(rows, self.weight.out_features, dtype=x.dtype)  # [R, sum N]
+        self.kernels.matmul(self.weight, flat, out, self.scratch)
+        return [out[:, start:end] for start, end in self.spans]  # [R, N_i] each
+
+
+def fuse(*layers: nn.Module) -> FusedNative | None:
+    """A FusedNative over `layers` when they are all NativeDecodeLinear of one kind (bits, input size, kernels)."""
+    if not layers or not all(isinstance(layer, NativeDecodeLinear) for layer in layers):
+        return None
+    kinds = {(layer.weight.bits, layer.in_features, id(layer.kernels)) for layer in layers}
+    return FusedNative(list(layers)) if len(kinds) == 1 else None
+
+
 class NativeEmbedding(nn.Module):
     """The input embedding read from an 8-bit LM head's native weight (a tied Q8_0 embedding): rows gathered and
     widened on lookup, so the model need not keep a bf16 copy of the table (SmolLM2: 56 MB)."""

@@ -19,6 +19,7 @@ import torch
 
 from models.llm import attention
 from models.llm.attention import StepBatch
+from models.llm.cpu_native import MAX_ROWS, fuse
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ class FastDecoder:
         self.norm = inner.norm
         self.head = model.get_output_embeddings()
         self.layers = list(inner.layers)
+        # With native decode kernels (cpu_native.py): q/k/v and gate/up as one kernel call each, per layer (else None)
+        self.qkv = [fuse(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
+                    for layer in self.layers]
+        self.gate_up = [fuse(layer.mlp.gate_proj, layer.mlp.up_proj) if _gated_mlp(layer.mlp) else None
+                        for layer in self.layers]
         first = self.layers[0].self_attn
         self.head_dim = int(first.head_dim)
         config = model.config
@@ -65,9 +71,11 @@ class FastDecoder:
         attn = layer.self_attn
         rows = h.shape[0]
         x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(rows, self.num_heads, self.head_dim)  # [B, Hq, D]
-        k = attn.k_proj(x).view(rows, self.num_kv_heads, self.head_dim)  # [B, Hkv, D]
-        v = attn.v_proj(x).view(rows, self.num_kv_heads, self.head_dim)
+        fused = self.qkv[index] if rows <= MAX_ROWS else None
+        q, k, v = fused(x) if fused is not None else (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))
+        q = q.view(rows, self.num_heads, self.head_dim)  # [B, Hq, D]
+        k = k.view(rows, self.num_kv_heads, self.head_dim)  # [B, Hkv, D]
+        v = v.view(rows, self.num_kv_heads, self.head_dim)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         batch.cache.write(index, batch.write_slots, batch.write_positions, k, v)
@@ -75,7 +83,17 @@ class FastDecoder:
         window = getattr(attn, "sliding_window", getattr(self.model.config, "sliding_window", None))
         out = attention._decode(batch, index, q.transpose(0, 1), attn.scaling, window)  # [B, Hq, D]
         h = h + attn.o_proj(out.reshape(rows, self.num_heads * self.head_dim))
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        x = layer.post_attention_layernorm(h)
+        fused = self.gate_up[index] if rows <= MAX_ROWS else None
+        if fused is None:
+            return h + layer.mlp(x)
+        gate, up = fused(x)  # [B, I] each
+        return h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)  # what LlamaMLP.forward computes
+
+
+def _gated_mlp(mlp: Any) -> bool:
+    """The Llama/Qwen2/Mistral MLP: down_proj(act_fn(gate_proj(x)) * up_proj(x))."""
+    return all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
 
 
 def build_fast_decoder(model: Any) -> FastDecoder | None:

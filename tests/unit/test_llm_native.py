@@ -10,7 +10,7 @@ from torch import nn
 from models.llm import cpu_native
 from models.llm.config import EngineConfig
 from models.llm.cpu_native import (MAX_ROWS, NativeDecodeLinear, NativeEmbedding, attach_native, cached_native,
-                                   capture_native, load_kernels, native_q4, native_q8, share_embedding)
+                                   capture_native, fuse, load_kernels, native_q4, native_q8, share_embedding)
 from models.llm.engine import HFEngine
 from models.llm.loader import load_causal_lm
 from models.llm.types import SamplingParams
@@ -113,6 +113,25 @@ def test_layer_uses_the_kernel_on_small_calls_and_its_own_path_on_large_ones(ker
         assert wrapped(small).shape == (2, 3, 48)
         big = torch.randn(1, MAX_ROWS + 1, 128)
         assert torch.equal(wrapped(big), layer(big))  # the layer's own path, bit for bit
+
+
+def test_fused_layers_give_each_layers_output_bit_for_bit_and_store_nothing_twice(kernels):
+    layers = []
+    for i, n in enumerate((96, 32, 32)):  # q, k, v of a small attention
+        linear = nn.Linear(128, n, bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(as_q4_1_f16(linear.weight, seed=i))
+        layers.append(NativeDecodeLinear(linear, native_q4(linear.weight), kernels))
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    with torch.inference_mode():
+        alone = [layer(x) for layer in layers]
+        fused = fuse(*layers)
+        together = fused(x)
+        assert all(torch.equal(a, b) for a, b in zip(alone, together))
+        assert all(torch.equal(layer(x), a) for layer, a in zip(layers, alone))  # the layers still work alone
+    storage = fused.weight.qs.untyped_storage().data_ptr()
+    assert all(layer.weight.qs.untyped_storage().data_ptr() == storage for layer in layers)  # views of one copy
+    assert fuse(layers[0], nn.Linear(128, 8)) is None  # not all native: nothing fused
 
 
 def test_capture_and_cache_take_exactly_the_block_layers(kernels, tmp_path):
