@@ -4,7 +4,8 @@
     python -m benchmarks.decode_step --rows 4 --rounds 5  # 4 rows
     python -m benchmarks.decode_step --threads 2          # two threads for the lone decode (the engine uses one)
     python -m benchmarks.decode_step --kernels            # PyTorch's int4 kernel vs the native ones (cpu_native.py),
-                                                          # with and without fused q/k/v and gate/up calls
+                                                          # with and without fused q/k/v and gate/up calls, in the
+                                                          # lean loop and as one native step (native_step.py)
 
 Each variant runs `BatchedModelRunner.execute` on the same decode step (the same token rewritten at the same
 position, so every call does identical work) and is timed with `time.process_time()` (CPU time of the process, every
@@ -103,6 +104,7 @@ def _compare_kernels(args) -> None:
     from models.llm.config import EngineConfig
     from models.llm.cpu_native import HELPER_MIN_BYTES, HELPER_SPIN_US, NativeDecodeLinear
     from models.llm.engine import HFEngine
+    from models.llm.native_step import NativeStepDecoder
 
     engines, works = {}, {}
     for name, native in (("pytorch_int4", False), ("native", True)):
@@ -121,34 +123,47 @@ def _compare_kernels(args) -> None:
     if not natives:
         raise SystemExit("the native kernels are unavailable here (see the log)")
     kernels = natives[0].kernels
-    variants = {"pytorch_int4": ("pytorch_int4", 0, 0), "native": ("native", 0, 0),
-                "native_helper": ("native", HELPER_MIN_BYTES, HELPER_SPIN_US),  # the engine's default
-                "native_helper_unfused": ("native", HELPER_MIN_BYTES, HELPER_SPIN_US),  # q/k/v, gate/up apart
-                "native_helper_every_layer": ("native", 64 * 1024, 300)}  # a polling helper on every matmul
-    decoder = engines["native"].runner.fast_decoder
+    # name: (engine, helper min bytes, helper spin, step helper min bytes); *_step: the whole step in one native
+    # call (native_step.py), the others the lean decode loop over the same kernels
+    variants = {"pytorch_int4": ("pytorch_int4", 0, 0, 0), "native": ("native", 0, 0, 0),
+                "native_helper": ("native", HELPER_MIN_BYTES, HELPER_SPIN_US, 0),
+                "native_helper_unfused": ("native", HELPER_MIN_BYTES, HELPER_SPIN_US, 0),  # q/k/v, gate/up apart
+                "native_helper_every_layer": ("native", 64 * 1024, 300, 0),  # a polling helper on every matmul
+                "native_step": ("native", 0, 0, 0),
+                "native_step_helper": ("native", HELPER_MIN_BYTES, HELPER_SPIN_US, 0),  # the engine's default
+                "native_step_helper_every_layer": ("native", HELPER_MIN_BYTES, HELPER_SPIN_US, 64 * 1024)}
+    step = engines["native"].runner.fast_decoder
+    if not isinstance(step, NativeStepDecoder):
+        raise SystemExit("the native decode step is unavailable here (see the log)")
+    decoder = step.lean
     fused = (decoder.qkv, decoder.gate_up)
     unfused = ([None] * len(decoder.qkv), [None] * len(decoder.gate_up))
 
-    def select(name: str, engine: str, helper: int, spin_us: int):
+    def select(name: str, engine: str, helper: int, spin_us: int, step_helper: int):
         kernels.use_helper_thread(helper, spin_us)
+        kernels.use_step_helper(step_helper)
         decoder.qkv, decoder.gate_up = unfused if name.endswith("_unfused") else fused
+        if engine == "native":
+            engines[engine].runner.fast_decoder = step if "_step" in name else decoder
         return engines[engine].runner, works[engine]
 
     # The variants alternate call by call (not in blocks): this machine's memory bandwidth drifts within seconds,
     # and a drift then falls on every variant alike. Per variant: the median and the minimum over all calls.
     times, walls, outputs = {name: [] for name in variants}, {name: [] for name in variants}, {}
     with torch.inference_mode():
-        for name, (engine, helper, spin_us) in variants.items():
-            runner, work = select(name, engine, helper, spin_us)
+        for name, spec in variants.items():
+            runner, work = select(name, *spec)
             outputs[name] = runner.execute(work)[1].float()
         for _ in range(args.rounds * args.calls):
-            for name, (engine, helper, spin_us) in variants.items():
-                runner, work = select(name, engine, helper, spin_us)
+            for name, spec in variants.items():
+                runner, work = select(name, *spec)
                 cpu, wall = _time_calls(lambda: runner.execute(work), 1)
                 times[name].append(cpu)
                 walls[name].append(wall)
     kernels.use_helper_thread(0)
+    kernels.use_step_helper(0)
     decoder.qkv, decoder.gate_up = fused
+    engines["native"].runner.fast_decoder = step
     report = {"command": "python -m benchmarks.decode_step --kernels " + " ".join(
                   f"--{k} {v}" for k, v in vars(args).items() if k != "kernels"),
               "torch": torch.__version__, "threads": torch.get_num_threads(),

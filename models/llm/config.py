@@ -114,6 +114,9 @@ class EngineConfig:
     # Split each native decode matmul of at least 4 MiB of weights (SmolLM2: the LM head) between the calling thread
     # and one helper thread, on a machine with more than one core: one core streams weights at ~6-12 GB/s.
     cpu_native_helper: bool = True
+    # With the native kernels on every decode weight of a Llama-family model: a decode step of at most 8 rows as one
+    # native call (native_step.py: the layers' small ops and attention in C too) instead of the lean decode loop.
+    cpu_native_step: bool = True
     # Reuse the KV of prompt prefixes computed before (system prompts, earlier turns): full blocks of
     # kv_block_size tokens keyed by their tokens, kept in prefix_cache_gb, least recently used evicted first.
     # Off by default: only KV computed on a fresh prefill's path is cached (not int4 decode steps': prefix_cache.py),

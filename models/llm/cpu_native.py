@@ -35,8 +35,11 @@ from models.llm.cpu_int4 import SMALL_ROWS, activation_dtype
 log = logging.getLogger(__name__)
 assert SMALL_ROWS <= 8, "decode_matmul.c accumulates at most 8 rows"
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "decode_matmul.c")
-ABI_VERSION = 1
+NATIVE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+SOURCES = ("decode_matmul.c", "decode_step.c")  # one library; decode_step.c is native_step.py's
+HEADERS = ("decode_matmul.h",)
+ABI_VERSION = 2  # as decode_matmul.h's
+WEIGHTS_VERSION = 1  # of the cached native weights (native-v1.safetensors)
 BLOCK = 32  # weights per scale, as in GGUF's Q4_0/Q4_1/Q8_0 blocks
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma", "-mavx2", "-shared",
           "-fPIC", "-pthread")
@@ -87,6 +90,11 @@ class Kernels:
         self._set_helper_min_bytes = lib.os_set_helper_min_bytes
         self._set_helper_min_bytes.argtypes = [ctypes.c_size_t]
         self._set_helper_min_bytes.restype = None
+        self._set_step_helper_min_bytes = lib.os_set_step_helper_min_bytes
+        self._set_step_helper_min_bytes.argtypes = [ctypes.c_size_t]
+        self._set_step_helper_min_bytes.restype = None
+        self._spin_us = HELPER_SPIN_US
+        self.lib = lib  # native_step.py binds the whole-step entry points
 
     def scratch(self, in_features: int) -> torch.Tensor:
         """A buffer for one call's quantized activations (reused across calls of one thread)."""
@@ -97,7 +105,17 @@ class Kernels:
         calls the helper polls for spin_us, then sleeps. False when the thread could not start."""
         if min_weight_bytes and self._set_helper(spin_us) != 0:
             return False
+        self._spin_us = spin_us
         self._set_helper_min_bytes(min_weight_bytes)
+        return True
+
+    def use_step_helper(self, min_weight_bytes: int) -> bool:
+        """Inside a whole native decode step (native_step.py), split calls that read at least `min_weight_bytes` of
+        weights with the helper thread, which then polls from the step's start to its end instead of sleeping between
+        calls (0: as outside a step). False when the thread could not start."""
+        if min_weight_bytes and self._set_helper(self._spin_us) != 0:
+            return False
+        self._set_step_helper_min_bytes(min_weight_bytes)
         return True
 
     def matmul(self, weight: NativeWeight, x: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor) -> None:
@@ -145,8 +163,10 @@ def load_kernels(cache_dir: str | None = None) -> Kernels | None:
         return None
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-        with open(SOURCE, "rb") as f:
-            source = f.read()
+        source = b""
+        for name in (*SOURCES, *HEADERS):
+            with open(os.path.join(NATIVE_DIR, name), "rb") as f:
+                source += name.encode() + b"\0" + f.read()
         key = hashlib.sha256(source + json.dumps([CFLAGS, version]).encode()).hexdigest()[:16]
         folder = os.path.join(os.path.expanduser(cache_dir or os.path.join("~", ".cache", "openserve")), "native")
         path = os.path.join(folder, f"decode_matmul-{key}.so")
@@ -165,12 +185,14 @@ def load_kernels(cache_dir: str | None = None) -> Kernels | None:
 
 
 def _build(compiler: str, folder: str, path: str) -> None:
-    """Compile SOURCE to `path` atomically (a temporary file renamed: concurrent builders race harmlessly)."""
+    """Compile SOURCES to `path` atomically (a temporary file renamed: concurrent builders race harmlessly)."""
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".decode_matmul-", suffix=".so", dir=folder)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *CFLAGS, "-o", tmp, SOURCE], capture_output=True, text=True, timeout=120)
+        sources = [os.path.join(NATIVE_DIR, name) for name in SOURCES]
+        done = subprocess.run([compiler, *CFLAGS, "-o", tmp, *sources, "-lm"], capture_output=True, text=True,
+                              timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
         os.replace(tmp, path)
@@ -269,7 +291,7 @@ def capture_native(model: nn.Module) -> dict[str, NativeWeight]:
 def cached_native(model: nn.Module, folder: str) -> dict[str, NativeWeight]:
     """capture_native(model) for a model loaded from `folder` (a GGUF conversion's): read from the folder's cache
     file when a load before wrote one, else captured and written there (best effort)."""
-    path = os.path.join(folder, f"native-v{ABI_VERSION}.safetensors")
+    path = os.path.join(folder, f"native-v{WEIGHTS_VERSION}.safetensors")
     return weight_cache.cached(path, lambda: capture_native(model), _write, _read, "native weight")
 
 

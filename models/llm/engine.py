@@ -29,6 +29,7 @@ from models.llm.kv_cache import (KVShape, SlotAllocator, default_kv_budget_bytes
                                   prefix_cache_blocks)
 from models.llm.compiled_decode import build_compiled_decoder
 from models.llm.lean_decode import checked_fast_decoder
+from models.llm.native_step import checked_native_step
 from models.llm.loader import eos_token_ids, load_with_int4_weights, resolve_max_model_len, vocab_size_of
 from models.llm.model_runner import (BatchedModelRunner, enable_slot_attention, probe_slot_attention,
                                      restore_attention)
@@ -95,12 +96,14 @@ class HFEngine:
     def _attach_decode_weights(self, weights: dict[str, Int4Weight | NativeWeight]) -> int:
         """Wrap the layers with 4/8-bit decode weights (cpu_native.py's kernels or PyTorch's int4, cpu_int4.py);
         return how many."""
+        self.native_kernels = None
         if not weights or self.device.type != "cpu":
             return 0
         native = {name: w for name, w in weights.items() if isinstance(w, NativeWeight)}
         int4 = {name: w for name, w in weights.items() if isinstance(w, Int4Weight)}
         kernels = load_kernels(self.cache_dir) if native else None
         attached = attach_native(self.model, native, kernels)
+        self.native_kernels = kernels if attached else None
         if attached and self.config.cpu_native_helper and _cores() > 1:
             kernels.use_helper_thread(HELPER_MIN_BYTES)
         if attached and share_embedding(self.model):
@@ -222,6 +225,10 @@ class HFEngine:
         if not config.lean_decode or (config.cuda_graphs and self.device.type == "cuda"):
             return None
         decoder = checked_fast_decoder(self.model, self.vocab_size)
+        if decoder is not None and config.cpu_native_step and self.native_kernels is not None:
+            native = checked_native_step(decoder, self.native_kernels, self.vocab_size)
+            if native is not None:
+                return native
         if decoder is None or not (config.compiled_decode and self.int4_linears and self.device.type == "cpu"):
             return decoder
         compiled = build_compiled_decoder(decoder)

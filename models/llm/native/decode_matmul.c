@@ -22,10 +22,9 @@
 #include <string.h>
 #include <time.h>
 
-#define ABI_VERSION 1
-#define PREFETCH_BYTES 8192 /* weights are streamed once per step: prefetch this far ahead (measured: 6.5 -> 14 GB/s) */
+#include "decode_matmul.h"
 
-enum { F32 = 0, BF16 = 1 };
+#define PREFETCH_BYTES 8192 /* weights are streamed once per step: prefetch this far ahead (measured: 6.5 -> 14 GB/s) */
 
 int os_abi_version(void) { return ABI_VERSION; }
 
@@ -51,12 +50,7 @@ static inline void store1(void *y, int dtype, size_t i, float v) {
     }
 }
 
-typedef struct {
-    int8_t *q;
-    float *dx, *sx, *cx;
-} acts;
-
-static acts split_scratch(void *scratch, int R, int K) {
+acts os_split_scratch(void *scratch, int R, int K) {
     int G = K / 32;
     acts a;
     a.q = (int8_t *)scratch;
@@ -67,7 +61,7 @@ static acts split_scratch(void *scratch, int R, int K) {
     return a;
 }
 
-static void quantize(const void *x, int dtype, int R, int K, acts a) {
+void os_quantize(const void *x, int dtype, int R, int K, acts a) {
     int G = K / 32;
     for (int r = 0; r < R; r++)
         for (int g = 0; g < G; g++) {
@@ -167,15 +161,6 @@ static void q8_rows(const uint8_t *qs, const uint16_t *d, int N, int K, acts a, 
 
 /* ---- one helper thread: the caller computes the first part of the output rows, the helper the rest ---- */
 
-typedef struct {
-    int bits; /* 4 or 8 */
-    const uint8_t *qs;
-    const uint16_t *d, *m;
-    int N, K, R, ydtype, n0, n1;
-    acts a;
-    void *y;
-} job;
-
 static void run_job(const job *j) {
     if (j->bits == 4)
         q4_rows(j->qs, j->d, j->m, j->N, j->K, j->a, j->R, j->y, j->ydtype, j->n0, j->n1);
@@ -200,6 +185,7 @@ static struct {
                                  claim always reads the chunk count of the job it claims from */
     atomic_int finished;      /* chunks of the posted job finished */
     atomic_int sleeping;      /* the helper waits on `wake` */
+    atomic_int in_step;       /* between os_step_helper(1) and os_step_helper(0): the helper polls, never sleeps */
     long spin_ns;
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
@@ -241,13 +227,13 @@ static void *helper_main(void *arg) {
             idle_since = now_ns();
             continue;
         }
-        if (now_ns() - idle_since < pool.spin_ns) {
+        if (atomic_load_explicit(&pool.in_step, memory_order_relaxed) || now_ns() - idle_since < pool.spin_ns) {
             sched_yield();
             continue;
         }
         pthread_mutex_lock(&pool.lock);
         atomic_store(&pool.sleeping, 1); /* seq_cst: pairs with the caller's store of claim, then load of sleeping */
-        while (!claimable()) pthread_cond_wait(&pool.wake, &pool.lock);
+        while (!claimable() && !atomic_load(&pool.in_step)) pthread_cond_wait(&pool.wake, &pool.lock);
         atomic_store(&pool.sleeping, 0);
         pthread_mutex_unlock(&pool.lock);
         idle_since = now_ns();
@@ -266,12 +252,32 @@ int os_set_helper(int spin_us) {
     return 0;
 }
 
-static size_t helper_min_bytes = 0;
+static size_t helper_min_bytes = 0, step_min_bytes = 0;
 void os_set_helper_min_bytes(size_t bytes) { helper_min_bytes = bytes; }
 
-static void dispatch(job j, size_t weight_bytes) {
+/* Inside a whole decode step (decode_step.c), calls reading at least `bytes` of weights are split (0: the same as
+ * outside a step), the helper polling from the step's start to its end rather than sleeping between calls: one
+ * wake-up per step instead of one per call, and the second core is given back as soon as the step ends. */
+void os_set_step_helper_min_bytes(size_t bytes) { step_min_bytes = bytes; }
+
+static void wake_helper(void) {
+    if (atomic_load(&pool.sleeping)) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_signal(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+}
+
+void os_step_helper(int on) {
+    if (!pool.started || step_min_bytes == 0) return;
+    atomic_store(&pool.in_step, on ? 1 : 0); /* seq_cst: pairs with the helper's store of sleeping, then load */
+    if (on) wake_helper();
+}
+
+void os_dispatch(job j, size_t weight_bytes) {
     int rows = j.n1 - j.n0;
-    if (!pool.started || helper_min_bytes == 0 || weight_bytes < helper_min_bytes || rows < 2 * 16) {
+    size_t min_bytes = atomic_load_explicit(&pool.in_step, memory_order_relaxed) ? step_min_bytes : helper_min_bytes;
+    if (!pool.started || min_bytes == 0 || weight_bytes < min_bytes || rows < 2 * 16) {
         run_job(&j);
         return;
     }
@@ -281,11 +287,7 @@ static void dispatch(job j, size_t weight_bytes) {
     atomic_store_explicit(&pool.finished, 0, memory_order_relaxed);
     uint64_t seq = ((atomic_load_explicit(&pool.claim, memory_order_relaxed) >> 32) + 1) & 0xFFFFFFFFu;
     atomic_store(&pool.claim, seq << 32 | (uint64_t)chunks << 16); /* publishes the job (seq_cst) */
-    if (atomic_load(&pool.sleeping)) {
-        pthread_mutex_lock(&pool.lock);
-        pthread_cond_signal(&pool.wake);
-        pthread_mutex_unlock(&pool.lock);
-    }
+    wake_helper();
     claim_chunks();
     while (atomic_load_explicit(&pool.finished, memory_order_acquire) < chunks) _mm_pause();
 }
@@ -293,16 +295,16 @@ static void dispatch(job j, size_t weight_bytes) {
 /* x [R, K] (F32 or BF16), y [R, N] (F32 or BF16); R <= 8; K a multiple of 64; scratch os_scratch_bytes(R, K). */
 void os_q4_matmul(const uint8_t *qs, const uint16_t *d, const uint16_t *m, int N, int K, const void *x, int xdtype,
                   int R, void *y, int ydtype, void *scratch) {
-    acts a = split_scratch(scratch, R, K);
-    quantize(x, xdtype, R, K, a);
+    acts a = os_split_scratch(scratch, R, K);
+    os_quantize(x, xdtype, R, K, a);
     job j = {4, qs, d, m, N, K, R, ydtype, 0, N, a, y};
-    dispatch(j, (size_t)N * K / 2);
+    os_dispatch(j, (size_t)N * K / 2);
 }
 
 void os_q8_matmul(const uint8_t *qs, const uint16_t *d, int N, int K, const void *x, int xdtype, int R, void *y,
                   int ydtype, void *scratch) {
-    acts a = split_scratch(scratch, R, K);
-    quantize(x, xdtype, R, K, a);
+    acts a = os_split_scratch(scratch, R, K);
+    os_quantize(x, xdtype, R, K, a);
     job j = {8, qs, d, NULL, N, K, R, ydtype, 0, N, a, y};
-    dispatch(j, (size_t)N * K);
+    os_dispatch(j, (size_t)N * K);
 }
