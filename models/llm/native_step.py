@@ -48,7 +48,8 @@ class _Layer(ctypes.Structure):
 
 class _Model(ctypes.Structure):
     _fields_ = [("num_layers", ctypes.c_int), ("E", ctypes.c_int), ("Hq", ctypes.c_int), ("Hkv", ctypes.c_int),
-                ("D", ctypes.c_int), ("I", ctypes.c_int), ("V", ctypes.c_int), ("T", ctypes.c_int),
+                ("D", ctypes.c_int), ("I", ctypes.c_int), ("V", ctypes.c_int), ("S", ctypes.c_int),
+                ("T", ctypes.c_int),
                 ("norm_dtype", ctypes.c_int), ("cache_dtype", ctypes.c_int), ("eps", ctypes.c_float),
                 ("scaling", ctypes.c_float), ("layers", ctypes.POINTER(_Layer)), ("final_norm", ctypes.c_void_p),
                 ("head", _Weight)]
@@ -72,7 +73,7 @@ class NativeStepDecoder:
         self._keep = (weights, head, norms, final_norm)  # the tensors the C struct points into
         self._step = kernels.lib.os_decode_step
         self._step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int] + [ctypes.c_void_p] * 7
-        self._step.restype = None
+        self._step.restype = ctypes.c_int
         layers = (_Layer * len(weights))()
         for layer, (qkv, o, gate_up, down), (input_norm, post_norm), window in zip(layers, weights, norms, windows):
             layer.input_norm, layer.post_norm = input_norm.data_ptr(), post_norm.data_ptr()
@@ -82,7 +83,7 @@ class NativeStepDecoder:
         self.num_heads, self.num_kv_heads, self.head_dim = lean.num_heads, lean.num_kv_heads, lean.head_dim
         self.vocab = head.out_features
         self.struct = _Model(len(weights), head.in_features, lean.num_heads, lean.num_kv_heads, lean.head_dim,
-                             intermediate, head.out_features, 0, _DTYPES[final_norm.dtype], _F32, eps, scaling,
+                             intermediate, head.out_features, 0, 0, _DTYPES[final_norm.dtype], _F32, eps, scaling,
                              layers, final_norm.data_ptr(), _weight(head))
         check = kernels.lib.os_step_check
         check.argtypes, check.restype = [ctypes.POINTER(_Model)], ctypes.c_int
@@ -107,7 +108,8 @@ class NativeStepDecoder:
             return False
         for layer, keys, values in zip(self._layers, cache.keys, cache.values):
             layer.k_cache, layer.v_cache = keys.data_ptr(), values.data_ptr()
-        self.struct.T, self.struct.cache_dtype = cache.slot_len, _DTYPES[cache.keys[0].dtype]
+        self.struct.S, self.struct.T = cache.num_slots, cache.slot_len
+        self.struct.cache_dtype = _DTYPES[cache.keys[0].dtype]
         self._scratch = torch.empty(int(self._scratch_bytes(ctypes.byref(self.struct), MAX_ROWS)), dtype=torch.uint8)
         self._cache = cache
         return True
@@ -120,11 +122,13 @@ class NativeStepDecoder:
         h = self.lean.embed(input_ids).float().contiguous()  # [B, E]
         cos, sin = self.lean.rotary(h, positions[None])  # [1, B, D] each, float32
         cos, sin = cos[0].float().contiguous(), sin[0].float().contiguous()
-        slots = batch.write_slots[:rows].contiguous()  # [B] long; decode tokens come first in the packed row
-        where = batch.write_positions[:rows].contiguous()
+        slots = batch.write_slots[:rows].to(torch.long).contiguous()  # [B]; decode tokens come first in the row
+        where = batch.write_positions[:rows].to(torch.long).contiguous()  # [B]
         logits = torch.empty(rows, self.vocab, dtype=torch.float32)  # [B, V]
-        self._step(ctypes.byref(self.struct), rows, h.data_ptr(), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(),
-                   where.data_ptr(), logits.data_ptr(), self._scratch.data_ptr())
+        if self._step(ctypes.byref(self.struct), rows, h.data_ptr(), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(),
+                      where.data_ptr(), logits.data_ptr(), self._scratch.data_ptr()) != 0:
+            raise IndexError(f"decode step: a slot or position is outside the KV cache ({slots.tolist()}, "
+                             f"{where.tolist()}; {self.struct.S} slots x {self.struct.T} positions)")
         return logits
 
 

@@ -177,3 +177,18 @@ def test_the_step_helper_changes_no_bit(engine, kernels):
             assert all(torch.equal(a, b) for a, b in zip(alone, split))
     finally:
         kernels.use_step_helper(0)
+
+
+def test_a_position_outside_the_cache_is_refused_before_anything_is_written(engine):
+    native = engine.runner.fast_decoder
+    prompts = {0: [5, 6, 7]}
+    _, runner = _run(engine.model, native, prompts, steps=1, slots=2)
+    before = [t.clone() for t in (*runner.cache.keys, *runner.cache.values)]
+    batch = type("Batch", (), {"cache": runner.cache, "attention_calls": 0,
+                               "write_slots": torch.tensor([0]), "write_positions": torch.tensor([64])})()
+    with torch.inference_mode(), pytest.raises(IndexError, match="outside the KV cache"):
+        native(torch.tensor([5]), torch.tensor([63]), batch)  # slot_len 64: position 64 does not exist
+    batch.write_slots, batch.write_positions = torch.tensor([2]), torch.tensor([3])  # 2 slots: slot 2 does not
+    with torch.inference_mode(), pytest.raises(IndexError):
+        native(torch.tensor([5]), torch.tensor([3]), batch)
+    assert all(torch.equal(a, b) for a, b in zip(before, (*runner.cache.keys, *runner.cache.values)))

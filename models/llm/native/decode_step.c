@@ -34,7 +34,7 @@ typedef struct {
 } layer_t;
 
 typedef struct {
-    int num_layers, E, Hq, Hkv, D, I, V, T, norm_dtype, cache_dtype;
+    int num_layers, E, Hq, Hkv, D, I, V, S, T, norm_dtype, cache_dtype;
     float eps, scaling;
     const layer_t *layers;
     const void *final_norm;
@@ -184,8 +184,11 @@ int os_step_check(const model_t *m) {
     return 0;
 }
 
-void os_decode_step(const model_t *m, int R, float *h, const float *cos, const float *sin, const int64_t *slots,
-                    const int64_t *positions, float *logits, void *scratch) {
+/* 0 when done; -1 (nothing computed or written) when a row's slot or position is outside the cache. */
+int os_decode_step(const model_t *m, int R, float *h, const float *cos, const float *sin, const int64_t *slots,
+                   const int64_t *positions, float *logits, void *scratch) {
+    for (int r = 0; r < R; r++)
+        if (slots[r] < 0 || slots[r] >= m->S || positions[r] < 0 || positions[r] >= m->T) return -1;
     int E = m->E, D = m->D, Hq = m->Hq, Hkv = m->Hkv, I = m->I, T = m->T, G = Hq / Hkv;
     size_t qkv_n = (size_t)(Hq + 2 * Hkv) * D;
     float *x = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
@@ -236,4 +239,5 @@ void os_decode_step(const model_t *m, int R, float *h, const float *cos, const f
     rms_norm(h, m->final_norm, m->norm_dtype, E, m->eps, R, x);
     matmul(&m->head, x, R, logits, qscratch); /* [R, V] */
     os_step_helper(0);
+    return 0;
 }
