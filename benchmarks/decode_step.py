@@ -141,7 +141,7 @@ def _compare_kernels(args) -> None:
 
     def select(name: str, engine: str, helper: int, spin_us: int, step_helper: int):
         kernels.use_helper_thread(helper, spin_us)
-        kernels.use_step_helper(step_helper)
+        step.helper_bytes = {False: step_helper, True: step_helper}
         decoder.qkv, decoder.gate_up = unfused if name.endswith("_unfused") else fused
         if engine == "native":
             engines[engine].runner.fast_decoder = step if "_step" in name else decoder
@@ -161,6 +161,7 @@ def _compare_kernels(args) -> None:
                 times[name].append(cpu)
                 walls[name].append(wall)
     kernels.use_helper_thread(0)
+    step.helper_bytes = {False: 0, True: 0}
     kernels.use_step_helper(0)
     decoder.qkv, decoder.gate_up = fused
     engines["native"].runner.fast_decoder = step

@@ -30,9 +30,6 @@ log = logging.getLogger(__name__)
 
 _F32, _BF16 = 0, 1
 _DTYPES = {torch.float32: _F32, torch.bfloat16: _BF16}
-# Inside a native step, matmuls reading at least this much weight are split with the helper thread (which polls
-# for the step's duration, then sleeps): see decode_matmul.c, os_set_step_helper_min_bytes. 0: no step helper.
-STEP_HELPER_MIN_BYTES = 0
 
 
 class _Weight(ctypes.Structure):
@@ -96,6 +93,15 @@ class NativeStepDecoder:
             ctypes.c_size_t
         self._cache = None  # the SlotKVCache the struct points into (rebound when a step brings another)
         self._scratch = None
+        self.kernels = kernels
+        # Inside steps of one row (False) and of several (True), split matmuls reading at least this many bytes of
+        # weights with the helper thread, which polls for the step's duration (decode_matmul.c,
+        # os_set_step_helper_min_bytes); 0: the helper only for the LM head, as outside a step. 0 for both by default:
+        # the engine alone gains (docs/benchmarks.md: 8 rows 43.2 -> 26.2 ms, one row 8.7 -> 7.1 ms), but through the
+        # server, on two cores, with it on steps of several rows only, 8 streams moved by -8% to +16% and one stream
+        # was 11-34% slower in 6 of 7 alternating pairs (unexplained: its steps take the same path either way).
+        self.helper_bytes = {False: 0, True: 0}
+        self._helper_now = 0
 
     def _bind(self, cache) -> bool:
         """Point the struct at `cache`'s tensors; False when the cache is not laid out as decode_step.c reads it."""
@@ -125,6 +131,10 @@ class NativeStepDecoder:
         slots = batch.write_slots[:rows].to(torch.long).contiguous()  # [B]; decode tokens come first in the row
         where = batch.write_positions[:rows].to(torch.long).contiguous()  # [B]
         logits = torch.empty(rows, self.vocab, dtype=torch.float32)  # [B, V]
+        helper = self.helper_bytes[rows > 1]
+        if helper != self._helper_now:
+            self.kernels.use_step_helper(helper)
+            self._helper_now = helper
         if self._step(ctypes.byref(self.struct), rows, h.data_ptr(), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(),
                       where.data_ptr(), logits.data_ptr(), self._scratch.data_ptr()) != 0:
             raise IndexError(f"decode step: a slot or position is outside the KV cache ({slots.tolist()}, "

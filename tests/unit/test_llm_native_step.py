@@ -66,7 +66,9 @@ def _close(got: torch.Tensor, want: torch.Tensor, tolerance: float) -> bool:
 
 
 def test_the_engine_takes_the_native_step(engine):
-    assert isinstance(engine.runner.fast_decoder, NativeStepDecoder)
+    native = engine.runner.fast_decoder
+    assert isinstance(native, NativeStepDecoder)
+    assert native.helper_bytes == {False: 0, True: 0}  # the helper thread only for the LM head, by default
 
 
 def _exact_logits(model, prompts: dict[int, list[int]], steps: int) -> list[torch.Tensor]:
@@ -169,14 +171,16 @@ def test_a_model_it_cannot_compute_gets_no_native_step(engine, kernels, caplog):
 def test_the_step_helper_changes_no_bit(engine, kernels):
     native = engine.runner.fast_decoder
     prompts = {0: [5, 6, 7, 8], 2: [9, 10]}
-    alone, _ = _run(engine.model, native, prompts, steps=3, slots=3)
+    saved = dict(native.helper_bytes)
     try:
-        assert kernels.use_step_helper(1)  # every matmul of a step splits
+        native.helper_bytes = {False: 0, True: 0}
+        alone, _ = _run(engine.model, native, prompts, steps=3, slots=3)
+        native.helper_bytes = {False: 1, True: 1}  # every matmul of every step splits
         for _ in range(5):  # many steps: a lost wake-up or a race would hang or differ
             split, _ = _run(engine.model, native, prompts, steps=3, slots=3)
             assert all(torch.equal(a, b) for a, b in zip(alone, split))
     finally:
-        kernels.use_step_helper(0)
+        native.helper_bytes = saved
 
 
 def test_a_position_outside_the_cache_is_refused_before_anything_is_written(engine):
