@@ -53,8 +53,8 @@ HELPER_MIN_BYTES = 4 * 2**20
 HELPER_SPIN_US = 0
 MAX_ROWS = SMALL_ROWS  # calls of at most this many rows take the kernel (it holds up to 8 rows' accumulators)
 ROUND_TRIP_TOLERANCE = 1e-5  # as cpu_int4: a block round-trips when every weight comes back within this of its range
-_F32, _BF16 = 0, 1
-_DTYPES = {torch.float32: _F32, torch.bfloat16: _BF16}
+# The kernels' dtype codes (decode_matmul.h: F32, BF16), for activations, outputs, norms and caches
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 
 
 class NativeWeight:
@@ -120,7 +120,7 @@ class Kernels:
 
     def matmul(self, weight: NativeWeight, x: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor) -> None:
         """out [R, N] = x [R, K] @ weight.T; both contiguous, same dtype (float32 or bf16), R <= MAX_ROWS."""
-        rows, dtype = x.shape[0], _DTYPES[x.dtype]
+        rows, dtype = x.shape[0], DTYPE_CODES[x.dtype]
         if weight.bits == 4:
             self._q4(weight.qs.data_ptr(), weight.d.data_ptr(), weight.m.data_ptr(), weight.out_features,
                      weight.in_features, x.data_ptr(), dtype, rows, out.data_ptr(), dtype, scratch.data_ptr())
@@ -326,7 +326,7 @@ class NativeDecodeLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if rows > MAX_ROWS or x.dtype not in _DTYPES:
+        if rows > MAX_ROWS or x.dtype not in DTYPE_CODES:
             return self.large(x)
         flat = x.reshape(rows, self.in_features).contiguous()  # [R, K]
         out = torch.empty(rows, self.out_features, dtype=x.dtype)  # [R, N]
@@ -437,7 +437,7 @@ def share_embedding(model: nn.Module) -> bool:
 def _agrees(layer: NativeDecodeLinear) -> bool:
     """The native path gives the layer's own outputs to bf16 precision on one row (in the layer's dtype)."""
     dtype = activation_dtype(layer.large)
-    if dtype not in _DTYPES:
+    if dtype not in DTYPE_CODES:
         return False
     with torch.inference_mode():
         x = torch.randn(1, 1, layer.in_features, generator=torch.Generator().manual_seed(0)).to(dtype)

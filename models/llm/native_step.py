@@ -23,13 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from models.llm.attention import StepBatch
-from models.llm.cpu_native import MAX_ROWS, Kernels, NativeDecodeLinear, NativeWeight
+from models.llm.cpu_native import DTYPE_CODES, MAX_ROWS, Kernels, NativeDecodeLinear, NativeWeight
 from models.llm.lean_decode import FastDecoder
 
 log = logging.getLogger(__name__)
 
-_F32, _BF16 = 0, 1
-_DTYPES = {torch.float32: _F32, torch.bfloat16: _BF16}
 
 
 class _Weight(ctypes.Structure):
@@ -80,14 +78,14 @@ class NativeStepDecoder:
         self.num_heads, self.num_kv_heads, self.head_dim = lean.num_heads, lean.num_kv_heads, lean.head_dim
         self.vocab = head.out_features
         self.struct = _Model(len(weights), head.in_features, lean.num_heads, lean.num_kv_heads, lean.head_dim,
-                             intermediate, head.out_features, 0, 0, _DTYPES[final_norm.dtype], _F32, eps, scaling,
+                             # S, T and the cache's dtype: bound to the step's cache in _bind
+                             intermediate, head.out_features, 0, 0, DTYPE_CODES[final_norm.dtype], 0, eps, scaling,
                              layers, final_norm.data_ptr(), _weight(head))
         check = kernels.lib.os_step_check
         check.argtypes, check.restype = [ctypes.POINTER(_Model)], ctypes.c_int
         code = check(ctypes.byref(self.struct))
         if code != 0:
             raise ValueError(f"decode_step.c cannot compute this geometry (os_step_check: {code})")
-        self._check = check
         self._scratch_bytes = kernels.lib.os_step_scratch_bytes
         self._scratch_bytes.argtypes, self._scratch_bytes.restype = [ctypes.POINTER(_Model), ctypes.c_int], \
             ctypes.c_size_t
@@ -109,13 +107,13 @@ class NativeStepDecoder:
             return True
         shape = (cache.num_slots, self.num_kv_heads, cache.slot_len, self.head_dim)
         tensors = (*cache.keys, *cache.values)
-        if cache.keys[0].dtype not in _DTYPES or cache.keys[0].device.type != "cpu" or any(
+        if cache.keys[0].dtype not in DTYPE_CODES or cache.keys[0].device.type != "cpu" or any(
                 tuple(t.shape) != shape or not t.is_contiguous() or t.dtype != cache.keys[0].dtype for t in tensors):
             return False
         for layer, keys, values in zip(self._layers, cache.keys, cache.values):
             layer.k_cache, layer.v_cache = keys.data_ptr(), values.data_ptr()
         self.struct.S, self.struct.T = cache.num_slots, cache.slot_len
-        self.struct.cache_dtype = _DTYPES[cache.keys[0].dtype]
+        self.struct.cache_dtype = DTYPE_CODES[cache.keys[0].dtype]
         self._scratch = torch.empty(int(self._scratch_bytes(ctypes.byref(self.struct), MAX_ROWS)), dtype=torch.uint8)
         self._cache = cache
         return True
@@ -147,7 +145,7 @@ def _rms_norm(module: Any) -> torch.Tensor | None:
     weight = getattr(module, "weight", None)
     if not type(module).__name__.endswith("RMSNorm") or weight is None or not hasattr(module, "variance_epsilon"):
         return None
-    return weight.detach().contiguous() if weight.dtype in _DTYPES and weight.dim() == 1 else None
+    return weight.detach().contiguous() if weight.dtype in DTYPE_CODES and weight.dim() == 1 else None
 
 
 def _is_silu(act: Any) -> bool:

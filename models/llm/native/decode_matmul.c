@@ -31,25 +31,6 @@ int os_abi_version(void) { return ABI_VERSION; }
 /* Scratch for R rows of K activations: int8 values, then per block: scale, exact sum of x, 128 * scale * sum(q). */
 size_t os_scratch_bytes(int R, int K) { return (size_t)R * K + (size_t)3 * R * (K / 32) * sizeof(float) + 64; }
 
-static inline __m512 load16(const void *x, int dtype, size_t i) {
-    if (dtype == BF16) {
-        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + i));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    return _mm512_loadu_ps((const float *)x + i);
-}
-
-static inline void store1(void *y, int dtype, size_t i, float v) {
-    if (dtype == BF16) {
-        uint32_t u;
-        memcpy(&u, &v, 4);
-        u += 0x7FFF + ((u >> 16) & 1); /* round to nearest even */
-        ((uint16_t *)y)[i] = (uint16_t)(u >> 16);
-    } else {
-        ((float *)y)[i] = v;
-    }
-}
-
 acts os_split_scratch(void *scratch, int R, int K) {
     int G = K / 32;
     acts a;

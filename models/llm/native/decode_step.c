@@ -51,26 +51,6 @@ static inline float load1(const void *x, int dtype, size_t i) {
     return ((const float *)x)[i];
 }
 
-static inline void put1(void *y, int dtype, size_t i, float v) {
-    if (dtype == BF16) {
-        uint32_t u;
-        memcpy(&u, &v, 4);
-        u += 0x7FFF + ((u >> 16) & 1); /* round to nearest even, as a cast to bfloat16 */
-        ((uint16_t *)y)[i] = (uint16_t)(u >> 16);
-    } else {
-        ((float *)y)[i] = v;
-    }
-}
-
-/* 16 consecutive values of a cache row as float32 */
-static inline __m512 cache16(const void *x, int dtype, size_t i) {
-    if (dtype == BF16) {
-        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + i));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    return _mm512_loadu_ps((const float *)x + i);
-}
-
 /* Scratch layout (floats): x [R, E'], qkv [R, (Hq + 2 Hkv) D], attn [R, Hq D], gu [R, 2I], act [R, I],
  * scores [MAX_GROUP, T], then the matmuls' quantized activations for K up to max(E, Hq D, I). */
 static size_t widest(const model_t *m) {
@@ -133,7 +113,7 @@ static void attend(const float *q, int G, int D, const void *keys, const void *v
     for (int g = 0; g < G; g++) best[g] = -INFINITY;
     for (int j = start; j < end; j++) {
         __m512 kv[MAX_D / 16];
-        for (int c = 0; c < chunks; c++) kv[c] = cache16(keys, dtype, (size_t)j * D + c * 16);
+        for (int c = 0; c < chunks; c++) kv[c] = load16(keys, dtype, (size_t)j * D + c * 16);
         for (int g = 0; g < G; g++) {
             __m512 s = _mm512_mul_ps(qv[g][0], kv[0]);
             for (int c = 1; c < chunks; c++) s = _mm512_fmadd_ps(qv[g][c], kv[c], s);
@@ -156,7 +136,7 @@ static void attend(const float *q, int G, int D, const void *keys, const void *v
         for (int c = 0; c < chunks; c++) acc[g][c] = _mm512_setzero_ps();
     for (int j = start; j < end; j++) {
         __m512 vv[MAX_D / 16];
-        for (int c = 0; c < chunks; c++) vv[c] = cache16(values, dtype, (size_t)j * D + c * 16);
+        for (int c = 0; c < chunks; c++) vv[c] = load16(values, dtype, (size_t)j * D + c * 16);
         for (int g = 0; g < G; g++) {
             __m512 p = _mm512_set1_ps(scores[(size_t)g * T + j]);
             for (int c = 0; c < chunks; c++) acc[g][c] = _mm512_fmadd_ps(p, vv[c], acc[g][c]);
@@ -212,8 +192,8 @@ int os_decode_step(const model_t *m, int R, float *h, const float *cos, const fl
             size_t base = (size_t)slots[r] * slot_stride + (size_t)pos * D;
             for (int kh = 0; kh < Hkv; kh++)
                 for (int i = 0; i < D; i++) {
-                    put1(L->k_cache, m->cache_dtype, base + kh * head_stride + i, k[(size_t)kh * D + i]);
-                    put1(L->v_cache, m->cache_dtype, base + kh * head_stride + i, v[(size_t)kh * D + i]);
+                    store1(L->k_cache, m->cache_dtype, base + kh * head_stride + i, k[(size_t)kh * D + i]);
+                    store1(L->v_cache, m->cache_dtype, base + kh * head_stride + i, v[(size_t)kh * D + i]);
                 }
             int end = (int)pos + 1, start = L->window > 0 && end > L->window ? end - L->window : 0;
             for (int kh = 0; kh < Hkv; kh++) {
