@@ -7,7 +7,8 @@
                  model replica (batching off): what the Ray hops add
   ray-quiet      the same with metrics and the access log off and no API key
   ray-operated   the same with metrics, the access log and an API key with limits (checked, counted) on
-  gateway-no-ray, ray-gateway   the same request proxied to an upstream that is the bare floor (benchmarks/gateway.py)
+  gateway-no-ray, ray-gateway, raw-proxy   the same request proxied to an upstream that is the bare floor
+                 (benchmarks/gateway.py; raw-proxy: the floor of any Python gateway)
 
     python -m benchmarks overhead --concurrency 1,32
     python -m benchmarks overhead --stacks ray-quiet,ray-operated --concurrency 32 --repeat 3   # what operating costs
@@ -129,6 +130,7 @@ def start_stacks(names: list[str], ray_env: dict[str, str]) -> list[tuple[str, o
         "ray-quiet": lambda cwd: start_openserve(config_variant({"metrics": False, "access_log": False}), cwd=cwd),
         "ray-operated": start_operated,
         "gateway-no-ray": gateway.start_gateway_no_ray,
+        "raw-proxy": gateway.start_raw_proxy,
         "ray-gateway": gateway.start_ray_gateway,
     }
     if ray_env:
