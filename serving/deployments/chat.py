@@ -13,6 +13,7 @@ from serving.deployments.placement import place_replica
 from serving.metrics.models import engine_load, observe_generation, watch_engine
 from serving.services.engine_process import EngineProcess
 from serving.services.llm import LLMService
+from serving.services.prompts import import_tokenizer_library
 
 
 @serve.deployment
@@ -27,6 +28,8 @@ class ChatDeployment:
     def __init__(self, spec: dict, data_dir: str, report_to: str | None = None):
         spec = place_replica(spec, report_to)
         self.model = ModelConfig.model_validate(spec)
+        if not self.model.source.startswith("fake:"):  # a fake engine's tokenizer is the fake's own
+            import_tokenizer_library()
         self.service = LLMService(lambda: EngineProcess(build_engine, (spec, data_dir)))
         model_replica(self.model.name)
         # Read at each scrape from the engine's last report (a restarted engine's too): never a call into it.

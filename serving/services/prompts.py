@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import importlib
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,6 +20,29 @@ from serving.errors import InvalidRequestError
 # Characters per token that a prompt may average. Byte-level BPE vocabularies hold tokens of up to ~80 characters
 # (SmolLM2: 81, a run of spaces), so a prompt longer than this times the context can never fit, whatever it holds.
 MAX_CHARS_PER_TOKEN = 128
+
+
+# The library a real model's tokenizer arrives in from the engine process (pickled), and its fast-tokenizer base:
+# transformers 5's, then 4's name. ~1 CPU-s to import.
+TOKENIZER_MODULES = ("transformers", "transformers.tokenization_utils_tokenizers",
+                     "transformers.tokenization_utils_fast")
+
+
+def import_tokenizer_library() -> threading.Thread:
+    """Import the tokenizer's library on a daemon thread while the engine process loads the model: unpickling its
+    tokenizer would otherwise import it after the engine is ready, the last serial step of a start (~1 s). A module
+    that is not there is skipped (the unpickling, if it needs it, says so)."""
+
+    def run() -> None:
+        for name in TOKENIZER_MODULES:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                continue
+
+    thread = threading.Thread(target=run, name="tokenizer-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 class PromptEncoder:
