@@ -33,6 +33,9 @@ MARKS = {
     "ready": re.compile(r"\] ready in "),
 }
 MODEL_READY = re.compile(r"\[openserve [0-9:]+\] (\S+): ready$")
+# A model's backend built (serving/deployments/common.py's log line, from its replica or the LLM engine process):
+# from there to its "ready" line is Serve, the registry controller and the CLI noticing.
+MODEL_LOADED = re.compile(r"\bmodel (\S+) \(\w+\) loaded from ")
 
 
 def warm_requests(base_url: str) -> dict[str, float]:
@@ -85,16 +88,24 @@ def memory(pid: int) -> dict:
 
 
 def timeline(lines: list[tuple[float, str]]) -> dict[str, float]:
-    """Seconds from the start to each phase of it (MARKS) and to each model's "ready" line."""
+    """Seconds from the start to each phase of it (MARKS), to each model's backend built and to its "ready" line."""
     out: dict[str, float] = {}
     for t, line in lines:
         for name, pattern in MARKS.items():
             if name not in out and pattern.search(line):
                 out[name] = round(t, 1)
-        model = MODEL_READY.search(line)
-        if model:
-            out.setdefault(f"model_ready:{model.group(1)}", round(t, 1))
+        for prefix, pattern in (("model_loaded", MODEL_LOADED), ("model_ready", MODEL_READY)):
+            model = pattern.search(line)
+            if model:
+                out.setdefault(f"{prefix}:{model.group(1)}", round(t, 1))
     return out
+
+
+def after_last_load(phases: dict[str, float]) -> float | None:
+    """Seconds from the last model's backend built to "ready in": the start's tail, when no model computes any more
+    and Serve, the registry controller and the CLI notice that they are ready. None if a line is missing."""
+    loads = [t for name, t in phases.items() if name.startswith("model_loaded:")]
+    return round(phases["ready"] - max(loads), 1) if loads and "ready" in phases else None
 
 
 def start_cpu(pid: int) -> dict:
@@ -113,7 +124,9 @@ def one_round(tree: str, home: str, first: bool) -> dict:
         ready_s = server.ready_after_s
         cpu = start_cpu(server.proc.pid)  # before the requests: the start's own
         requests = warm_requests(server.base_url)
-        return {"first_start": first, "ready_s": round(ready_s, 2), "timeline_s": timeline(server.timeline), **cpu,
+        phases = timeline(server.timeline)
+        return {"first_start": first, "ready_s": round(ready_s, 2), "timeline_s": phases,
+                "after_last_load_s": after_last_load(phases), **cpu,
                 "first_requests_s": requests, **memory(server.proc.pid)}
     finally:
         server.stop()
@@ -123,8 +136,10 @@ def summary(rounds: list[dict]) -> dict:
     """One tree's figures: the first start, the medians of the later ones."""
     later = [r for r in rounds if not r["first_start"]]
     med = lambda key, rs: statistics.median(r[key] for r in rs) if rs else None  # noqa: E731
+    tails = [r for r in later if r.get("after_last_load_s") is not None]
     return {"first_ready_s": med("ready_s", rounds[:1]), "first_cpu_s": med("cpu_s", rounds[:1]),
             "later_ready_s_median": med("ready_s", later), "later_cpu_s_median": med("cpu_s", later),
+            "later_after_last_load_s_median": med("after_last_load_s", tails),
             "pss_mb_median": med("pss_mb", rounds)}
 
 
