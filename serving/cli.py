@@ -5,16 +5,15 @@ entry point (`openserve-bench`, `python -m benchmarks`): the product never impor
 from __future__ import annotations
 
 import argparse
-import importlib
 import ipaddress
 import json
 import os
 import signal
 import sys
-import threading
 import time
 
 from serving.config import DEFAULT_CONFIG, AppConfig, ConfigError, ServerConfig, load_config
+from serving.imports import import_on_thread
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -220,23 +219,6 @@ def _start_ray(config: AppConfig, address: str | None) -> None:
     )
 
 
-def _import_in_background(*modules: str) -> threading.Thread:
-    """Import `modules` on a thread, to join before use. Started beside a local ray.init, which spends its ~4 s
-    waiting on the processes it starts: Serve's and the application's imports (~2 CPU-s) then cost no wall time.
-    A module that fails to import is left out of sys.modules, so the caller's own import raises the error."""
-
-    def run() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - raised again where the caller imports it
-                return
-
-    thread = threading.Thread(target=run, name="openserve-imports", daemon=True)
-    thread.start()
-    return thread
-
-
 def _head_ip() -> str | None:
     """The address of the cluster's head node (None if Ray does not say)."""
     import ray
@@ -281,7 +263,9 @@ def up(config: AppConfig, args: argparse.Namespace) -> int:
     _ray_environment(config, args.address)  # before Ray is imported: it reads some of these then
     import ray  # only now: refusing to start must not wait for Ray's import
 
-    preload = _import_in_background("ray.serve", "serving.application")
+    # ray.init spends its ~4 s waiting on the processes it starts: Serve's and the application's imports (~2 CPU-s)
+    # run meanwhile.
+    preload = import_on_thread("ray.serve", "serving.application", name="openserve-imports")
     _start_ray(config, args.address)
     preload.join()
     from ray import serve
